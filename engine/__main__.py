@@ -1,0 +1,26 @@
+"""`python -m engine`: the Hydra entry point."""
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from engine.app import report, run_job
+from engine.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    result = run_job(cfg)
+    report(result)
+    if HydraConfig.get().mode != RunMode.MULTIRUN and result["exit_code"]:
+        sys.exit(result["exit_code"])
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Structured-config schema: one dataclass per YAML group, registered in Hydra's ConfigStore.
+
+Hydra checks keys, types and enum values while composing; `validate()` then checks what a type
+cannot express (windows, stage names, symbol spelling) and turns the config into typed objects.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from engine.errors import EngineError
+
+
+class DataKind(str, Enum):
+    """Demo data must never share a database with market data."""
+
+    demo = "demo"
+    market = "market"
+
+    def __str__(self) -> str:  # so `${source.data_kind}` interpolates as `demo`
+        return self.value
+
+
+class Direction(str, Enum):
+    BULL = "BULL"
+    BEAR = "BEAR"
+
+
+class BarsTable(str, Enum):
+    clean = "market_bars_ohlcv_1m_clean"
+    legacy = "market_bars_ohlcv_1m"
+
+
+@dataclass
+class DbConfig:
+    url: str = MISSING
+    echo: bool = False
+
+
+@dataclass
+class SourceConfig:
+    name: str = MISSING
+    data_kind: DataKind = DataKind.market
+    batch_size: int = 50_000
+
+
+@dataclass
+class SyntheticSourceConfig(SourceConfig):
+    name: str = "synthetic"
+    data_kind: DataKind = DataKind.demo
+    seed: int = 7
+    missing_rate: float = 0.002
+
+
+@dataclass
+class DbnFileSourceConfig(SourceConfig):
+    name: str = "dbn_file"
+    paths: list[str] = MISSING
+
+
+@dataclass
+class DatabentoSourceConfig(SourceConfig):
+    name: str = "databento"
+    max_cost_usd: float = 5.0
+    max_retries: int = 5
+    backoff_seconds: float = 1.0
+    gateway: str | None = None
+
+
+@dataclass
+class WindowConfig:
+    start: str = MISSING
+    end: str = MISSING
+    warmup_start: str | None = None
+
+
+@dataclass
+class PolicyConfig:
+    name: str = MISSING
+    allow_legacy: bool = False
+
+
+@dataclass
+class DetectorConfig:
+    name: str = "williams_fractals"
+    n: int = 5
+    swing_high: Direction = Direction.BEAR
+    swing_low: Direction = Direction.BULL
+
+
+@dataclass
+class SymbolDefaults:
+    """Used for fields the registry row leaves empty (and the dataset of a bare root like `NQ`)."""
+
+    dataset: str = "GLBX.MDP3"
+    roll_rule: str = "v"
+    rank: int = 0
+    schema: str = "ohlcv-1m"
+    stype_in: str = "continuous"
+
+
+@dataclass
+class RegistryConfig:
+    seed: list[str] = field(default_factory=lambda: ["NQ", "ES", "YM", "RTY"])
+    defaults: SymbolDefaults = field(default_factory=SymbolDefaults)
+
+
+@dataclass
+class EngineConfig:
+    db: DbConfig = MISSING
+    source: Any = MISSING
+    window: WindowConfig = MISSING
+    policy: PolicyConfig = MISSING
+    detector: DetectorConfig = MISSING
+    symbol: str = "NQ"
+    roll_rule: str | None = None
+    rank: int | None = None
+    stages: list[str] = field(default_factory=lambda: ["registry"])
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    data_dir: str = "data"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="engine_schema", node=EngineConfig)
+    cs.store(group="db", name="db_schema", node=DbConfig)
+    cs.store(group="source", name="synthetic_schema", node=SyntheticSourceConfig)
+    cs.store(group="source", name="dbn_file_schema", node=DbnFileSourceConfig)
+    cs.store(group="source", name="databento_schema", node=DatabentoSourceConfig)
+    cs.store(group="window", name="window_schema", node=WindowConfig)
+    cs.store(group="policy", name="policy_schema", node=PolicyConfig)
+    cs.store(group="detector", name="detector_schema", node=DetectorConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks a type cannot express
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    warmup_start: datetime | None = None
+
+
+def parse_utc(value: str, key: str) -> datetime:
+    """ISO-8601 instant; a bare date means midnight UTC; a naive time is taken as UTC."""
+    text = str(value).strip()
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise EngineError(
+            f"{key}={text!r} is not a date or time",
+            f"write it as ISO-8601 in UTC, e.g. {key}=2025-11-30T23:00:00Z or {key}=2025-12-01",
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def parse_window(window: WindowConfig) -> Window:
+    start = parse_utc(window.start, "window.start")
+    end = parse_utc(window.end, "window.end")
+    if end <= start:
+        raise EngineError(
+            f"window.end ({end:%Y-%m-%dT%H:%M:%SZ}) is not after window.start ({start:%Y-%m-%dT%H:%M:%SZ})",
+            "the window is [start, end) in UTC: make window.end later than window.start",
+        )
+    warmup = None
+    if window.warmup_start is not None:
+        warmup = parse_utc(window.warmup_start, "window.warmup_start")
+        if warmup > start:
+            raise EngineError(
+                "window.warmup_start is after window.start",
+                "set window.warmup_start at or before window.start, or drop it to use the detector's default",
+            )
+    return Window(start, end, warmup)
+
+
+def normalize_symbol(symbol: str, default_dataset: str) -> str:
+    """`NQ` -> `GLBX.MDP3:NQ`; `GLBX.MDP3:NQ` stays; roots are upper-cased."""
+    text = str(symbol).strip()
+    dataset, _, root = text.rpartition(":")
+    if not root or any(ch in root for ch in " .,/"):
+        raise EngineError(
+            f"symbol={text!r} is not a symbol",
+            "use a root such as symbol=NQ or a stored symbol such as symbol=GLBX.MDP3:NQ",
+        )
+    return f"{dataset or default_dataset}:{root.upper()}"
+
+
+def suggest(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_stages(stages: list[str], known: list[str]) -> None:
+    for stage in stages:
+        if stage not in known:
+            raise EngineError(
+                f"unknown stage {stage!r} in stages={list(stages)}{suggest(stage, known)}",
+                f"use stages from: {', '.join(known)}",
+            )
+    if not stages:
+        raise EngineError("stages is empty", f"name at least one of: {', '.join(known)}")
+
+
+def to_typed(cfg: DictConfig) -> EngineConfig:
+    """Resolve every interpolation and convert to dataclass instances (raises on MISSING values)."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

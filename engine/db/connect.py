@@ -1,0 +1,150 @@
+"""Connections for SQLite (embedded default) and PostgreSQL, and the upgrade to migration head."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from engine.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# Any constant works; it only has to be the same in every engine process.
+MIGRATION_LOCK_KEY = 0x656E67696E65
+
+
+def masked_url(url: str) -> str:
+    """The URL as it may appear in logs, files and tables: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def create_db_engine(url: str, echo: bool = False) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise EngineError(
+            f"db.url {masked_url(url)!r} is not a database URL",
+            "use a SQLAlchemy URL, e.g. db.url=sqlite:///data/market.sqlite or "
+            "db.url=postgresql+psycopg://user@host:5432/dbname",
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, echo)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        try:
+            return create_engine(
+                parsed, echo=echo, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"}
+            )
+        except NoSuchModuleError:
+            raise EngineError(
+                f"db.url driver {parsed.drivername!r} is not installed",
+                "use postgresql+psycopg:// (psycopg 3 is installed with the engine)",
+            ) from None
+    raise EngineError(
+        f"db.url backend {parsed.get_backend_name()!r} is not supported",
+        "use sqlite:///<file> or postgresql+psycopg://<user>@<host>/<db>",
+    )
+
+
+def _sqlite_engine(url, echo: bool) -> Engine:
+    database = url.database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Take the write lock up front: parallel jobs queue on busy_timeout instead of deadlocking.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def _file_lock(path: Path):
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` under a cross-process lock; a cheap no-op when already there."""
+    if revision == "head" and _reachable(engine) == head_revision():
+        return
+    _locked(engine, lambda cfg: command.upgrade(cfg, revision))
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    _locked(engine, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _locked(engine: Engine, alembic_command) -> None:
+    """Run an Alembic command so that two processes starting at once never migrate twice."""
+    cfg = alembic_config()
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            cfg.attributes["connection"] = conn
+            alembic_command(cfg)
+        return
+    database = engine.url.database
+    in_file = database and database != ":memory:"
+    with _file_lock(Path(f"{database}.migrate.lock")) if in_file else nullcontext(), engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        alembic_command(cfg)
+        conn.commit()
+
+
+def _reachable(engine: Engine) -> str | None:
+    try:
+        return current_revision(engine)
+    except OperationalError as exc:
+        raise EngineError(
+            f"cannot open the database {masked_url(str(engine.url))}: {str(exc.orig).strip()}",
+            "check db.url, that the server is running and that the database exists "
+            "(PostgreSQL: createdb <name>)",
+        ) from None

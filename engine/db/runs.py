@@ -1,0 +1,42 @@
+"""The engine run log: one row per job, created first and closed last."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, insert, select, update
+
+from engine.db.schema import engine_runs
+
+
+def start_run(engine: Engine, **fields) -> int:
+    with engine.begin() as conn:
+        row = conn.execute(
+            insert(engine_runs).values(status="running", started_at=datetime.now(UTC), **fields)
+        )
+        return int(row.inserted_primary_key[0])
+
+
+def finish_run(engine: Engine, run_id: int, status: str, error: str | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(engine_runs)
+            .where(engine_runs.c.id == run_id)
+            .values(status=status, finished_at=datetime.now(UTC), error=error)
+        )
+
+
+def get_run(engine: Engine, run_id: int) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(engine_runs).where(engine_runs.c.id == run_id)).mappings().one())
+
+
+def data_kinds(engine: Engine) -> set[str]:
+    """The kinds of data (demo/market) that jobs have already run against this database."""
+    with engine.connect() as conn:
+        return set(conn.execute(select(engine_runs.c.data_kind).distinct()).scalars())
+
+
+def dumps(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,116 @@
+"""The tables at migration head, as SQLAlchemy Core objects (tests check they match `migrations/`)."""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+
+from engine.db.types import UtcTimestamp
+
+metadata = MetaData()
+
+CLEAN_BARS = "market_bars_ohlcv_1m_clean"
+LEGACY_BARS = "market_bars_ohlcv_1m"
+
+
+def _bars_columns():
+    return [
+        Column("symbol", Text, primary_key=True),
+        Column("ts", UtcTimestamp, primary_key=True),
+        Column("open", Float, nullable=False),
+        Column("high", Float, nullable=False),
+        Column("low", Float, nullable=False),
+        Column("close", Float, nullable=False),
+        Column("volume", BigInteger, nullable=False),
+    ]
+
+
+engine_runs = Table(
+    "engine_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("status", Text, nullable=False),
+    Column("started_at", UtcTimestamp, nullable=False),
+    Column("finished_at", UtcTimestamp),
+    Column("symbol", Text),
+    Column("stages", Text, nullable=False),
+    Column("run_dir", Text, nullable=False),
+    Column("git_hash", Text),
+    Column("git_dirty", Boolean),
+    Column("logic_version", Text, nullable=False),
+    Column("config_sha256", Text, nullable=False),
+    Column("overrides", Text, nullable=False),
+    Column("data_kind", Text, nullable=False),
+    Column("error", Text),
+    CheckConstraint("status IN ('running', 'success', 'failed', 'interrupted')", name="ck_engine_runs_status"),
+)
+
+clean_bars = Table(CLEAN_BARS, metadata, *_bars_columns(), sqlite_with_rowid=False)
+
+legacy_bars = Table(LEGACY_BARS, metadata, *_bars_columns(), sqlite_with_rowid=False)
+
+symbol_registry = Table(
+    "symbol_registry",
+    metadata,
+    Column("internal_symbol", Text, primary_key=True),
+    Column("dataset", Text, nullable=False),
+    Column("root", Text, nullable=False),
+    Column("roll_rule", Text),
+    Column("rank", Integer),
+    Column("schema", Text),
+    Column("stype_in", Text),
+    Column("is_active", Boolean, nullable=False),
+)
+
+triangle_events = Table(
+    "triangle_events_v1",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("symbol", Text, nullable=False),
+    Column("ts", UtcTimestamp, nullable=False),
+    Column("direction", Text, nullable=False),
+    Column("price", Float),
+    Column("source_table", Text),
+    Column("logic_version", Text),
+    CheckConstraint("direction IN ('BULL', 'BEAR')", name="ck_triangle_events_v1_direction"),
+)
+
+clean_ingest_runs = Table(
+    "clean_ingest_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("symbol", Text, nullable=False),
+    Column("start_ts", UtcTimestamp, nullable=False),
+    Column("end_ts", UtcTimestamp, nullable=False),
+    Column("bars_received", BigInteger, nullable=False),
+    Column("bars_inserted", BigInteger, nullable=False),
+    Column("bars_updated", BigInteger, nullable=False),
+    Column("bars_skipped", BigInteger, nullable=False),
+    Column("batch_commits", Integer, nullable=False),
+    Column("retries", Integer, nullable=False),
+    Column("run_at", UtcTimestamp, nullable=False),
+    Column("duration_seconds", Float),
+    Column("status", Text, nullable=False),
+    Column("error", Text),
+    Column("engine_run_id", Integer, ForeignKey("engine_runs.id", name="fk_clean_ingest_runs_engine_run")),
+    Index("ix_clean_ingest_runs_symbol_run_at", "symbol", "run_at"),
+)
+
+__all__ = [
+    "metadata",
+    "engine_runs",
+    "clean_bars",
+    "legacy_bars",
+    "symbol_registry",
+    "triangle_events",
+    "clean_ingest_runs",
+]

@@ -1,0 +1,9 @@
+"""Stage registry: a stage is one module with `run(ctx) -> dict` plus one line here."""
+
+from collections.abc import Callable
+
+from engine.stages import registry
+
+STAGES: dict[str, Callable] = {
+    "registry": registry.run,
+}
