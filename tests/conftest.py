@@ -1,12 +1,21 @@
-"""Shared test fixtures: real DBN fixture files, scratch SQLite and PostgreSQL databases."""
+"""Shared test fixtures: real DBN files, scratch SQLite and PostgreSQL databases, running the engine."""
 
+from __future__ import annotations
+
+import json
 import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DBN = Path(os.environ.get("ENGINE_DBN_FIXTURES", REPO.parent / "shared" / "fixtures" / "dbn"))
+PG_ADMIN_URL = os.environ.get("ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +24,103 @@ def dbn_fixtures() -> Path:
     if not SHARED_DBN.is_dir():
         pytest.skip(f"real DBN fixtures not found at {SHARED_DBN}")
     return SHARED_DBN
+
+
+# --------------------------------------------------------------------------------------------
+# Databases: every database test runs on SQLite and on PostgreSQL, each test on its own scratch db
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    engine = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI (CI=true) but unreachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}")
+    yield engine
+    engine.dispose()
+
+
+def _pg_url(admin_engine, name: str) -> str:
+    return admin_engine.url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url(pg_admin):
+    name = f"engine_test_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield _pg_url(pg_admin, name)
+    with pg_admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'engine.sqlite'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request) -> str:
+    """A fresh, empty database URL: a SQLite file, then a scratch PostgreSQL database."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def db(db_url):
+    """A migrated database engine."""
+    from engine.db.connect import create_db_engine, upgrade
+
+    engine = create_db_engine(db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# Running the engine the way a person does: `python -m engine <overrides>` in a working folder
+
+
+class EngineRun:
+    def __init__(self, proc: subprocess.CompletedProcess, cwd: Path):
+        self.returncode = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.cwd = cwd
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in (self.cwd / "runs").rglob("result.json"))
+
+    @property
+    def run_dir(self) -> Path:
+        dirs = self.run_dirs()
+        assert dirs, f"no run directory under {self.cwd / 'runs'}\n{self.output}"
+        return max(dirs, key=lambda p: p.stat().st_mtime)
+
+    @property
+    def result(self) -> dict:
+        return json.loads((self.run_dir / "result.json").read_text())
+
+
+@pytest.fixture
+def engine_cli(tmp_path):
+    """Call as engine_cli("symbol=ES", ...); runs in tmp_path (runs/ and data/ land there)."""
+
+    def run(*overrides: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+        workdir = cwd or tmp_path
+        full_env = {**os.environ, "COLUMNS": "160", **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", *overrides],
+            cwd=workdir, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+        return EngineRun(proc, workdir)
+
+    return run

@@ -54,7 +54,14 @@ engine_runs = Table(
     CheckConstraint("status IN ('running', 'success', 'failed', 'interrupted')", name="ck_engine_runs_status"),
 )
 
-clean_bars = Table(CLEAN_BARS, metadata, *_bars_columns(), sqlite_with_rowid=False)
+clean_bars = Table(
+    CLEAN_BARS,
+    metadata,
+    *_bars_columns(),
+    Column("instrument_id", BigInteger),
+    Column("ingest_run_id", Integer),
+    sqlite_with_rowid=False,
+)
 
 legacy_bars = Table(LEGACY_BARS, metadata, *_bars_columns(), sqlite_with_rowid=False)
 
@@ -81,7 +88,12 @@ triangle_events = Table(
     Column("price", Float),
     Column("source_table", Text),
     Column("logic_version", Text),
+    Column("confirm_ts", UtcTimestamp),
+    Column("n", Integer),
+    Column("run_id", Integer),
     CheckConstraint("direction IN ('BULL', 'BEAR')", name="ck_triangle_events_v1_direction"),
+    Index("uq_triangle_events_v1_event", "symbol", "source_table", "logic_version", "n", "ts", "direction",
+          unique=True),
 )
 
 clean_ingest_runs = Table(
@@ -102,7 +114,31 @@ clean_ingest_runs = Table(
     Column("status", Text, nullable=False),
     Column("error", Text),
     Column("engine_run_id", Integer, ForeignKey("engine_runs.id", name="fk_clean_ingest_runs_engine_run")),
+    Column("bars_unchanged", BigInteger, nullable=False, server_default="0"),
+    Column("skipped_by_reason", Text),  # JSON {reason: count}
+    Column("ignored_instruments", Text),  # JSON {symbol: count}: other instruments in the files
+    Column("source", Text),
+    Column("databento_symbol", Text),
+    Column("raw_files", Text),  # JSON [{path, sha256, reused}]
     Index("ix_clean_ingest_runs_symbol_run_at", "symbol", "run_at"),
+)
+
+clean_ingest_quarantine = Table(
+    "clean_ingest_quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ingest_run_id", Integer, ForeignKey("clean_ingest_runs.id", name="fk_quarantine_run"), nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("ts", UtcTimestamp),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("instrument_id", BigInteger),
+    Column("open_raw", BigInteger),
+    Column("high_raw", BigInteger),
+    Column("low_raw", BigInteger),
+    Column("close_raw", BigInteger),
+    Column("volume_raw", BigInteger),
+    Index("ix_clean_ingest_quarantine_run", "ingest_run_id"),
 )
 
 __all__ = [
@@ -113,4 +149,5 @@ __all__ = [
     "symbol_registry",
     "triangle_events",
     "clean_ingest_runs",
+    "clean_ingest_quarantine",
 ]
