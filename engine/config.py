@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,22 +18,19 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from engine.errors import EngineError
 
 
-class DataKind(str, Enum):
+class DataKind(StrEnum):
     """Demo data must never share a database with market data."""
 
     demo = "demo"
     market = "market"
 
-    def __str__(self) -> str:  # so `${source.data_kind}` interpolates as `demo`
-        return self.value
 
-
-class Direction(str, Enum):
+class Direction(StrEnum):
     BULL = "BULL"
     BEAR = "BEAR"
 
 
-class BarsTable(str, Enum):
+class BarsTable(StrEnum):
     clean = "market_bars_ohlcv_1m_clean"
     legacy = "market_bars_ohlcv_1m"
 

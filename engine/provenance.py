@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -13,8 +14,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("futures-engine", "hydra-core", "omegaconf", "databento", "databento-dbn", "sqlalchemy",
             "psycopg", "alembic", "numpy", "rich")
-# user:password@ in any URL-looking text
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]+)(?=@)")
+# user:password@ in any URL-looking text, also as Hydra echoes overrides (`scheme\://user\:pw@host`)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*\\?://[^:/@\s\\]*\\?:)(?P<password>[^@\s]+)(?=@)")
 _SECRET_ENV = ("DATABENTO_API_KEY", "PGPASSWORD")
 
 
@@ -82,3 +83,14 @@ def redact_tree(folder: Path) -> None:
             cleaned = redact(original)
             if cleaned != original:
                 path.write_text(cleaned)
+
+
+class RedactingFilter(logging.Filter):
+    """Logging filter that masks secrets in every record before any handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True

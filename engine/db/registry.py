@@ -28,8 +28,11 @@ def insert_missing(engine: Engine, rows: list[dict]) -> int:
     if not rows:
         return 0
     dialect_insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-    stmt = dialect_insert(symbol_registry).values(rows).on_conflict_do_nothing(
-        index_elements=[symbol_registry.c.internal_symbol]
+    stmt = (
+        dialect_insert(symbol_registry)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[symbol_registry.c.internal_symbol])
+        .returning(symbol_registry.c.internal_symbol)
     )
     with engine.begin() as conn:
-        return conn.execute(stmt).rowcount
+        return len(conn.execute(stmt).all())
