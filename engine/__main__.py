@@ -7,8 +7,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from engine.app import report, run_job
-from engine.config import register_configs
+from engine.app import EXIT_USER_ERROR, report, run_job
+from engine.config import check_override_keys, register_configs
+from engine.console import console
+from engine.errors import EngineError
 
 register_configs()
 
@@ -23,4 +25,9 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    try:
+        check_override_keys(sys.argv[1:])
+    except EngineError as exc:
+        console.print(f"[red]ERROR[/] {exc}")
+        sys.exit(EXIT_USER_ERROR)
     main()

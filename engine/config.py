@@ -6,7 +6,9 @@ cannot express (windows, stage names, symbol spelling) and turns the config into
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -212,3 +214,43 @@ def check_stages(stages: list[str], known: list[str]) -> None:
 def to_typed(cfg: DictConfig) -> EngineConfig:
     """Resolve every interpolation and convert to dataclass instances (raises on MISSING values)."""
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Misspelt override keys: caught before Hydra composes, with a suggestion
+
+SOURCE_SCHEMAS = (SyntheticSourceConfig, DbnFileSourceConfig, DatabentoSourceConfig)
+
+
+def known_keys(schema: type = EngineConfig, prefix: str = "") -> set[str]:
+    """Every dotted key the schema accepts (a group's keys are the union over its options)."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        keys.add(key)
+        kinds = SOURCE_SCHEMAS if key == "source" else (hints[f.name],)
+        for kind in kinds:
+            if dataclasses.is_dataclass(kind):
+                keys |= known_keys(kind, f"{key}.")
+    return keys
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Refuse `windw.start=…` with 'did you mean window.start?' instead of Hydra's struct error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    candidates = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except OverrideParseException:
+        return  # Hydra reports syntax errors itself
+    known = sorted(known_keys())
+    for override in overrides:
+        key = override.key_or_group
+        if key not in known:
+            raise EngineError(
+                f"unknown config key {key!r}{suggest(key, known)}",
+                "check the spelling; `python -m engine --cfg job` prints every key",
+            )

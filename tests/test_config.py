@@ -95,7 +95,8 @@ def test_symbol_normalisation():
 # The same checks through the real command line: message names the key, exit code is non-zero
 
 BAD_INPUT = [
-    (["windw.start=2025-01-01"], "windw"),
+    (["windw.start=2025-01-01"], "unknown config key 'windw.start' (did you mean 'window.start'?)"),
+    (["detector.nn=3"], "unknown config key 'detector.nn' (did you mean 'detector.n'?)"),
     (["detector.n=abc"], "detector.n"),
     (["detector.swing_high=UP"], "expected one of [BULL, BEAR]"),
     (["policy=allow_legacyy"], "allow_legacyy"),

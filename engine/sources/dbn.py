@@ -1,0 +1,465 @@
+"""A small, typed, lazy and chunked façade over Databento DBN files of 1-minute OHLCV bars.
+
+Style follows databento-python's ``DBNStore``: the metadata header of every file is decoded eagerly (so a
+wrong file fails before any work starts), records are streamed lazily in fixed-size chunks straight from
+the (zstd-decompressed) byte stream with ``numpy.frombuffer`` -- the same path as
+``DBNStore.to_ndarray(count=...)`` -- so memory does not grow with the file size and there is no
+per-record Python code on the hot path.
+
+Records are attributed to symbols through the file's metadata symbology: a record maps through the mapping
+interval (date-granular, ``start_date`` inclusive, ``end_date`` exclusive, UTC dates) that contains the UTC
+date of its ``ts_event``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import databento_dbn
+import numpy as np
+from databento.common import zstd as _zstd
+
+from engine.bars import RAW_BAR_DTYPE
+from engine.errors import EngineError
+from engine.sources import Landing
+
+__all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "SymbolFilter", "expand_paths"]
+
+OHLCV_1M = "ohlcv-1m"
+NS_PER_DAY = 86_400_000_000_000
+_EPOCH = dt.date(1970, 1, 1)
+
+# The on-disk OHLCV record (identical in DBN v1, v2 and v3): 16-byte record header then the bar body.
+DBN_OHLCV_DTYPE = np.dtype(
+    [
+        ("length", "u1"),  # record length in 4-byte words (14 for OHLCV, 16 with ts_out)
+        ("rtype", "u1"),
+        ("publisher_id", "u2"),
+        ("instrument_id", "u4"),
+        ("ts_event", "u8"),
+        ("open", "i8"),
+        ("high", "i8"),
+        ("low", "i8"),
+        ("close", "i8"),
+        ("volume", "u8"),
+    ]
+)
+_DBN_OHLCV_TS_OUT_DTYPE = np.dtype(DBN_OHLCV_DTYPE.descr + [("ts_out", "u8")])
+# rtype of 1-minute OHLCV records; 0x11 is the deprecated generic OHLCV rtype of early DBN v1 files.
+_OHLCV_1M_RTYPES = (int(databento_dbn.RType.OHLCV_1M.value), 0x11)
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_DBN_MAGIC = b"DBN"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_MONTH_CODES = "FGHJKMNQUVXZ"
+
+
+@dataclass(frozen=True)
+class SymbolFilter:
+    """Which records to keep: the continuous symbol itself, or any outright contract of ``root``."""
+
+    root: str  # e.g. "ES"
+    continuous: str  # e.g. "ES.v.0"
+    _outright: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pattern = re.compile(rf"^{re.escape(self.root)}[{_MONTH_CODES}]\d{{1,2}}$")
+        object.__setattr__(self, "_outright", pattern)
+
+    def matches(self, symbol: str) -> bool:
+        """True for the continuous symbol exactly or an outright of the root ("ESU4", "ESH26").
+
+        Spreads ("ESU4-ESZ4"), other products sharing a prefix ("ESTX") and other roots ("NQU4") do not match.
+        """
+        return symbol == self.continuous or self._outright.match(symbol) is not None
+
+
+@dataclass(frozen=True)
+class DbnFileInfo:
+    """What the metadata header of one DBN file says."""
+
+    path: Path
+    version: int
+    schema: str | None
+    dataset: str
+    stype_in: str | None
+    stype_out: str
+    start_ns: int
+    end_ns: int | None
+    ts_out: bool
+    compressed: bool
+    symbols: tuple[str, ...]
+    metadata_length: int  # bytes before the first record in the decompressed stream
+    # Symbology as (instrument_id, start_day, end_day, symbol), days since the epoch, end exclusive.
+    intervals: tuple[tuple[int, int, int, str], ...]
+
+
+def expand_paths(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand one or more paths / glob patterns (``~`` and ``**`` allowed) into a list of DBN files.
+
+    A directory expands to the ``*.dbn`` and ``*.dbn.zst`` files inside it. Order: patterns in the order
+    given, each pattern's matches sorted; duplicates dropped. Raises EngineError naming the first pattern
+    that matches nothing.
+    """
+    specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
+    if not specs:
+        raise EngineError(
+            "no DBN input files were given", fix="set the source paths to a file or glob pattern"
+        )
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for item in specs:
+        pattern = os.path.expanduser(os.fspath(item))
+        if _GLOB_CHARS.search(pattern):
+            matches = [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if Path(p).is_file()]
+        elif Path(pattern).is_dir():
+            d = Path(pattern)
+            matches = sorted({*d.glob("*.dbn"), *d.glob("*.dbn.zst")})
+        else:
+            matches = [Path(pattern)] if Path(pattern).is_file() else []
+        if not matches:
+            raise EngineError(
+                f"no DBN file matches {os.fspath(item)!r}",
+                fix="check the path or glob pattern (relative paths are resolved from the working directory "
+                f"{os.getcwd()}); files must end in .dbn or .dbn.zst",
+            )
+        for p in matches:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out
+
+
+class _DbnStream:
+    """Decompressed DBN bytes of one file; closes the decompressor and the file."""
+
+    def __init__(self, raw: IO[bytes], stream: IO[bytes], compressed: bool):
+        self.raw, self.stream, self.compressed = raw, stream, compressed
+
+    def read(self, n: int) -> bytes:
+        """Read n bytes (fewer only at end of stream), looping over short reads."""
+        data = self.stream.read(n)
+        if len(data) == n or not data:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < n:
+            more = self.stream.read(n - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        try:
+            if self.stream is not self.raw:
+                self.stream.close()
+        finally:
+            self.raw.close()
+
+
+def _open_stream(path: Path) -> _DbnStream:
+    """Open a .dbn / .dbn.zst file as a stream of decompressed DBN bytes."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 -- handed to the caller, which closes it
+    except FileNotFoundError:
+        raise EngineError(f"DBN file not found: {path}", fix="check the path of the input file") from None
+    except OSError as exc:
+        raise EngineError(f"cannot open DBN file {path}: {exc}", fix="check the file's permissions") from None
+    head = raw.read(4)
+    raw.seek(0)
+    if head == _ZSTD_MAGIC or (len(head) == 4 and head[1:] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50):
+        return _DbnStream(raw, _zstd.stream_reader(raw), True)
+    if head[:3] == _DBN_MAGIC:
+        return _DbnStream(raw, raw, False)
+    raw.close()
+    raise EngineError(
+        f"{path} is not a DBN file (neither raw DBN nor zstd-compressed DBN)",
+        fix="point the source at Databento .dbn or .dbn.zst files",
+    )
+
+
+def _date_to_day(value: dt.date | str) -> int:
+    if isinstance(value, str):
+        value = dt.date.fromisoformat(value)
+    return (value - _EPOCH).days
+
+
+def _read_info(path: Path) -> DbnFileInfo:
+    stream = _open_stream(path)
+    try:
+        try:
+            prelude = stream.read(8)
+            if len(prelude) < 8 or prelude[:3] != _DBN_MAGIC:
+                raise ValueError("missing DBN prelude")
+            meta_len = int.from_bytes(prelude[4:8], "little")
+            body = stream.read(meta_len)
+            if len(body) < meta_len:
+                raise ValueError("metadata is truncated")
+            meta = databento_dbn.Metadata.decode(
+                prelude + body, upgrade_policy=databento_dbn.VersionUpgradePolicy.AS_IS
+            )
+        except EngineError:
+            raise
+        except Exception as exc:  # zstd errors, DBNError, ValueError: all mean a damaged file
+            raise EngineError(
+                f"cannot read the DBN metadata of {path}: {exc}",
+                fix="the file is damaged or truncated; download it again from Databento",
+            ) from None
+    finally:
+        stream.close()
+
+    stype_in = None if meta.stype_in is None else str(meta.stype_in)
+    stype_out = str(meta.stype_out)
+    intervals: list[tuple[int, int, int, str]] = []
+    for symbol_in, entries in meta.mappings.items():
+        for entry in entries:
+            symbol_out = entry["symbol"]
+            if not symbol_out:
+                continue
+            # Same rule as databento.common.symbology._resolve_mapping_tuple.
+            try:
+                if stype_in == "instrument_id":
+                    iid, symbol = int(symbol_in), str(symbol_out)
+                elif stype_out == "instrument_id":
+                    iid, symbol = int(symbol_out), str(symbol_in)
+                else:
+                    continue  # no instrument ids in this symbology: records stay unmapped
+            except ValueError:
+                continue
+            start_day, end_day = _date_to_day(entry["start_date"]), _date_to_day(entry["end_date"])
+            if end_day > start_day:
+                intervals.append((iid, start_day, end_day, symbol))
+    return DbnFileInfo(
+        path=path,
+        version=int(meta.version),
+        schema=None if meta.schema is None else str(meta.schema),
+        dataset=str(meta.dataset),
+        stype_in=stype_in,
+        stype_out=stype_out,
+        start_ns=int(meta.start),
+        end_ns=None if meta.end is None else int(meta.end),
+        ts_out=bool(meta.ts_out),
+        compressed=stream.compressed,
+        symbols=tuple(meta.symbols),
+        metadata_length=8 + meta_len,
+        intervals=tuple(intervals),
+    )
+
+
+@dataclass(frozen=True)
+class _Resolver:
+    """Vectorised (instrument_id, UTC day) -> (kept?, label) lookup for one file and one filter."""
+
+    keys: np.ndarray  # uint64 (instrument_id << 32 | start_day), sorted, non-overlapping per instrument
+    iids: np.ndarray  # uint32
+    ends: np.ndarray  # int64 end day, exclusive
+    keep: np.ndarray  # bool
+    label: np.ndarray  # int64 index into labels
+    labels: tuple[str, ...]
+
+    @classmethod
+    def build(cls, intervals: Sequence[tuple[int, int, int, str]], flt: SymbolFilter) -> _Resolver:
+        by_iid: dict[int, list[tuple[int, int, str]]] = {}
+        for iid, start, end, symbol in intervals:
+            by_iid.setdefault(iid, []).append((start, end, symbol))
+        segments: list[tuple[int, int, int, tuple[str, ...]]] = []
+        for iid, ivs in by_iid.items():
+            # Split into elementary, non-overlapping segments: several symbols may map to one instrument on
+            # the same day (e.g. ES.v.0 and ES.c.0 in one file, or the overlap at a synthetic roll date).
+            bounds = sorted({b for s, e, _ in ivs for b in (s, e)})
+            for a, b in zip(bounds, bounds[1:], strict=False):
+                covering = tuple(sym for s, e, sym in ivs if s <= a and b <= e)
+                if covering:
+                    segments.append((iid, a, b, covering))
+        segments.sort(key=lambda seg: (seg[0], seg[1]))
+        labels: list[str] = []
+        label_ix: dict[str, int] = {}
+        keep, label = [], []
+        for _, _, _, symbols in segments:
+            matching = [s for s in symbols if flt.matches(s)]
+            name = matching[0] if matching else symbols[0]
+            if name not in label_ix:
+                label_ix[name] = len(labels)
+                labels.append(name)
+            keep.append(bool(matching))
+            label.append(label_ix[name])
+        return cls(
+            keys=np.array([(s[0] << 32) | s[1] for s in segments], dtype=np.uint64),
+            iids=np.array([s[0] for s in segments], dtype=np.uint32),
+            ends=np.array([s[2] for s in segments], dtype=np.int64),
+            keep=np.array(keep, dtype=bool),
+            label=np.array(label, dtype=np.int64),
+            labels=tuple(labels),
+        )
+
+    def resolve(self, iid: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per record: keep mask, and label index (-1 when no mapping interval covers the record)."""
+        n = len(iid)
+        if len(self.keys) == 0:
+            return np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64)
+        day = (ts // NS_PER_DAY).astype(np.int64)
+        rkey = (iid.astype(np.uint64) << np.uint64(32)) | day.astype(np.uint64)
+        pos = np.searchsorted(self.keys, rkey, side="right") - 1
+        posc = np.maximum(pos, 0)
+        mapped = (pos >= 0) & (self.iids[posc] == iid) & (day < self.ends[posc])
+        keep = mapped & self.keep[posc]
+        return keep, np.where(mapped, self.label[posc], -1)
+
+
+class DbnBarFile:
+    """One or more DBN files of 1-minute OHLCV bars, decoded lazily in chunks of RAW_BAR_DTYPE arrays.
+
+    The metadata of every file is validated when the object is built (schema must be ohlcv-1m, all files must
+    belong to one dataset); records are only read by ``iter_chunks``.
+    """
+
+    def __init__(self, paths: Sequence[Path | str] | Path | str):
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        if not paths:
+            raise EngineError("no DBN input files were given", fix="pass at least one .dbn or .dbn.zst file")
+        self.paths: tuple[Path, ...] = tuple(Path(p) for p in paths)
+        self.files: tuple[DbnFileInfo, ...] = tuple(_read_info(p) for p in self.paths)
+        for info in self.files:
+            if info.schema != OHLCV_1M:
+                shown = info.schema or "mixed (no single schema)"
+                raise EngineError(
+                    f"{info.path} holds {shown} records, not ohlcv-1m bars",
+                    fix="use an ohlcv-1m file (request schema='ohlcv-1m' from Databento)",
+                )
+        datasets = sorted({info.dataset for info in self.files})
+        if len(datasets) > 1:
+            raise EngineError(
+                f"the DBN files come from different datasets: {', '.join(datasets)}",
+                fix="ingest one dataset per source (e.g. only GLBX.MDP3 files)",
+            )
+        self.ignored: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"DbnBarFile({[str(p) for p in self.paths]!r})"
+
+    @property
+    def schema(self) -> str:
+        return OHLCV_1M
+
+    @property
+    def dataset(self) -> str:
+        return self.files[0].dataset
+
+    @property
+    def stype_in(self) -> str | None:
+        """The input symbology of the files ("raw_symbol", "continuous", ...); None when they differ."""
+        values = {info.stype_in for info in self.files}
+        return values.pop() if len(values) == 1 else None
+
+    def iter_chunks(self, flt: SymbolFilter, chunk_size: int = 250_000) -> Iterator[np.ndarray]:
+        """Yield RAW_BAR_DTYPE arrays of the records matching ``flt``, in file order.
+
+        Each chunk comes from at most ``chunk_size`` records read (so it may hold fewer bars after filtering;
+        empty chunks are not yielded). Records of other instruments are counted in ``self.ignored``, keyed by
+        their symbol, or "instrument_id=N" when the metadata does not map them; it is reset on each call.
+        Bars are not validated here.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.ignored = {}
+        for info in self.files:
+            yield from self._iter_file(info, flt, chunk_size)
+
+    def read(self, flt: SymbolFilter) -> np.ndarray:
+        """All matching bars of all files as one RAW_BAR_DTYPE array (convenience for small inputs)."""
+        chunks = list(self.iter_chunks(flt))
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=RAW_BAR_DTYPE)
+
+    def _iter_file(self, info: DbnFileInfo, flt: SymbolFilter, chunk_size: int) -> Iterator[np.ndarray]:
+        dtype = _DBN_OHLCV_TS_OUT_DTYPE if info.ts_out else DBN_OHLCV_DTYPE
+        itemsize = dtype.itemsize
+        resolver = _Resolver.build(info.intervals, flt)
+        stream = _open_stream(info.path)
+        try:
+            if len(stream.read(info.metadata_length)) < info.metadata_length:
+                raise EngineError(f"{info.path} is truncated", fix="download the file again")
+            while True:
+                try:
+                    data = stream.read(chunk_size * itemsize)
+                except EngineError:
+                    raise
+                except Exception as exc:  # zstd decompression errors
+                    raise EngineError(
+                        f"cannot decompress {info.path}: {exc}", fix="the file is damaged; download it again"
+                    ) from None
+                if not data:
+                    return
+                loose = len(data) % itemsize
+                whole = np.frombuffer(data, dtype=dtype, count=len(data) // itemsize)
+                if len(whole):
+                    self._check_records(info, whole, itemsize)
+                    out = self._select(whole, resolver)
+                    if len(out):
+                        yield out
+                if loose:
+                    raise EngineError(
+                        f"{info.path} is truncated: it ends with an incomplete {loose}-byte record",
+                        fix="download the file again from Databento",
+                    )
+        finally:
+            stream.close()
+
+    @staticmethod
+    def _check_records(info: DbnFileInfo, recs: np.ndarray, itemsize: int) -> None:
+        rtype, length = recs["rtype"], recs["length"]
+        ok_rtype = rtype == _OHLCV_1M_RTYPES[0]
+        if not ok_rtype.all():
+            ok_rtype |= rtype == _OHLCV_1M_RTYPES[1]
+        if not (ok_rtype.all() and (length == itemsize // 4).all()):
+            bad = int(np.flatnonzero(~ok_rtype | (length != itemsize // 4))[0])
+            raise EngineError(
+                f"{info.path} contains a record that is not a 1-minute OHLCV bar "
+                f"(rtype={int(rtype[bad])}, length={int(length[bad]) * 4} bytes) although its metadata says "
+                "ohlcv-1m",
+                fix="the file is damaged or mixes schemas; download a plain ohlcv-1m file again",
+            )
+
+    def _select(self, recs: np.ndarray, resolver: _Resolver) -> np.ndarray:
+        iid, ts = recs["instrument_id"], recs["ts_event"].view(np.int64)
+        keep, label = resolver.resolve(iid, ts)
+        if not keep.all():
+            self._count_ignored(iid[~keep], label[~keep], resolver.labels)
+            recs = recs[keep]
+        out = np.empty(len(recs), dtype=RAW_BAR_DTYPE)
+        out["ts"] = recs["ts_event"]
+        out["instrument_id"] = recs["instrument_id"]
+        for name in ("open", "high", "low", "close", "volume"):
+            out[name] = recs[name]
+        return out
+
+    def _count_ignored(self, iid: np.ndarray, label: np.ndarray, labels: tuple[str, ...]) -> None:
+        mapped = label >= 0
+        if mapped.any():
+            counts = np.bincount(label[mapped], minlength=len(labels))
+            for ix in np.flatnonzero(counts):
+                name = labels[ix]
+                self.ignored[name] = self.ignored.get(name, 0) + int(counts[ix])
+        if not mapped.all():
+            ids, counts = np.unique(iid[~mapped], return_counts=True)
+            for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                name = f"instrument_id={i}"
+                self.ignored[name] = self.ignored.get(name, 0) + c
+
+
+def acquire(ctx, progress) -> Landing:
+    """The configured local files, as they are (paths or globs in source.paths)."""
+    from engine.provenance import sha256_file
+
+    paths = expand_paths(list(ctx.cfg.source.paths))
+    return Landing(paths, raw_files=[{"path": str(p), "sha256": sha256_file(p), "reused": True} for p in paths])

@@ -1,0 +1,383 @@
+"""engine.sources.dbn: real Databento files and hand-built DBN files through DbnBarFile."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import databento
+import databento_dbn
+import numpy as np
+import pytest
+
+from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
+from engine.errors import EngineError
+from engine.sources.dbn import DBN_OHLCV_DTYPE, DbnBarFile, SymbolFilter, expand_paths
+
+ESU4_NQU4 = "nt_ESU4_NQU4_20240701T2340-0010.ohlcv-1m.dbn.zst"
+ESM4_NQM4 = "nt_ESM4_NQM4_20240509T0955-1005.ohlcv-1m.dbn.zst"
+ESH1_1M = "dbpy_GLBX_ESH1_20201228.ohlcv-1m.dbn.zst"
+ESH1_1H = "dbpy_GLBX_ESH1_20201228.ohlcv-1h.dbn.zst"
+ESH1_DEF = "dbpy_GLBX_ESH1.definition.dbn.zst"
+ESH1_X100 = "dbn_ESH1_20201228_SCALEx100.ohlcv-1m.dbn"
+ESH6 = "nt_ESH6_20260109T2055-2105.ohlcv-1m.dbn.zst"
+ES = SymbolFilter("ES", "ES.v.0")
+NQ = SymbolFilter("NQ", "NQ.v.0")
+
+
+def px(values: np.ndarray) -> np.ndarray:
+    return values / PRICE_SCALE
+
+
+def ns(day: dt.date, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime.combine(day, dt.time(hour, minute), tzinfo=dt.UTC).timestamp()) * 1_000_000_000
+
+
+def write_dbn(
+    path: Path,
+    *,
+    stype_in: databento_dbn.SType,
+    mappings: dict[str, list[tuple[dt.date, dt.date, str]]],
+    records: list[tuple[int, int]],  # (instrument_id, ts_event)
+    schema: databento_dbn.Schema = databento_dbn.Schema.OHLCV_1M,
+) -> Path:
+    """A small DBN file with the given symbology; bar prices are derived from the record index."""
+    meta = databento_dbn.Metadata(
+        dataset="GLBX.MDP3",
+        start=min(ts for _, ts in records),
+        stype_in=stype_in,
+        stype_out=databento_dbn.SType.INSTRUMENT_ID,
+        schema=schema,
+        symbols=list(mappings),
+        mappings=[
+            SimpleNamespace(
+                raw_symbol=sym,
+                intervals=[SimpleNamespace(start_date=a, end_date=b, symbol=out) for a, b, out in ivs],
+            )
+            for sym, ivs in mappings.items()
+        ],
+        end=max(ts for _, ts in records) + NS_PER_MINUTE,
+    )
+    rec = np.zeros(len(records), dtype=DBN_OHLCV_DTYPE)
+    rec["length"], rec["rtype"], rec["publisher_id"] = 14, 33, 1
+    rec["instrument_id"] = [i for i, _ in records]
+    rec["ts_event"] = [t for _, t in records]
+    base = (5000 + np.arange(len(records))) * PRICE_SCALE
+    rec["open"], rec["high"], rec["low"], rec["close"] = base, base + PRICE_SCALE, base - PRICE_SCALE, base
+    rec["volume"] = np.arange(1, len(records) + 1)
+    path.write_bytes(meta.encode() + rec.tobytes())
+    return path
+
+
+# --- SymbolFilter ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("symbol", "expected"),
+    [
+        ("ES.v.0", True),
+        ("ESU4", True),
+        ("ESH26", True),
+        ("ESZ9", True),
+        ("ES.v.1", False),
+        ("ES.c.0", False),
+        ("ESTX", False),
+        ("ESU4-ESZ4", False),
+        ("NQU4", False),
+        ("ESU", False),
+        ("ESA4", False),
+        ("ESU123", False),
+        ("MESU4", False),
+        ("esu4", False),
+    ],
+)
+def test_symbol_filter(symbol: str, expected: bool) -> None:
+    assert ES.matches(symbol) is expected
+
+
+def test_symbol_filter_escapes_root() -> None:
+    assert not SymbolFilter("E.", "E..v.0").matches("EXU4")
+    assert SymbolFilter("RTY", "RTY.v.0").matches("RTYZ5")
+
+
+# --- real Databento files ----------------------------------------------------------------------------------
+
+
+def test_esu4_nqu4_es(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESU4_NQU4])
+    assert (src.schema, src.dataset, src.stype_in) == ("ohlcv-1m", "GLBX.MDP3", "raw_symbol")
+    bars = src.read(ES)
+    assert bars.dtype == RAW_BAR_DTYPE
+    assert len(bars) == 30
+    assert set(bars["instrument_id"].tolist()) == {118}
+    closes = px(bars["close"])
+    assert closes.min() == 5527.50 and closes.max() == 5530.00
+    first = bars[0]
+    assert first["ts"] == 1719877200 * 10**9  # 2024-07-01 23:40 UTC
+    assert px(np.array([first["open"], first["high"], first["low"], first["close"]])).tolist() == [
+        5527.25,
+        5527.50,
+        5527.00,
+        5527.50,
+    ]
+    assert first["volume"] == 180
+    assert (np.diff(bars["ts"]) == NS_PER_MINUTE).all()  # crosses UTC midnight, one bar per minute
+    assert bars["ts"][-1] == ns(dt.date(2024, 7, 2), 0, 9)
+    assert src.ignored == {"NQU4": 30}
+
+
+def test_esu4_nqu4_nq(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESU4_NQU4])
+    bars = src.read(NQ)
+    assert len(bars) == 30
+    assert set(bars["instrument_id"].tolist()) == {4358}
+    assert px(bars["close"]).min() == 20013.25 and px(bars["close"]).max() == 20025.25
+    assert src.ignored == {"ESU4": 30}
+
+
+def test_esm4_nqm4(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESM4_NQM4])
+    es = src.read(ES)
+    assert src.ignored == {"NQM4": 10}
+    nq = src.read(NQ)
+    assert src.ignored == {"ESM4": 10}  # reset on every pass
+    assert len(es) == 10 and set(es["instrument_id"].tolist()) == {5602}
+    assert (px(es["close"]).min(), px(es["close"]).max()) == (5198.75, 5200.75)
+    assert len(nq) == 10 and set(nq["instrument_id"].tolist()) == {13743}
+    assert (px(nq["close"]).min(), px(nq["close"]).max()) == (18125.75, 18134.00)
+    assert es["ts"][0] == ns(dt.date(2024, 5, 9), 9, 55) and es["ts"][-1] == ns(dt.date(2024, 5, 9), 10, 4)
+
+
+def test_esh1_20201228(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESH1_1M])
+    bars = src.read(ES)
+    assert len(bars) == 4
+    assert set(bars["instrument_id"].tolist()) == {5482}
+    assert px(bars["close"]).min() == 3703.00 and px(bars["close"]).max() == 3704.75
+    assert bars["ts"].tolist() == [ns(dt.date(2020, 12, 28), 0, m) for m in range(4)]
+    assert src.ignored == {}
+    assert src.read(NQ).size == 0 and src.ignored == {"ESH1": 4}
+
+
+def test_esh6_2026(dbn_fixtures: Path) -> None:
+    bars = DbnBarFile([dbn_fixtures / ESH6]).read(ES)
+    assert len(bars) == 10 and set(bars["instrument_id"].tolist()) == {42140878}
+    assert (px(bars["close"]).min(), px(bars["close"]).max()) == (7004.00, 7008.50)
+
+
+def test_uncompressed_older_version_file(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESH1_X100])
+    info = src.files[0]
+    assert not info.compressed and info.version < databento_dbn.DBN_VERSION
+    bars = src.read(ES)
+    assert len(bars) == 2 and set(bars["instrument_id"].tolist()) == {5482}
+    assert px(bars["close"]).tolist() == [372100.0, 372150.0]  # 100x the real prices: passed through as is
+    assert bars["ts"][0] == ns(dt.date(2020, 12, 28), 13, 0)
+
+
+@pytest.mark.parametrize("name", [ESU4_NQU4, ESM4_NQM4, ESH1_1M, ESH1_X100, ESH6])
+def test_matches_databento_to_ndarray(dbn_fixtures: Path, name: str) -> None:
+    ref = databento.DBNStore.from_file(dbn_fixtures / name).to_ndarray()
+    src = DbnBarFile([dbn_fixtures / name])
+    both = np.concatenate([src.read(ES), src.read(NQ)])
+    both = both[np.lexsort((both["instrument_id"], both["ts"]))]
+    ref = ref[np.lexsort((ref["instrument_id"], ref["ts_event"]))]
+    assert len(both) == len(ref)
+    assert (both["ts"] == ref["ts_event"].astype(np.int64)).all()
+    for field in ("instrument_id", "open", "high", "low", "close", "volume"):
+        assert (both[field] == ref[field]).all(), field
+
+
+@pytest.mark.parametrize(("name", "schema"), [(ESH1_1H, "ohlcv-1h"), (ESH1_DEF, "definition")])
+def test_wrong_schema_is_refused(dbn_fixtures: Path, name: str, schema: str) -> None:
+    with pytest.raises(EngineError) as err:
+        DbnBarFile([dbn_fixtures / ESH1_1M, dbn_fixtures / name])
+    assert name in err.value.problem and schema in err.value.problem
+    assert err.value.fix is not None and "ohlcv-1m" in err.value.fix
+
+
+def test_chunking_does_not_change_the_result(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESU4_NQU4, dbn_fixtures / ESM4_NQM4])
+    big = list(src.iter_chunks(ES, chunk_size=1_000_000))
+    ignored_big = dict(src.ignored)
+    small = list(src.iter_chunks(ES, chunk_size=7))
+    assert len(big) == 2  # one per file
+    assert len(small) > len(big)
+    assert all(0 < len(c) <= 7 for c in small)
+    assert np.array_equal(np.concatenate(big), np.concatenate(small))
+    assert src.ignored == ignored_big == {"NQU4": 30, "NQM4": 10}
+
+
+def test_multiple_files_in_given_order(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESU4_NQU4, dbn_fixtures / ESH1_1M])
+    bars = src.read(ES)
+    assert bars["instrument_id"].tolist() == [118] * 30 + [5482] * 4  # file order, not time order
+    assert src.ignored == {"NQU4": 30}
+
+
+def test_iteration_is_lazy(dbn_fixtures: Path) -> None:
+    src = DbnBarFile([dbn_fixtures / ESU4_NQU4])
+    chunks = src.iter_chunks(ES, chunk_size=4)
+    first = next(chunks)
+    assert len(first) <= 4
+    assert sum(src.ignored.values()) < 30  # the rest of the file has not been read yet
+    rest = list(chunks)
+    assert len(first) + sum(map(len, rest)) == 30 and src.ignored == {"NQU4": 30}
+
+
+def test_chunk_size_must_be_positive(dbn_fixtures: Path) -> None:
+    with pytest.raises(ValueError):
+        next(DbnBarFile([dbn_fixtures / ESH1_1M]).iter_chunks(ES, chunk_size=0))
+
+
+# --- expand_paths ------------------------------------------------------------------------------------------
+
+
+def test_expand_paths_glob_and_dedup(dbn_fixtures: Path) -> None:
+    found = expand_paths(str(dbn_fixtures / "nt_*.ohlcv-1m.dbn.zst"))
+    assert [p.name for p in found] == sorted([ESH6, ESM4_NQM4, ESU4_NQU4])
+    again = expand_paths([str(dbn_fixtures / ESU4_NQU4), str(dbn_fixtures / "nt_ES*.ohlcv-1m.dbn.zst")])
+    assert [p.name for p in again] == [ESU4_NQU4, ESH6, ESM4_NQM4]
+    in_dir = expand_paths(dbn_fixtures)
+    assert ESH1_X100 in {p.name for p in in_dir} and "README.md" not in {p.name for p in in_dir}
+
+
+def test_expand_paths_no_match(tmp_path: Path) -> None:
+    pattern = str(tmp_path / "nope_*.dbn.zst")
+    with pytest.raises(EngineError) as err:
+        expand_paths(pattern)
+    assert pattern in err.value.problem and err.value.fix
+    with pytest.raises(EngineError):
+        expand_paths([])
+
+
+# --- damaged or foreign files ------------------------------------------------------------------------------
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="not found"):
+        DbnBarFile([tmp_path / "absent.dbn.zst"])
+    text = tmp_path / "bars.csv"
+    text.write_text("ts,open\n1,2\n")
+    with pytest.raises(EngineError, match="not a DBN file"):
+        DbnBarFile([text])
+    with pytest.raises(EngineError):
+        DbnBarFile([])
+
+
+def test_truncated_file(dbn_fixtures: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.dbn"
+    cut.write_bytes((dbn_fixtures / ESH1_X100).read_bytes()[:-10])
+    src = DbnBarFile([cut])  # the header is intact
+    with pytest.raises(EngineError, match="truncated"):
+        src.read(ES)
+
+
+# --- symbology resolution by date --------------------------------------------------------------------------
+
+
+def test_continuous_mapping_by_date(tmp_path: Path) -> None:
+    d1, d2, d3 = dt.date(2025, 3, 12), dt.date(2025, 3, 13), dt.date(2025, 3, 14)
+    path = write_dbn(
+        tmp_path / "cont.dbn",
+        stype_in=databento_dbn.SType.CONTINUOUS,
+        mappings={"ES.v.0": [(d1, d2, "111"), (d2, d3, "222")]},
+        records=[
+            (111, ns(d1, 21, 0)),  # mapped on d1
+            (222, ns(d1, 23, 0)),  # 222 is not ES.v.0 on d1
+            (111, ns(d2, 1, 0)),  # 111 is no longer ES.v.0 on d2
+            (222, ns(d2, 1, 0)),  # mapped on d2
+            (222, ns(d3, 0, 0)),  # after the last interval (end date exclusive)
+            (999, ns(d2, 2, 0)),  # never mapped
+        ],
+    )
+    src = DbnBarFile([path])
+    assert src.stype_in == "continuous"
+    bars = src.read(ES)
+    assert bars["instrument_id"].tolist() == [111, 222]
+    assert bars["ts"].tolist() == [ns(d1, 21, 0), ns(d2, 1, 0)]
+    assert src.ignored == {"instrument_id=222": 2, "instrument_id=111": 1, "instrument_id=999": 1}
+    assert src.read(NQ).size == 0
+    unmapped = {"instrument_id=222": 2, "instrument_id=111": 1, "instrument_id=999": 1}
+    assert src.ignored == {"ES.v.0": 2, **unmapped}
+
+
+def test_raw_symbol_spreads_and_other_products_are_ignored(tmp_path: Path) -> None:
+    day = dt.date(2024, 7, 1)
+    nxt = day + dt.timedelta(days=1)
+    ids = {"ESU4": 1, "ESU4-ESZ4": 2, "NQU4": 3, "ESTX": 4, "ESZ4": 5}
+    records = [(ids[s], ns(day, 12, m)) for m in range(5) for s in ids]
+    path = write_dbn(
+        tmp_path / "raw.dbn",
+        stype_in=databento_dbn.SType.RAW_SYMBOL,
+        mappings={s: [(day, nxt, str(i))] for s, i in ids.items()},
+        records=records,
+    )
+    src = DbnBarFile([path])
+    bars = src.read(ES)
+    assert bars["instrument_id"].tolist() == [1, 5] * 5  # outrights of ES only, file order kept
+    assert bars["volume"].tolist() == [r + 1 for r, (i, _) in enumerate(records) if i in (1, 5)]
+    assert src.ignored == {"ESU4-ESZ4": 5, "NQU4": 5, "ESTX": 5}
+
+
+def test_instrument_mapped_by_two_symbols(tmp_path: Path) -> None:
+    day = dt.date(2024, 7, 1)
+    nxt = day + dt.timedelta(days=1)
+    path = write_dbn(
+        tmp_path / "two.dbn",
+        stype_in=databento_dbn.SType.CONTINUOUS,
+        mappings={"ES.c.0": [(day, nxt, "7")], "ES.v.0": [(day, nxt, "7")]},
+        records=[(7, ns(day, 1, 0)), (7, ns(day, 1, 1))],
+    )
+    src = DbnBarFile([path])
+    assert len(src.read(ES)) == 2 and src.ignored == {}
+    assert len(src.read(SymbolFilter("ES", "ES.c.0"))) == 2
+
+
+def test_bad_bars_pass_through(tmp_path: Path) -> None:
+    day = dt.date(2024, 7, 1)
+    path = write_dbn(
+        tmp_path / "bad.dbn",
+        stype_in=databento_dbn.SType.RAW_SYMBOL,
+        mappings={"ESU4": [(day, day + dt.timedelta(days=1), "1")]},
+        records=[(1, ns(day, 1, 1)), (1, ns(day, 1, 0)), (1, ns(day, 1, 0))],  # out of order + duplicate
+    )
+    bars = DbnBarFile([path]).read(ES)
+    assert bars["ts"].tolist() == [ns(day, 1, 1), ns(day, 1, 0), ns(day, 1, 0)]
+
+
+def test_decode_speed(tmp_path: Path) -> None:
+    n = 1_000_000
+    day = dt.date(2024, 1, 1)
+    t0 = ns(day)
+    meta = databento_dbn.Metadata(
+        dataset="GLBX.MDP3",
+        start=t0,
+        stype_in=databento_dbn.SType.RAW_SYMBOL,
+        stype_out=databento_dbn.SType.INSTRUMENT_ID,
+        schema=databento_dbn.Schema.OHLCV_1M,
+        symbols=["ESH4", "NQH4"],
+        mappings=[
+            SimpleNamespace(
+                raw_symbol=s,
+                intervals=[SimpleNamespace(start_date=day, end_date=dt.date(2026, 1, 1), symbol=i)],
+            )
+            for s, i in (("ESH4", "1"), ("NQH4", "2"))
+        ],
+        end=t0 + n * NS_PER_MINUTE,
+    )
+    rec = np.zeros(n, dtype=DBN_OHLCV_DTYPE)
+    rec["length"], rec["rtype"], rec["publisher_id"] = 14, 33, 1
+    rec["instrument_id"] = 1 + (np.arange(n) % 4 == 3)  # one NQ bar in four
+    rec["ts_event"] = t0 + np.arange(n, dtype=np.int64) // 2 * NS_PER_MINUTE
+    rec["close"] = 5000 * PRICE_SCALE
+    path = tmp_path / "big.dbn"
+    path.write_bytes(meta.encode() + rec.tobytes())
+    src = DbnBarFile([path])
+    start = time.perf_counter()
+    total = sum(len(c) for c in src.iter_chunks(ES, chunk_size=250_000))
+    elapsed = time.perf_counter() - start
+    assert total == 750_000 and src.ignored == {"NQH4": 250_000}
+    assert elapsed < 2.0, f"decoding 1M bars took {elapsed:.2f}s"
