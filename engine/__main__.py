@@ -7,6 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from engine import sweep
 from engine.app import EXIT_USER_ERROR, report, run_job
 from engine.config import check_override_keys, register_configs
 from engine.console import console
@@ -31,3 +32,6 @@ if __name__ == "__main__":
         console.print(f"[red]ERROR[/] {exc}")
         sys.exit(EXIT_USER_ERROR)
     main()
+    if sweep.last_sweep.get("failed"):
+        console.print(f"[red]{sweep.last_sweep['failed']} of {sweep.last_sweep['jobs']} jobs failed[/]")
+        sys.exit(1)

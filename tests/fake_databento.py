@@ -1,0 +1,440 @@
+"""A scriptable stand-in for Databento's historical HTTP API, on a real socket.
+
+It answers the two endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls them
+(databento 0.88, API v0):
+
+    POST /v0/metadata.get_cost      form: dataset, start, end, symbols, schema, stype_in, stype_out
+                                     -> 200 application/json, a bare number (USD)
+    POST /v0/timeseries.get_range   form: ... + stype_out, encoding=dbn, compression=zstd
+                                     -> 200 application/octet-stream, a zstd-compressed DBN stream
+                                        (no Content-Encoding: the client writes the bytes as they arrive)
+
+Errors are JSON `{"detail": {"case", "message", "status_code", "docs"}}`, which the client turns into
+BentoClientError (4xx) / BentoServerError (5xx). Auth is HTTP basic with the key as user name.
+
+The client forces `https://` onto any gateway URL, so the fake speaks TLS with a throw-away self-signed
+certificate (made with the `openssl` command) that `install()` makes requests trust via REQUESTS_CA_BUNDLE.
+Without `openssl` it serves plain HTTP and `install()` stops the client from rewriting the scheme.
+
+Each endpoint has a queue of scripted `Reply`s; when the queue is empty it answers normally, with a
+DBN body built (by databento_dbn) from the request's own dataset/symbol/schema/window.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import random
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import databento_dbn
+import zstandard
+from databento_dbn import Metadata, OHLCVMsg, RType, Schema, SType
+
+GET_COST = "metadata.get_cost"
+GET_RANGE = "timeseries.get_range"
+ENDPOINTS = (GET_COST, GET_RANGE)
+
+INSTRUMENT_ID = 42_005_804  # what NQ.v.0 resolved to, any stable number will do
+_OHLCV = {
+    "ohlcv-1s": (RType.OHLCV_1S, 1),
+    "ohlcv-1m": (RType.OHLCV_1M, 60),
+    "ohlcv-1h": (RType.OHLCV_1H, 3600),
+    "ohlcv-1d": (RType.OHLCV_1D, 86400),
+}
+_NS = 1_000_000_000
+_PX = 1_000_000_000  # DBN fixed-point price scale
+
+
+# --------------------------------------------------------------------------------------------- DBN bytes
+
+
+@dataclass
+class _Interval:
+    start_date: dt.date
+    end_date: dt.date
+    symbol: str
+
+
+@dataclass
+class _Mapping:
+    raw_symbol: str
+    intervals: list[_Interval]
+
+
+def ohlcv_dbn(
+    *,
+    dataset: str = "GLBX.MDP3",
+    symbol: str = "NQ.v.0",
+    schema: str = "ohlcv-1m",
+    stype_in: str = "continuous",
+    start: dt.datetime | int = dt.datetime(2025, 11, 30, 23, tzinfo=dt.UTC),
+    end: dt.datetime | int | None = None,
+    records: int = 60,
+    seed: int = 1,
+    compress: bool = True,
+    first_frame_records: int | None = None,
+) -> bytes:
+    """Real DBN (as Databento streams it: zstd-compressed) with `records` bars of a random walk.
+
+    With `first_frame_records`, the zstd stream is two concatenated frames: metadata plus that many
+    records, then the rest.
+    """
+    rtype, step = _OHLCV[schema]
+    start_ns = start if isinstance(start, int) else int(start.timestamp()) * _NS
+    end_ns = (
+        end
+        if isinstance(end, int)
+        else (start_ns + records * step * _NS if end is None else int(end.timestamp()) * _NS)
+    )
+    first_day = dt.datetime.fromtimestamp(start_ns / _NS, dt.UTC).date()
+    last_day = dt.datetime.fromtimestamp(end_ns / _NS, dt.UTC).date() + dt.timedelta(days=1)
+    metadata = Metadata(
+        dataset=dataset,
+        start=start_ns,
+        end=end_ns,
+        stype_in=SType(stype_in),
+        stype_out=SType.INSTRUMENT_ID,
+        schema=Schema(schema),
+        symbols=[symbol],
+        mappings=[_Mapping(symbol, [_Interval(first_day, last_day, str(INSTRUMENT_ID))])],
+    )
+    rng = random.Random(seed)
+    price = 21_000.0
+    out = bytearray(bytes(metadata))
+    header_bytes = len(out)
+    for i in range(records):
+        open_ = price
+        close = max(1.0, open_ + rng.randint(-40, 40) * 0.25)
+        high = max(open_, close) + rng.randint(0, 12) * 0.25
+        low = min(open_, close) - rng.randint(0, 12) * 0.25
+        price = close
+        out += bytes(
+            OHLCVMsg(
+                rtype=rtype,
+                publisher_id=1,
+                instrument_id=INSTRUMENT_ID,
+                ts_event=start_ns + i * step * _NS,
+                open=round(open_ * _PX),
+                high=round(high * _PX),
+                low=round(low * _PX),
+                close=round(close * _PX),
+                volume=rng.randint(1, 5000),
+            )
+        )
+    if not compress:
+        return bytes(out)
+    zstd = zstandard.ZstdCompressor(level=3)
+    if first_frame_records is None:
+        return zstd.compress(bytes(out))
+    cut = header_bytes + first_frame_records * (len(out) - header_bytes) // max(records, 1)
+    return zstd.compress(bytes(out[:cut])) + zstd.compress(bytes(out[cut:]))
+
+
+# --------------------------------------------------------------------------------------------- scripting
+
+
+@dataclass
+class Reply:
+    """One scripted answer. `fault` breaks the transport on purpose:
+
+    - "truncate": headers with the full Content-Length, half the body, then the socket is shut
+      (the client sees an incomplete read while streaming);
+    - "truncate_silently": no Content-Length, half the body, close -- for the client the body simply
+      ended, so only checking the file can tell;
+    - "drop": close the connection without answering at all.
+
+    `delay` seconds pass before the answer starts (to hold a download open).
+    """
+
+    status: int = 200
+    json: Any = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    fault: str | None = None
+    delay: float = 0.0
+
+    @classmethod
+    def error(
+        cls, status: int, message: str = "", *, case: str = "", retry_after: float | None = None
+    ) -> Reply:
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+        detail = {
+            "case": case or f"http_{status}",
+            "message": message or f"scripted HTTP {status}",
+            "status_code": status,
+            "docs": None,
+        }
+        return cls(status=status, json={"detail": detail}, headers=headers)
+
+    @classmethod
+    def cost(cls, usd: float) -> Reply:
+        return cls(json=usd)
+
+    @classmethod
+    def broken(cls) -> Reply:
+        return cls(fault="truncate")
+
+    @classmethod
+    def truncated_silently(cls) -> Reply:
+        return cls(fault="truncate_silently")
+
+    @classmethod
+    def dropped(cls) -> Reply:
+        return cls(fault="drop")
+
+
+@dataclass
+class Seen:
+    """One request the fake received."""
+
+    endpoint: str
+    method: str
+    path: str
+    params: dict[str, str]
+    auth_user: str | None
+    headers: dict[str, str]
+
+
+# --------------------------------------------------------------------------------------------- the server
+
+
+class FakeDatabento:
+    """`with FakeDatabento(...) as fake:` -- then `fake.gateway`, `fake.script(...)`, `fake.seen(...)`."""
+
+    def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None):
+        self.cost_usd = cost_usd
+        self.records = records
+        self.cert = cert
+        self.requests: list[Seen] = []
+        self._queues: dict[str, deque[Reply]] = {e: deque() for e in ENDPOINTS}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # scripting / inspection
+    def script(self, endpoint: str, *replies: Reply) -> None:
+        assert endpoint in ENDPOINTS, endpoint
+        with self._lock:
+            self._queues[endpoint].extend(replies)
+
+    def seen(self, endpoint: str | None = None) -> list[Seen]:
+        with self._lock:
+            return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]
+
+    def body_for(self, params: dict[str, str]) -> bytes:
+        """The DBN the fake streams for a get_range with these form params."""
+        return ohlcv_dbn(
+            dataset=params["dataset"],
+            symbol=params["symbols"].split(",")[0],
+            schema=params["schema"],
+            stype_in=params["stype_in"],
+            start=_parse_ts(params["start"]),
+            end=_parse_ts(params["end"]) if params.get("end") else None,
+            records=self.records,
+        )
+
+    # lifecycle
+    @property
+    def scheme(self) -> str:
+        return "https" if self.cert else "http"
+
+    @property
+    def gateway(self) -> str:
+        assert self._server is not None, "not started"
+        host, port = self._server.server_address[:2]
+        return f"{self.scheme}://{host}:{port}"
+
+    def __enter__(self) -> FakeDatabento:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server.daemon_threads = True
+        if self.cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(self.cert[0]), str(self.cert[1]))
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-databento", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def install(self, monkeypatch: Any) -> None:
+        """Point the real client (requests) at this fake: trust its certificate, bypass any proxy."""
+        for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+        if self.cert:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(self.cert[0]))
+        else:  # plain HTTP: keep the client from rewriting http:// to https://
+            import databento.historical.client as client_module
+
+            monkeypatch.setattr(client_module, "validate_gateway", lambda url: url)
+
+    # serving (called from handler threads)
+    def _next(self, endpoint: str) -> Reply | None:
+        with self._lock:
+            queue = self._queues[endpoint]
+            return queue.popleft() if queue else None
+
+    def _record(self, seen: Seen) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+
+def make_cert(directory: Path) -> tuple[Path, Path] | None:
+    """A self-signed certificate for 127.0.0.1 (cert, key), or None when `openssl` is not installed."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "fake-databento.crt", directory / "fake-databento.key"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return cert, key
+
+
+def _parse_ts(value: str) -> int:
+    """The client sends datetimes as isoformat(); ints as nanoseconds."""
+    if value.lstrip("-").isdigit():
+        return int(value)
+    ts = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.UTC)
+    return int(ts.timestamp()) * _NS + ts.microsecond * 1000
+
+
+def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "fake-databento/0"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- keep test output quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._handle()
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._handle()
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            params = dict(parse_qsl(url.query, keep_blank_values=True))
+            params.update(parse_qsl(raw.decode(), keep_blank_values=True))
+            endpoint = url.path.rsplit("/", 1)[-1]
+            fake._record(
+                Seen(
+                    endpoint=endpoint,
+                    method=self.command,
+                    path=url.path,
+                    params=params,
+                    auth_user=_basic_user(self.headers.get("Authorization")),
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                )
+            )
+
+            if url.path not in (f"/v0/{GET_COST}", f"/v0/{GET_RANGE}") or self.command != "POST":
+                return self._send(Reply.error(404, f"no route {self.command} {url.path}"))
+            if _basic_user(self.headers.get("Authorization")) in (None, ""):
+                return self._send(Reply.error(401, "missing API key"))
+            reply = fake._next(endpoint) or Reply()
+            if reply.status == 200 and reply.json is None and reply.body is None:
+                if endpoint == GET_COST:
+                    reply = replace(reply, json=fake.cost_usd)
+                else:
+                    try:
+                        body = fake.body_for(params)
+                    except (KeyError, ValueError, databento_dbn.DBNError) as exc:
+                        return self._send(Reply.error(422, f"fake cannot serve {params}: {exc}"))
+                    reply = replace(reply, body=body)
+            self._send(reply, octet=endpoint == GET_RANGE)
+
+        def _send(self, reply: Reply, octet: bool = False) -> None:
+            if reply.delay:
+                time.sleep(reply.delay)
+            if reply.fault == "drop":
+                return self._cut()
+            if reply.body is not None:
+                body, ctype = reply.body, "application/octet-stream" if octet else "application/json"
+            else:
+                body, ctype = json.dumps(reply.json).encode(), "application/json"
+            self.send_response(reply.status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("request-id", f"fake-{len(fake.requests)}")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.fault == "truncate_silently":
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2])
+                return self._cut()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if reply.fault == "truncate":
+                self.wfile.write(body[: len(body) // 2])
+                return self._cut()
+            self.wfile.write(body)
+
+        def _cut(self) -> None:
+            """Hang up abruptly (no TLS close_notify, no more bytes)."""
+            self.close_connection = True
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    return Handler
+
+
+def _basic_user(header: str | None) -> str | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        return base64.b64decode(header.split(" ", 1)[1]).decode().split(":", 1)[0]
+    except (ValueError, UnicodeDecodeError):
+        return None

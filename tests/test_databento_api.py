@@ -1,0 +1,420 @@
+"""engine.sources.databento_api against a real local server that behaves like Databento's historical API.
+
+The real `databento.Historical` client does the HTTP (TLS, basic auth, streaming to the .part file);
+only the server is fake (tests/fake_databento.py). No test waits: `sleep` is injected and recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import threading
+from pathlib import Path
+
+import databento
+import pytest
+from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, make_cert, ohlcv_dbn
+
+from engine.errors import EngineError
+from engine.sources.databento_api import FetchResult, RawRequest, estimate_cost, fetch_raw
+
+KEY = "db-TESTKEY7f3c9a1e5b2d4c6e8a0b"
+UTC = dt.UTC
+REQ = RawRequest(
+    dataset="GLBX.MDP3",
+    symbol="NQ.v.0",
+    schema="ohlcv-1m",
+    stype_in="continuous",
+    start=dt.datetime(2025, 11, 30, 23, 0, tzinfo=UTC),
+    end=dt.datetime(2025, 12, 2, 5, 0, tzinfo=UTC),
+)
+
+
+@pytest.fixture(scope="session")
+def fake_cert(tmp_path_factory):
+    return make_cert(tmp_path_factory.mktemp("fake-databento-tls"))  # None -> plain HTTP fallback
+
+
+@pytest.fixture
+def fake(fake_cert, monkeypatch):
+    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
+    with FakeDatabento(cert=fake_cert) as server:
+        server.install(monkeypatch)
+        yield server
+
+
+class Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def fetch(fake: FakeDatabento, data_dir: Path, **kwargs) -> tuple[FetchResult, Sleeps]:
+    sleeps = kwargs.pop("sleep", None)
+    if sleeps is None:
+        sleeps = Sleeps()
+    kwargs.setdefault("max_cost_usd", 1.0)
+    result = fetch_raw(kwargs.pop("req", REQ), data_dir, gateway=fake.gateway, sleep=sleeps, **kwargs)
+    return result, sleeps
+
+
+def landed_files(data_dir: Path) -> list[str]:
+    """Everything under data_dir except lock files (which only serialise concurrent fetches)."""
+    return sorted(p.name for p in data_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def assert_complete(result: FetchResult, records: int = 60) -> None:
+    store = databento.DBNStore.from_file(result.path)
+    assert store.schema == "ohlcv-1m"
+    assert store.dataset == "GLBX.MDP3"
+    assert store.symbology["symbols"] == ["NQ.v.0"]
+    bars = list(store)
+    assert len(bars) == records
+    assert bars[0].ts_event == int(REQ.start.timestamp()) * 1_000_000_000
+    assert result.sha256 == hashlib.sha256(result.path.read_bytes()).hexdigest()
+    assert result.bytes == result.path.stat().st_size
+    assert not result.path.with_name(result.path.name + ".part").exists()
+
+
+# --------------------------------------------------------------------------------------------- happy path
+
+
+def test_landing_path():
+    assert REQ.landing_path(Path("/d")) == Path(
+        "/d/raw/GLBX.MDP3/ohlcv-1m/NQ.v.0/20251130T230000Z_20251202T050000Z.dbn.zst"
+    )
+
+
+def test_window_must_be_timezone_aware_and_non_empty():
+    with pytest.raises(EngineError, match="timezone"):
+        RawRequest("GLBX.MDP3", "NQ.v.0", "ohlcv-1m", "continuous", dt.datetime(2025, 1, 1), REQ.end)
+    with pytest.raises(EngineError, match="not after"):
+        RawRequest("GLBX.MDP3", "NQ.v.0", "ohlcv-1m", "continuous", REQ.end, REQ.start)
+
+
+def test_download_sends_the_request_verifies_and_lands_with_sidecar(fake, tmp_path):
+    progress: list[int] = []
+    result, sleeps = fetch(fake, tmp_path, on_bytes=progress.append)
+
+    assert result.path == REQ.landing_path(tmp_path)
+    assert (result.reused, result.retries, result.cost_usd) == (False, 0, 0.25)
+    assert_complete(result)
+    assert progress and progress[-1] == result.bytes
+    assert sleeps == []
+
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RANGE]
+    for seen in fake.seen():
+        assert seen.method == "POST" and seen.auth_user == KEY
+        assert seen.params["dataset"] == "GLBX.MDP3"
+        assert seen.params["symbols"] == "NQ.v.0"
+        assert seen.params["schema"] == "ohlcv-1m"
+        assert seen.params["stype_in"] == "continuous"
+        assert dt.datetime.fromisoformat(seen.params["start"]) == REQ.start
+        assert dt.datetime.fromisoformat(seen.params["end"]) == REQ.end
+    assert fake.seen(GET_RANGE)[0].params["compression"] == "zstd"
+
+    sidecar = json.loads(result.path.with_name(result.path.name + ".json").read_text())
+    assert sidecar["sha256"] == result.sha256
+    assert sidecar["bytes"] == result.bytes
+    assert sidecar["records"] == 60
+    assert sidecar["cost_usd"] == 0.25
+    assert sidecar["request"]["symbol"] == "NQ.v.0" and sidecar["request"]["stype_in"] == "continuous"
+    assert dt.datetime.fromisoformat(sidecar["downloaded_at"]).tzinfo is not None
+    assert landed_files(tmp_path) == [result.path.name, result.path.name + ".json"]
+
+
+def test_complete_file_is_reused_without_any_http_call(fake, tmp_path, monkeypatch):
+    first, _ = fetch(fake, tmp_path)
+    mtime = first.path.stat().st_mtime_ns
+    before = len(fake.seen())
+    monkeypatch.delenv("DATABENTO_API_KEY")  # reuse needs no key either
+    progress: list[int] = []
+
+    again, _ = fetch(fake, tmp_path, on_bytes=progress.append)
+
+    assert len(fake.seen()) == before  # not even get_cost
+    assert again.reused is True and again.retries == 0
+    assert (again.path, again.sha256, again.bytes, again.cost_usd) == (
+        first.path,
+        first.sha256,
+        first.bytes,
+        first.cost_usd,
+    )
+    assert again.path.stat().st_mtime_ns == mtime
+    assert progress == [first.bytes]
+
+
+def test_a_file_changed_on_disk_is_refused_not_silently_reused_or_rebought(fake, tmp_path):
+    first, _ = fetch(fake, tmp_path)
+    before = len(fake.seen())
+    first.path.write_bytes(first.path.read_bytes()[:-1] + b"\0")
+
+    with pytest.raises(EngineError, match="changed on disk") as err:
+        fetch(fake, tmp_path)
+    assert "delete" in str(err.value)
+    assert len(fake.seen()) == before
+
+
+def test_stale_part_from_a_crash_is_never_reused(fake, tmp_path):
+    final = REQ.landing_path(tmp_path)
+    final.parent.mkdir(parents=True)
+    stale = ohlcv_dbn(start=REQ.start, records=7, seed=99)  # even a decodable .part is not trusted
+    final.with_name(final.name + ".part").write_bytes(stale)
+
+    result, _ = fetch(fake, tmp_path)
+
+    assert result.reused is False
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RANGE]
+    assert_complete(result)  # 60 records, not the 7 stale ones
+    assert result.path.read_bytes() != stale
+
+
+def test_concurrent_fetches_of_the_same_request_download_once(fake, tmp_path):
+    fake.script(GET_RANGE, Reply(delay=0.3))  # hold the first download open
+    results: list[FetchResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(fetch(fake, tmp_path)[0])
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+
+    assert errors == []
+    assert len(fake.seen(GET_RANGE)) == 1
+    assert sorted(r.reused for r in results) == [False, True]
+    assert results[0].sha256 == results[1].sha256
+
+
+# --------------------------------------------------------------------------------------------- cost guard
+
+
+def test_cost_guard_refuses_above_the_limit_and_downloads_nothing(fake, tmp_path):
+    fake.script(GET_COST, Reply.cost(12.34))
+
+    with pytest.raises(EngineError) as err:
+        fetch(fake, tmp_path, max_cost_usd=5.0)
+
+    message = str(err.value)
+    assert "$12.34" in message and "$5.00" in message
+    assert "source.max_cost_usd=12.34" in err.value.fix
+    assert [s.endpoint for s in fake.seen()] == [GET_COST]
+    assert landed_files(tmp_path) == []
+
+
+def test_estimate_cost_is_a_free_dry_run(fake):
+    fake.script(GET_COST, Reply.error(429, retry_after=3), Reply.cost(3.5))
+    sleeps = Sleeps()
+    assert estimate_cost(REQ, gateway=fake.gateway, sleep=sleeps) == 3.5
+    assert sleeps == [3.0]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_COST]
+
+
+def test_estimate_cost_maps_errors(fake):
+    fake.script(GET_COST, Reply.error(402, "account has no payment method"))
+    with pytest.raises(EngineError, match="billing"):
+        estimate_cost(REQ, gateway=fake.gateway, sleep=Sleeps())
+
+
+# --------------------------------------------------------------------------------------------- retries
+
+
+def test_429_then_success_honours_retry_after(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.error(429, "too many requests", retry_after=2))
+
+    result, sleeps = fetch(fake, tmp_path, backoff_seconds=0.5)
+
+    assert result.retries == 1
+    assert sleeps == [2.0]  # the server's Retry-After, not our 0.5 s backoff
+    assert len(fake.seen(GET_RANGE)) == 2
+    assert_complete(result)
+
+
+def test_503_then_success_backs_off(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.error(503, "service unavailable"))
+
+    result, sleeps = fetch(fake, tmp_path, backoff_seconds=0.75)
+
+    assert result.retries == 1
+    assert sleeps == [0.75]
+    assert_complete(result)
+
+
+def test_retries_on_get_cost_are_counted_too(fake, tmp_path):
+    fake.script(GET_COST, Reply.error(500))
+    result, sleeps = fetch(fake, tmp_path)
+    assert result.retries == 1 and sleeps == [1.0]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_COST, GET_RANGE]
+
+
+def test_broken_stream_then_success(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.broken())  # full Content-Length, half the body, hang up
+    part = REQ.landing_path(tmp_path).with_name(REQ.landing_path(tmp_path).name + ".part")
+    part_during_backoff: list[bool] = []
+    sleeps = Sleeps()
+
+    def sleep(seconds: float) -> None:
+        part_during_backoff.append(part.exists())
+        sleeps(seconds)
+
+    result, _ = fetch(fake, tmp_path, sleep=sleep)
+
+    assert result.retries == 1 and sleeps == [1.0]
+    assert part_during_backoff == [False]  # the partial file was removed before waiting
+    assert_complete(result)
+    assert landed_files(tmp_path) == [result.path.name, result.path.name + ".json"]
+
+
+def test_body_that_silently_ends_early_is_caught_by_verification(fake, tmp_path):
+    # No Content-Length and the connection simply closes: the client sees a normal end of body and
+    # even opens the file fine (the first zstd blocks decode) -- only the unfinished frame gives it away.
+    fake.records = 5000
+    fake.script(GET_RANGE, Reply.truncated_silently())
+
+    result, sleeps = fetch(fake, tmp_path)
+
+    assert result.retries == 1
+    assert_complete(result, records=5000)
+
+
+def test_stream_cut_between_zstd_frames_is_caught_by_verification(fake, tmp_path):
+    # Two zstd frames; the cut lands inside the second frame's only block, so everything that can be
+    # decompressed is whole records: the client is happy, only the unfinished frame gives it away.
+    body = ohlcv_dbn(start=REQ.start, records=2010, first_frame_records=10)
+    fake.script(GET_RANGE, Reply(body=body, fault="truncate_silently"), Reply(body=body))
+
+    result, _ = fetch(fake, tmp_path)
+
+    assert result.retries == 1
+    assert_complete(result, records=2010)
+    assert result.path.read_bytes() == body
+
+
+def test_body_cut_mid_record_is_caught_by_verification(fake, tmp_path):
+    # Plain (uncompressed) DBN cut inside a record: the metadata reads fine, the last record is partial.
+    body = ohlcv_dbn(start=REQ.start, records=60, compress=False)
+    fake.script(GET_RANGE, Reply(body=body, fault="truncate_silently"), Reply(body=body))
+
+    result, _ = fetch(fake, tmp_path)
+
+    assert result.retries == 1
+    assert_complete(result)
+    assert result.path.read_bytes() == body
+
+
+def test_connection_dropped_before_answer_is_retried(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.dropped())
+    result, _ = fetch(fake, tmp_path)
+    assert result.retries == 1
+    assert_complete(result)
+
+
+def test_exhausted_retries_name_the_last_failure(fake, tmp_path):
+    fake.script(
+        GET_RANGE, Reply.error(503), Reply.error(502), Reply.broken(), Reply.error(504, "upstream timed out")
+    )
+
+    with pytest.raises(EngineError) as err:
+        fetch(
+            fake,
+            tmp_path,
+            max_retries=3,
+            backoff_seconds=1.0,
+            max_backoff_seconds=3.0,
+            sleep=(sleeps := Sleeps()),
+        )
+
+    message = str(err.value)
+    assert "3 retries" in message
+    assert "504" in message and "timed out" in message  # the last failure, not the first
+    assert sleeps == [1.0, 2.0, 3.0]  # exponential, capped
+    assert len(fake.seen(GET_RANGE)) == 4
+    assert landed_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("served", "named"), [({"schema": "ohlcv-1h"}, "ohlcv-1h"), ({"dataset": "XNAS.ITCH"}, "XNAS.ITCH")]
+)
+def test_complete_but_wrong_data_is_not_paid_for_again(fake, tmp_path, served, named):
+    fake.script(GET_RANGE, Reply(body=ohlcv_dbn(start=REQ.start, **served)))
+
+    with pytest.raises(EngineError, match=named):
+        fetch(fake, tmp_path)
+
+    assert len(fake.seen(GET_RANGE)) == 1
+    assert landed_files(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------- fatal errors
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, "DATABENTO_API_KEY"),
+        (403, "DATABENTO_API_KEY"),
+        (402, "billing"),
+        (404, "dataset GLBX.MDP4 not found"),
+        (422, "symbol NQ.v.9 did not resolve"),
+    ],
+)
+def test_client_errors_fail_fast(fake, tmp_path, status, expected):
+    message = {404: "dataset GLBX.MDP4 not found", 422: "symbol NQ.v.9 did not resolve"}.get(status, "")
+    fake.script(GET_COST, Reply.error(status, message))
+
+    with pytest.raises(EngineError) as err:
+        fetch(fake, tmp_path)
+
+    assert expected in str(err.value)
+    assert str(status) in str(err.value)
+    assert len(fake.seen()) == 1
+    assert landed_files(tmp_path) == []
+
+
+def test_client_error_on_download_fails_fast_after_cost(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.error(422, "end is after the available range"))
+    with pytest.raises(EngineError, match="end is after the available range") as err:
+        fetch(fake, tmp_path)
+    assert "window" in err.value.fix
+    assert len(fake.seen(GET_RANGE)) == 1
+    assert landed_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_missing_key_says_to_export_it(fake, tmp_path, monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("DATABENTO_API_KEY")
+    else:
+        monkeypatch.setenv("DATABENTO_API_KEY", value)
+    with pytest.raises(EngineError) as err:
+        fetch(fake, tmp_path)
+    assert "export DATABENTO_API_KEY" in str(err.value)
+    assert fake.seen() == []
+    with pytest.raises(EngineError, match="DATABENTO_API_KEY"):
+        estimate_cost(REQ, gateway=fake.gateway)
+
+
+def test_api_key_is_never_written_or_logged(fake, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake.script(GET_RANGE, Reply.error(503), Reply.broken())
+    result, _ = fetch(fake, tmp_path)
+    assert result.retries == 2
+    assert fake.seen(GET_RANGE)[0].auth_user == KEY  # it was sent -- as basic auth only
+
+    fake.script(GET_COST, Reply.error(401, "invalid key"))
+    with pytest.raises(EngineError) as err:
+        fetch(fake, tmp_path / "other")
+
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".json") for p in written)
+    for path in written:
+        assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in caplog.text
+    assert KEY not in str(err.value)
