@@ -6,7 +6,6 @@ CLI use: `alembic -x db_url=sqlite:///data/market.sqlite upgrade head` (or set E
 import os
 
 from alembic import context
-from sqlalchemy import create_engine
 
 from engine.db.schema import metadata
 

@@ -2,8 +2,9 @@
 
 from collections.abc import Callable
 
-from engine.stages import registry
+from engine.stages import ingest, registry
 
 STAGES: dict[str, Callable] = {
     "registry": registry.run,
+    "ingest": ingest.run,
 }

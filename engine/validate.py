@@ -1,0 +1,179 @@
+"""Vectorised validation of decoded 1-minute bars: every check is a numpy expression over the whole chunk.
+
+Each bar is checked against the rules in ``REASONS`` order; a rejected bar carries the FIRST rule it fails.
+
+Duplicates: ``duplicate_ts`` is the last rule, so only bars that pass every other rule take part in duplicate
+detection. A bar rejected for another reason never "claims" its ts: if a bad bar and a good bar share a ts,
+the good bar is kept and the bad one is rejected for its own reason. Among the bars that pass every other
+rule, the first one in file order (across all chunks of the ingest, tracked by ``SeenTimestamps``) wins and
+every later one is rejected as ``duplicate_ts``, whatever its values. Because the claim is made per chunk in
+file order, it does not depend on whether the input is sorted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import databento_dbn
+import numpy as np
+
+from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
+
+__all__ = [
+    "REASONS",
+    "REASON_CODES",
+    "UNDEF_PRICE",
+    "SeenTimestamps",
+    "ValidatedChunk",
+    "prices_representable",
+    "to_prices",
+    "validate_chunk",
+]
+
+REASONS = (
+    "undef_price",
+    "non_positive_price",
+    "price_not_representable",
+    "ohlc_inconsistent",
+    "negative_volume",
+    "ts_not_on_minute",
+    "ts_outside_window",
+    "duplicate_ts",
+)
+REASON_CODES = {reason: code for code, reason in enumerate(REASONS)}
+_REASON_ARRAY = np.array(REASONS)
+_NO_REASON = np.uint8(255)
+
+UNDEF_PRICE = int(databento_dbn.UNDEF_PRICE)
+_PRICE_FIELDS = ("open", "high", "low", "close")
+_I64_MAX = np.iinfo(np.int64).max
+# float64 values at or above 2**63 cannot be cast back to int64.
+_TWO_POW_63 = float(2**63)
+
+
+def to_prices(raw: np.ndarray) -> np.ndarray:
+    """Fixed-point (1e-9) int64 prices as float64. Exact round trip for representable prices (see below)."""
+    return np.asarray(raw, dtype=np.int64) / PRICE_SCALE
+
+
+def prices_representable(raw: np.ndarray) -> np.ndarray:
+    """True where ``np.rint(to_prices(raw) * 1e9).astype(int64) == raw`` (no overflow warnings)."""
+    raw = np.asarray(raw, dtype=np.int64)
+    back = np.rint(to_prices(raw) * PRICE_SCALE)
+    in_range = np.abs(back) < _TWO_POW_63
+    return in_range & (np.where(in_range, back, 0.0).astype(np.int64) == raw)
+
+
+class SeenTimestamps:
+    """The set of bar timestamps already accepted in this ingest (duplicate detection across chunks).
+
+    Stored as sorted, unique int64 blocks (one per chunk, merged when they pile up). With ascending input only
+    the newest block overlaps a new chunk, so a lookup costs one binary search per candidate.
+    """
+
+    _MAX_BLOCKS = 32
+
+    def __init__(self) -> None:
+        self._blocks: list[np.ndarray] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def contains(self, ts: np.ndarray) -> np.ndarray:
+        ts = np.asarray(ts, dtype=np.int64)
+        found = np.zeros(len(ts), dtype=bool)
+        if len(ts) == 0:
+            return found
+        lo, hi = ts.min(), ts.max()
+        for block in self._blocks:
+            if block[0] > hi or block[-1] < lo:
+                continue
+            pos = np.searchsorted(block, ts)
+            pos[pos == len(block)] = len(block) - 1
+            found |= block[pos] == ts
+        return found
+
+    def add(self, ts: np.ndarray) -> None:
+        """Add timestamps (need not be sorted or unique, but must not already be in the set)."""
+        block = np.unique(np.asarray(ts, dtype=np.int64))
+        if len(block) == 0:
+            return
+        self._blocks.append(block)
+        self._count += len(block)
+        if len(self._blocks) > self._MAX_BLOCKS:
+            self._blocks = [np.sort(np.concatenate(self._blocks))]
+
+
+@dataclass
+class ValidatedChunk:
+    good: np.ndarray  # RAW_BAR_DTYPE rows that passed, sorted by ts
+    bad: np.ndarray  # RAW_BAR_DTYPE rows rejected, in input order
+    bad_reason: np.ndarray  # str per bad row: the first failing reason in REASONS order
+    bad_code: np.ndarray  # uint8 per bad row: index into REASONS
+
+    def reason_counts(self) -> dict[str, int]:
+        codes, counts = np.unique(self.bad_code, return_counts=True)
+        return {REASONS[int(code)]: int(count) for code, count in zip(codes, counts, strict=True)}
+
+
+def _first_reason(chunk: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
+    """uint8 code of the first failing rule (all but duplicate_ts) per row; _NO_REASON where none fails."""
+    prices = [chunk[name].astype(np.int64, copy=False) for name in _PRICE_FIELDS]
+    o, h, lo, c = prices
+    ts = chunk["ts"].astype(np.int64, copy=False)
+    volume = chunk["volume"].astype(np.uint64, copy=False)
+
+    checks = [
+        np.logical_or.reduce([p == UNDEF_PRICE for p in prices]),
+        np.logical_or.reduce([p <= 0 for p in prices]),
+        ~np.logical_and.reduce([prices_representable(p) for p in prices]),
+        (h < np.maximum(o, c)) | (lo > np.minimum(o, c)) | (lo > h),
+        volume > np.uint64(_I64_MAX),  # a negative int written unsigned
+        (ts % NS_PER_MINUTE) != 0,
+        (ts < start_ns) | (ts >= end_ns),
+    ]
+    code = np.full(len(chunk), _NO_REASON, dtype=np.uint8)
+    # Assign in reverse so that the earliest failing rule is the one left standing.
+    for index in range(len(checks) - 1, -1, -1):
+        code[checks[index]] = index
+    return code
+
+
+def validate_chunk(chunk: np.ndarray, start_ns: int, end_ns: int, seen_ts: SeenTimestamps | None) -> ValidatedChunk:
+    """Split a chunk of RAW_BAR_DTYPE bars into good (sorted by ts) and bad (with their first failing reason).
+
+    ``seen_ts`` is the ingest-wide duplicate state: pass the same ``SeenTimestamps`` for every chunk of one
+    ingest, in file order (it is updated with the ts of the good rows). ``None`` detects duplicates within
+    this chunk only. The window is ``[start_ns, end_ns)``.
+    """
+    chunk = np.asarray(chunk)
+    if chunk.dtype != RAW_BAR_DTYPE:
+        raise TypeError(f"expected RAW_BAR_DTYPE rows, got dtype {chunk.dtype}")
+    if seen_ts is None:
+        seen_ts = SeenTimestamps()
+
+    code = _first_reason(chunk, start_ns, end_ns)
+    candidates = np.flatnonzero(code == _NO_REASON)
+    cand_ts = chunk["ts"][candidates]
+    # np.unique's return_index gives the first occurrence (in chunk order) of each value.
+    unique_ts, first_pos = np.unique(cand_ts, return_index=True)
+    is_first = np.zeros(len(candidates), dtype=bool)
+    is_first[first_pos] = True
+    already = np.zeros(len(candidates), dtype=bool)
+    already[first_pos] = seen_ts.contains(unique_ts)
+    duplicate = ~is_first | already
+    code[candidates[duplicate]] = REASON_CODES["duplicate_ts"]
+    seen_ts.add(cand_ts[~duplicate])
+
+    good_mask = code == _NO_REASON
+    good = chunk[good_mask]
+    if len(good) > 1 and not bool(np.all(good["ts"][1:] > good["ts"][:-1])):
+        good = good[np.argsort(good["ts"], kind="stable")]
+    bad_code = code[~good_mask]
+    return ValidatedChunk(
+        good=good,
+        bad=chunk[~good_mask],
+        bad_reason=_REASON_ARRAY[bad_code],
+        bad_code=bad_code,
+    )
