@@ -8,16 +8,18 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from engine import sweep
-from engine.app import EXIT_USER_ERROR, report, run_job
 from engine.config import check_override_keys, register_configs
 from engine.console import console
 from engine.errors import EngineError
+from engine.rerun import expand_sweep_argv
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
+    from engine.app import report, run_job  # imported here so `--help` and `--cfg` start fast
+
     result = run_job(cfg)
     report(result)
     if HydraConfig.get().mode != RunMode.MULTIRUN and result["exit_code"]:
@@ -27,10 +29,11 @@ def main(cfg: DictConfig) -> dict:
 
 if __name__ == "__main__":
     try:
+        sys.argv[1:] = expand_sweep_argv(sys.argv[1:])
         check_override_keys(sys.argv[1:])
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(exc.exit_code)
     main()
     if sweep.last_sweep.get("failed"):
         console.print(f"[red]{sweep.last_sweep['failed']} of {sweep.last_sweep['jobs']} jobs failed[/]")

@@ -22,6 +22,8 @@ from engine.db import runs
 from engine.db.connect import create_db_engine, masked_url, upgrade
 from engine.errors import EngineError
 from engine.pipeline import run_stages
+from engine.plan import plan
+from engine.rerun import load_saved
 from engine.stages import STAGES
 
 log = logging.getLogger("engine")
@@ -46,15 +48,29 @@ def run_job(cfg: DictConfig) -> dict:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         provenance.redact_tree(Path(hydra_cfg.sweep.dir))
     started = time.monotonic()
-    result: dict = {"status": "failed", "run_dir": str(run_dir), "overrides": overrides, "run_id": None}
+    result: dict = {"status": "failed", "run_dir": str(run_dir), "overrides": overrides, "run_id": None,
+                    "exit_code": EXIT_OK}
     db = None
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        rerun_of = None
+        if cfg.rerun:
+            cfg, rerun_of = load_saved(cfg)
         typed, window, resolved_yaml = _validated(cfg)
         result["symbol"] = typed.symbol
         code = provenance.code_version()
         config_sha = provenance.sha256_text(resolved_yaml)
         (run_dir / "resolved_config.yaml").write_text(resolved_yaml)
+        if typed.dry_run:
+            result.update(status="success", dry_run=True, plan=plan(typed, window, log))
+            return result
+        if rerun_of is not None:
+            result["rerun_of"] = rerun_of.run_id
+            log.info("rerun of run %s from %s (its saved config, not today's conf/)", rerun_of.run_id,
+                     rerun_of.run_dir)
+            if rerun_of.git_hash != code.git_hash:
+                log.warning("rerun: the code changed since run %s (git %s then, %s now)", rerun_of.run_id,
+                            rerun_of.git_hash, code.git_hash)
         db = create_db_engine(typed.db.url, typed.db.echo)
         upgrade(db)
         run_id = runs.start_run(
@@ -68,6 +84,8 @@ def run_job(cfg: DictConfig) -> dict:
             config_sha256=config_sha,
             overrides=runs.dumps(overrides),
             data_kind=typed.source.data_kind.value,
+            rerun_of=rerun_of.run_id if rerun_of else None,
+            rerun_of_git_hash=rerun_of.git_hash if rerun_of else None,
         )
         result["run_id"] = run_id
         _write_json(
@@ -81,6 +99,8 @@ def run_job(cfg: DictConfig) -> dict:
                 "packages": provenance.package_versions(),
                 "python": sys.version.split()[0],
                 "command": provenance.redact(" ".join(sys.argv)),
+                "rerun_of": None if rerun_of is None else {"run_id": rerun_of.run_id, "git_hash": rerun_of.git_hash,
+                                                           "run_dir": str(rerun_of.run_dir)},
             },
         )
         log.info("run %s: %s on %s, logic version %s, dir %s", run_id, typed.symbol, masked_url(typed.db.url),
@@ -107,7 +127,6 @@ def run_job(cfg: DictConfig) -> dict:
         provenance.redact_tree(run_dir)
         if db is not None:
             db.dispose()
-    result.setdefault("exit_code", EXIT_OK)
     return result
 
 
@@ -129,9 +148,32 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def report(result: dict) -> None:
-    if result["status"] == "success":
-        console.print(f"[green]run {result['run_id']} succeeded[/] in {result['duration_seconds']} s: "
-                      f"{result['run_dir']}")
-    else:
-        console.print(f"[red]run {result.get('run_id')} {result['status']}[/]: {result.get('error')}\n"
-                      f"  run directory: {result['run_dir']}")
+    """The closing summary: what the job did, in one table, and where its record is."""
+    from rich.table import Table
+
+    ok = result["status"] == "success"
+    table = Table(title=f"run {result.get('run_id')}: [{'green' if ok else 'red'}]{result['status']}[/]",
+                  title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("symbol", str(result.get("symbol")))
+    stages = result.get("stages") or {}
+    if "ingest" in stages:
+        ingest = stages["ingest"]
+        table.add_row("bars", f"{ingest['bars_received']:,} received: {ingest['bars_inserted']:,} new, "
+                              f"{ingest['bars_updated']:,} updated, {ingest['bars_unchanged']:,} unchanged, "
+                              f"{ingest['bars_skipped']:,} quarantined")
+    if "detect" in stages:
+        detect = stages["detect"]
+        events = ", ".join(f"{count:,} {direction}" for direction, count in detect.get("events", {}).items())
+        table.add_row("events", f"{events or 'none'} from {detect.get('source_table')} "
+                                f"({detect.get('logic_version')})")
+    if "chart" in stages:
+        table.add_row("chart", str(stages["chart"].get("path")))
+    if result.get("dry_run"):
+        table.add_row("dry run", "plan only, nothing written")
+    if not ok:
+        table.add_row("error", str(result.get("error")))
+    table.add_row("run directory", result["run_dir"])
+    table.add_row("seconds", f"{result['duration_seconds']:.2f}")
+    console.print(table)

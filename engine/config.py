@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -78,6 +78,7 @@ class WindowConfig:
     start: str = MISSING
     end: str = MISSING
     warmup_start: str | None = None
+    chunk: str | None = None  # e.g. 1d, 7d, 12h: process a long window chunk by chunk, resumably
 
 
 @dataclass
@@ -92,6 +93,22 @@ class DetectorConfig:
     n: int = 5
     swing_high: Direction = Direction.BEAR
     swing_low: Direction = Direction.BULL
+
+
+@dataclass
+class ParitySideConfig:
+    """One side of `stages=[parity]`: events in the database, or a CSV export (columns ts, direction)."""
+
+    source_table: str | None = None  # clean | legacy (or the table name); null: the table detect reads
+    logic_version: str | None = None  # null: this run's logic version
+    csv: str | None = None  # a file of events from another tool instead of the database
+
+
+@dataclass
+class ParityConfig:
+    left: ParitySideConfig = field(default_factory=ParitySideConfig)
+    right: ParitySideConfig = field(default_factory=ParitySideConfig)
+    tolerance: int = 0  # mismatches (only_left + only_right) accepted before the job fails
 
 
 @dataclass
@@ -118,12 +135,16 @@ class EngineConfig:
     window: WindowConfig = MISSING
     policy: PolicyConfig = MISSING
     detector: DetectorConfig = MISSING
+    parity: ParityConfig = field(default_factory=ParityConfig)
     symbol: str = "NQ"
     roll_rule: str | None = None
     rank: int | None = None
     stages: list[str] = field(default_factory=lambda: ["registry"])
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     data_dir: str = "data"
+    dry_run: bool = False  # print the plan (symbol, windows, chunks, tables, cost) and write nothing
+    force: bool = False  # redo chunks already done with the same settings
+    rerun: str | None = None  # a run directory (or sweep directory) to run again from its saved config
 
 
 def register_configs() -> None:
@@ -136,6 +157,7 @@ def register_configs() -> None:
     cs.store(group="window", name="window_schema", node=WindowConfig)
     cs.store(group="policy", name="policy_schema", node=PolicyConfig)
     cs.store(group="detector", name="detector_schema", node=DetectorConfig)
+    cs.store(group="parity", name="parity_schema", node=ParityConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +169,40 @@ class Window:
     start: datetime
     end: datetime
     warmup_start: datetime | None = None
+    chunk: timedelta | None = None
+
+    def chunks(self) -> list[Window]:
+        """The window cut at whole multiples of `chunk` since the Unix epoch (so reruns cut alike)."""
+        if self.chunk is None:
+            return [self]
+        step = self.chunk
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        edge = epoch + ((self.start - epoch) // step + 1) * step
+        pieces, lo = [], self.start
+        while lo < self.end:
+            hi = min(edge, self.end)
+            pieces.append(Window(lo, hi, self.warmup_start if lo == self.start else None))
+            lo, edge = hi, edge + step
+        return pieces
+
+
+_CHUNK_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_chunk(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    value = str(text).strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if unit not in _CHUNK_UNITS or not number.isdigit() or int(number) == 0:
+        raise EngineError(
+            f"window.chunk={text!r} is not a chunk length",
+            "write a whole number and a unit m/h/d/w, e.g. window.chunk=1d or window.chunk=1w (null: one chunk)",
+        )
+    step = int(number) * _CHUNK_UNITS[unit]
+    if step % timedelta(minutes=1):
+        raise EngineError(f"window.chunk={text!r} is not whole minutes", "use minutes, hours, days or weeks")
+    return step
 
 
 def parse_utc(value: str, key: str) -> datetime:
@@ -180,7 +236,7 @@ def parse_window(window: WindowConfig) -> Window:
                 "window.warmup_start is after window.start",
                 "set window.warmup_start at or before window.start, or drop it to use the detector's default",
             )
-    return Window(start, end, warmup)
+    return Window(start, end, warmup, parse_chunk(window.chunk))
 
 
 def normalize_symbol(symbol: str, default_dataset: str) -> str:

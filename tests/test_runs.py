@@ -23,7 +23,7 @@ def runs_rows(url: str) -> list[dict]:
 
 
 def test_a_run_leaves_config_provenance_and_a_linked_row(engine_cli, db_url):
-    run = engine_cli(f"db.url={db_url}", "symbol=ES")
+    run = engine_cli(f"db.url={db_url}", "symbol=ES", "stages=[registry]")
     assert run.returncode == 0, run.output
     run_dir = run.run_dir
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "resolved_config.yaml", "provenance.json",
@@ -38,7 +38,7 @@ def test_a_run_leaves_config_provenance_and_a_linked_row(engine_cli, db_url):
     assert prov["git_hash"] == expected.git_hash and prov["git_dirty"] == expected.git_dirty
     assert prov["logic_version"] == expected.logic_version
     assert prov["config_sha256"] == hashlib.sha256(resolved_text.encode()).hexdigest()
-    assert prov["overrides"] == [f"db.url={db_url}", "symbol=ES"]
+    assert prov["overrides"] == [f"db.url={db_url}", "symbol=ES", "stages=[registry]"]
     assert {"hydra-core", "databento", "sqlalchemy", "alembic"} <= set(prov["packages"])
 
     [row] = runs_rows(db_url)
@@ -111,3 +111,35 @@ def test_redact_masks_url_passwords_and_secret_env(monkeypatch):
     monkeypatch.setenv("DATABENTO_API_KEY", PLANTED_KEY)
     text = f"postgresql+psycopg://u:{PLANTED_PASSWORD}@h/db key={PLANTED_KEY}"
     assert redact(text) == "postgresql+psycopg://u:***@h/db key=***"
+
+
+def test_a_stopped_run_is_recorded_as_interrupted(db_url, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", f"db.url={db_url}", "stages=[ingest]", "window.start=2019-01-01",
+         "window.end=2025-01-01"],
+        cwd=tmp_path, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if (query_runs := runs_rows(db_url)) and query_runs[0]["status"] == "running":
+                break
+        except sa.exc.SQLAlchemyError:
+            pass  # not created yet
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    [row] = runs_rows(db_url)
+    assert row["status"] == "interrupted" and row["finished_at"] is not None
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        ingest = conn.execute(sa.text("SELECT status, error FROM clean_ingest_runs")).mappings().all()
+    engine.dispose()
+    assert [r["status"] for r in ingest] in ([], ["failed"])

@@ -51,6 +51,8 @@ engine_runs = Table(
     Column("overrides", Text, nullable=False),
     Column("data_kind", Text, nullable=False),
     Column("error", Text),
+    Column("rerun_of", Integer),
+    Column("rerun_of_git_hash", Text),
     CheckConstraint("status IN ('running', 'success', 'failed', 'interrupted')", name="ck_engine_runs_status"),
 )
 
@@ -141,6 +143,22 @@ clean_ingest_quarantine = Table(
     Index("ix_clean_ingest_quarantine_run", "ingest_run_id"),
 )
 
+stage_chunks = Table(
+    "stage_chunks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("engine_run_id", Integer, ForeignKey("engine_runs.id", name="fk_stage_chunks_run"), nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("start_ts", UtcTimestamp, nullable=False),
+    Column("end_ts", UtcTimestamp, nullable=False),
+    Column("settings_sha256", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("finished_at", UtcTimestamp),
+    Column("summary", Text),
+    Index("ix_stage_chunks_lookup", "stage", "symbol", "settings_sha256", "start_ts", "end_ts"),
+)
+
 __all__ = [
     "metadata",
     "engine_runs",
@@ -150,4 +168,5 @@ __all__ = [
     "triangle_events",
     "clean_ingest_runs",
     "clean_ingest_quarantine",
+    "stage_chunks",
 ]

@@ -1,10 +1,16 @@
-"""Stage registry: a stage is one module with `run(ctx) -> dict` plus one line here."""
+"""Stage registry: a stage is one module with `run(ctx) -> dict` plus one line here.
 
-from collections.abc import Callable
+A stage module that also defines `chunk_settings(ctx) -> dict` runs chunk by chunk under `window.chunk`.
+"""
 
-from engine.stages import ingest, registry
+from types import ModuleType
 
-STAGES: dict[str, Callable] = {
-    "registry": registry.run,
-    "ingest": ingest.run,
+from engine.stages import chart, detect, ingest, parity, registry
+
+STAGES: dict[str, ModuleType] = {
+    "registry": registry,
+    "ingest": ingest,
+    "detect": detect,
+    "parity": parity,
+    "chart": chart,
 }

@@ -6,6 +6,7 @@ with their reason. Every ingest leaves a clean_ingest_runs row, on failure too (
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 
@@ -64,8 +65,12 @@ def run(ctx: StageContext) -> dict:
     summary = tally.summary(counts, time.monotonic() - started)
     summary.update(ingest_run_id=ingest_id, databento_symbol=symbol.continuous)
     _print_summary(symbol.internal_symbol, summary)
-    ctx.log.info("ingest %s: %s", symbol.internal_symbol, summary)
     return summary
+
+
+def chunk_settings(ctx: StageContext) -> dict:
+    """What makes two ingests of the same chunk the same work (for resuming chunked backfills)."""
+    return {"symbol": dataclasses.asdict(ctx.symbol), "source": dataclasses.asdict(ctx.cfg.source)}
 
 
 class _Tally:

@@ -1,0 +1,117 @@
+"""Stage `chart`: a PNG candlestick chart of the window with its triangle events, in the run directory.
+
+Bars come from the table detect reads (clean unless policy.allow_legacy), events from triangle_events_v1 for
+(symbol, that table, this run's logic version, detector.n): BEAR as ▼ above the bar's high, BULL as ▲ below
+its low. A window of more than about one trading day is narrowed to its last session (the bars after the
+last gap of 60 minutes or more), so the candles stay readable.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+from engine.context import StageContext
+from engine.db.bars_read_tmp import datetime_to_ns, ns_to_datetime, read_bars
+from engine.db.events import EventKey, read_events
+from engine.errors import EngineError
+from engine.stages.detect import bars_table, check_detector
+
+TRADING_DAY_BARS = 23 * 60  # CME Globex: 23 hours of 1-minute bars
+SESSION_GAP_NS = 60 * 60 * 1_000_000_000
+_MARKERS = {"BEAR": ("v", "#d62728"), "BULL": ("^", "#2ca02c")}
+
+
+def run(ctx: StageContext) -> dict:
+    cfg, window = ctx.cfg, ctx.window
+    n = check_detector(cfg)
+    symbol = ctx.symbol.internal_symbol
+    table = bars_table(cfg)
+    if cfg.policy.allow_legacy:
+        ctx.log.warning("chart %s: policy allow_legacy, reading the legacy table %s (not recommended)", symbol, table)
+    bars = read_bars(ctx.db, table, symbol, datetime_to_ns(window.start), datetime_to_ns(window.end))
+    if not len(bars):
+        raise EngineError(
+            f"chart: no bars of {symbol} in {table} between {window.start:%Y-%m-%dT%H:%M}Z and "
+            f"{window.end:%Y-%m-%dT%H:%M}Z",
+            "ingest the window first (stages=[ingest,...]) or choose a window with bars",
+        )
+    shown, scope = chart_range(bars)
+    first, last = int(shown["ts"][0]), int(shown["ts"][-1])
+    key = EventKey(symbol, table, ctx.run.code.logic_version, n)
+    events = read_events(ctx.db, key, ns_to_datetime(first), ns_to_datetime(last) + timedelta(microseconds=1))
+    if not len(events):
+        ctx.log.warning("chart %s: no triangle events of %s / logic version %s / n=%d in the chart range; "
+                        "run stages=[detect,chart] to draw them", symbol, table, key.logic_version, n)
+    path = Path(ctx.run.dir) / f"chart_{re.sub(r'[^A-Za-z0-9._-]', '_', symbol)}.png"
+    title = f"{symbol}  1m  {ns_to_datetime(first):%Y-%m-%d %H:%M} → {ns_to_datetime(last):%Y-%m-%d %H:%M} UTC"
+    drawn = plot_chart(shown, events, path, title)
+    summary = {
+        "path": str(path),
+        "source_table": table,
+        "logic_version": key.logic_version,
+        "scope": scope,
+        "bars": len(shown),
+        "bars_in_window": len(bars),
+        "range_start": f"{ns_to_datetime(first):%Y-%m-%dT%H:%M:%SZ}",
+        "range_end": f"{ns_to_datetime(last):%Y-%m-%dT%H:%M:%SZ}",
+        "events": drawn,
+    }
+    ctx.log.info("chart %s: %s", symbol, path)
+    return summary
+
+
+def chart_range(bars: np.ndarray) -> tuple[np.ndarray, str]:
+    """The whole window if it holds at most a trading day of bars, else its last session (at most a day)."""
+    if len(bars) <= TRADING_DAY_BARS:
+        return bars, "window"
+    gaps = np.flatnonzero(np.diff(bars["ts"]) >= SESSION_GAP_NS)
+    session = bars[gaps[-1] + 1 :] if len(gaps) else bars
+    return session[-TRADING_DAY_BARS:], "last session"
+
+
+def plot_chart(bars: np.ndarray, events: np.ndarray, path: Path, title: str) -> dict[str, int]:
+    """Write the candlestick PNG; returns how many events of each direction were drawn."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)  # mplfinance styles ask for "semibold"
+    import matplotlib.pyplot as plt
+    import mplfinance as mpf
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {"Open": bars["open"], "High": bars["high"], "Low": bars["low"], "Close": bars["close"],
+         "Volume": bars["volume"]},
+        index=pd.DatetimeIndex(bars["ts"].astype("datetime64[ns]"), name="UTC"),
+    )
+    ranges = bars["high"] - bars["low"]
+    pad = float(np.median(ranges)) * 0.6 or float(np.abs(bars["close"]).mean()) * 1e-4 or 1.0
+    addplots, drawn = [], {}
+    for direction, (marker, color) in _MARKERS.items():
+        ts = events["ts"][events["direction"] == direction]
+        idx = np.searchsorted(bars["ts"], ts)
+        idx = idx[(idx < len(bars)) & (bars["ts"][np.minimum(idx, len(bars) - 1)] == ts)]
+        drawn[direction] = len(idx)
+        if not len(idx):
+            continue
+        y = np.full(len(bars), np.nan)
+        y[idx] = bars["high"][idx] + pad if direction == "BEAR" else bars["low"][idx] - pad
+        addplots.append(mpf.make_addplot(y, type="scatter", marker=marker, markersize=70, color=color))
+    options = {"addplot": addplots} if addplots else {}
+    fig, _ = mpf.plot(
+        frame, type="candle", style="yahoo", volume=True, title=title, ylabel="price", figsize=(16, 9),
+        warn_too_much_data=len(frame) + 1, returnfig=True,
+        ylim=(float(bars["low"].min()) - 2 * pad, float(bars["high"].max()) + 2 * pad),
+        scale_padding={"left": 0.3, "right": 0.9, "top": 0.9, "bottom": 0.8}, **options,
+    )
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return drawn

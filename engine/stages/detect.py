@@ -1,0 +1,271 @@
+"""Stage `detect`: Williams-fractal triangles of the window, from the bars table, into triangle_events_v1.
+
+* Events are the pivots whose bar lies in [window.start, window.end): a swing high is recorded as
+  ``detector.swing_high`` (BEAR) at the bar's high, a swing low as ``detector.swing_low`` (BULL) at its low;
+  one bar can be both. ``confirm_ts`` is the bar n bars later, whose close confirms the pivot.
+* Reads the last ``warmup_bars(n)`` bars before the window (or from ``window.warmup_start``) and the first n
+  bars from window.end on, so the events of a range do not depend on how it is cut into windows. The stage
+  uses that itself: it works through long windows in pieces of PIECE_SPAN (bounded memory), and on
+  PostgreSQL reads the next piece in a background thread while the events of the current one are written.
+* Writes replace the events of (symbol, source_table, logic_version, n) in the window in one transaction:
+  a rerun leaves the same rows.
+* Clean-only contract: unless ``policy.allow_legacy``, reads market_bars_ohlcv_1m_clean and requires
+  successful clean ingests (clean_ingest_runs) to cover the whole window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.context import StageContext
+from engine.db.bars_read_tmp import datetime_to_ns, read_bars
+from engine.db.events import (
+    EVENT_DTYPE,
+    EventKey,
+    bar_span,
+    nth_bar_before,
+    nth_bar_from,
+    replace_events,
+    successful_ingest_intervals,
+)
+from engine.db.schema import CLEAN_BARS, LEGACY_BARS
+from engine.detectors.williams_fractals import swing_highs, swing_lows, warmup_bars
+from engine.errors import EngineError
+
+CONTRACT_ERROR = (
+    "ERROR: Clean table not available for this range\n"
+    "  Clean table is required for Phase D.0+\n"
+    "  To use legacy table, pass policy=allow_legacy (not recommended)"
+)
+_MAX_LISTED_GAPS = 20
+# Detection runs piece by piece (bounded memory; on PostgreSQL the next piece is read while this one's events
+# are written). A quarter is ~90k one-minute bars.
+PIECE_SPAN = timedelta(days=91)
+T = TypeVar("T")
+
+
+def bars_table(cfg: EngineConfig) -> str:
+    """The bars table detection reads: clean, or legacy only under policy allow_legacy."""
+    return LEGACY_BARS if cfg.policy.allow_legacy else CLEAN_BARS
+
+
+def check_detector(cfg: EngineConfig) -> int:
+    n = cfg.detector.n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise EngineError(f"detector.n={n!r} is not a usable period", "set detector.n to an integer >= 2, e.g. 5")
+    if cfg.detector.swing_high == cfg.detector.swing_low:
+        raise EngineError(
+            f"detector.swing_high and detector.swing_low are both {cfg.detector.swing_high.value}",
+            "use different directions, e.g. detector.swing_high=BEAR detector.swing_low=BULL",
+        )
+    return int(n)
+
+
+def run(ctx: StageContext) -> dict:
+    started = time.perf_counter()
+    cfg, window, log = ctx.cfg, ctx.window, ctx.log
+    n = check_detector(cfg)
+    symbol = ctx.symbol.internal_symbol
+    table = bars_table(cfg)
+    if cfg.policy.allow_legacy:
+        log.warning("detect %s: policy allow_legacy, reading the legacy table %s (not recommended); events are "
+                    "recorded with source_table=%s", symbol, table, table)
+    else:
+        log.info("detect %s: reading %s (clean-only policy)", symbol, table)
+        require_clean_coverage(ctx, symbol)
+
+    # Pieces cover the bars actually there (the last one runs to window.end), so a window much wider than
+    # the data costs nothing extra.
+    span = bar_span(ctx.db, table, symbol, window.start, window.end)
+    pieces = split_window(span[0], span[1] + timedelta(microseconds=1)) if span else []
+    if pieces:
+        pieces[-1] = (pieces[-1][0], window.end)
+    reads = read_pieces(ctx, table, symbol, pieces, n)
+    if ctx.db.dialect.name == "postgresql" and len(pieces) > 1:
+        reads = in_background(reads)  # the next piece streams out while this one's events stream in
+    counts = {"bars_in_window": 0, "bars_read": 0, "warmup_bars": 0, "confirm_bars": 0}
+    directions = (cfg.detector.swing_high.value, cfg.detector.swing_low.value)
+    by_direction = dict.fromkeys(directions, 0)
+
+    def events_of_pieces():
+        for k, (piece_start, piece_end, bars) in enumerate(reads):
+            start_ns, end_ns = datetime_to_ns(piece_start), datetime_to_ns(piece_end)
+            i0, i1 = (int(i) for i in np.searchsorted(bars["ts"], [start_ns, end_ns], side="left"))
+            if k == 0:
+                counts["warmup_bars"] = i0
+                if window.warmup_start is not None and i0 < warmup_bars(n):
+                    log.warning("detect %s: window.warmup_start leaves %d warm-up bars, the detector needs %d: "
+                                "pivots among the first bars of the window may be missed", symbol, i0, warmup_bars(n))
+            counts["bars_in_window"] += i1 - i0
+            counts["bars_read"] += len(bars)
+            counts["confirm_bars"] = len(bars) - i1
+            events = detect_events(bars, n, start_ns, end_ns, *directions)
+            for direction in directions:
+                by_direction[direction] += int(np.count_nonzero(events["direction"] == direction))
+            yield events
+
+    key = EventKey(symbol, table, ctx.run.code.logic_version, n)
+    # SQLite: a read inside the write transaction would wait for the write lock, so detect everything first.
+    try:
+        chunks = events_of_pieces() if ctx.db.dialect.name == "postgresql" else list(events_of_pieces())
+        deleted, inserted = replace_events(ctx.db, key, window.start, window.end, chunks, ctx.run.id)
+    finally:
+        reads.close()  # stops the background reader, if any, when the write failed half-way
+    seconds = time.perf_counter() - started
+    if not counts["bars_in_window"]:
+        log.warning("detect %s: no bars in %s between %s and %s", symbol, table, _fmt(window.start), _fmt(window.end))
+    summary = {
+        "symbol": symbol,
+        "source_table": table,
+        "logic_version": key.logic_version,
+        "n": n,
+        "window_start": _fmt(window.start),
+        "window_end": _fmt(window.end),
+        **counts,
+        "events": by_direction,
+        "events_written": inserted,
+        "events_replaced": deleted,
+        "pieces": len(pieces),
+        "seconds": round(seconds, 3),
+    }
+    log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, %.3f s (%.0f bars/s)", symbol,
+             counts["bars_in_window"], counts["bars_read"], ", ".join(f"{v} {k}" for k, v in by_direction.items()),
+             table, key.logic_version, seconds, counts["bars_in_window"] / max(seconds, 1e-9))
+    return summary
+
+
+def chunk_settings(ctx: StageContext) -> dict:
+    """What makes two detections of the same chunk the same work (for resuming chunked runs)."""
+    return {
+        "symbol": ctx.symbol.internal_symbol,
+        "source_table": bars_table(ctx.cfg),
+        "logic_version": ctx.run.code.logic_version,
+        "detector": dataclasses.asdict(ctx.cfg.detector),
+    }
+
+
+def split_window(start: datetime, end: datetime, span: timedelta | None = None) -> list[tuple[datetime, datetime]]:
+    """[start, end) as consecutive pieces of at most `span` (PIECE_SPAN): each gives the same events alone."""
+    span = span or PIECE_SPAN
+    edges = [start]
+    while edges[-1] + span < end:
+        edges.append(edges[-1] + span)
+    edges.append(end)
+    return list(zip(edges, edges[1:], strict=False))
+
+
+def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[datetime, datetime]], n: int
+                ) -> Iterator[tuple[datetime, datetime, np.ndarray]]:
+    """For each piece: its bars, the warmup_bars(n) bars before it and the n bars from its end on.
+
+    The first piece starts at window.warmup_start instead when that is set.
+    """
+    for k, (piece_start, piece_end) in enumerate(pieces):
+        if k == 0 and ctx.window.warmup_start is not None:
+            read_start = ctx.window.warmup_start
+        else:
+            read_start = nth_bar_before(ctx.db, table, symbol, piece_start, warmup_bars(n)) or piece_start
+        last_confirming = nth_bar_from(ctx.db, table, symbol, piece_end, n)
+        read_end_ns = datetime_to_ns(last_confirming) + 1 if last_confirming else datetime_to_ns(piece_end)
+        yield piece_start, piece_end, read_bars(ctx.db, table, symbol, datetime_to_ns(read_start), read_end_ns)
+
+
+def in_background(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Run the iterator `items` in a worker thread, at most `depth` items ahead; errors re-raise here."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(message) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(("error", exc))
+
+    worker = threading.Thread(target=work, name="detect-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+
+
+def detect_events(bars: np.ndarray, n: int, start_ns: int, end_ns: int, high_direction: str,
+                  low_direction: str) -> np.ndarray:
+    """Pivots of `bars` (ordered by ts) whose bar lies in [start_ns, end_ns), ordered by (ts, direction)."""
+    ts = bars["ts"]
+    i0, i1 = np.searchsorted(ts, [start_ns, end_ns], side="left")
+    parts = []
+    for mask, price_column, direction in ((swing_highs(bars["high"], n), "high", high_direction),
+                                          (swing_lows(bars["low"], n), "low", low_direction)):
+        idx = np.flatnonzero(mask[i0:i1]) + i0  # a pivot always has n bars after it, so idx + n exists
+        part = np.empty(len(idx), EVENT_DTYPE)
+        part["ts"] = ts[idx]
+        part["confirm_ts"] = ts[idx + n]
+        part["price"] = bars[price_column][idx]
+        part["direction"] = direction
+        parts.append(part)
+    events = np.concatenate(parts)
+    return events[np.lexsort((events["direction"], events["ts"]))]
+
+
+def require_clean_coverage(ctx: StageContext, symbol: str) -> None:
+    """Raise the clean-table contract error unless successful clean ingests cover [window.start, window.end)."""
+    start, end = ctx.window.start, ctx.window.end
+    gaps = missing_ranges(successful_ingest_intervals(ctx.db, symbol, start, end), start, end)
+    if not gaps:
+        ctx.log.info("detect %s: clean ingests cover %s → %s", symbol, _fmt(start), _fmt(end))
+        return
+    listed = ", ".join(f"{_fmt(a)} → {_fmt(b)}" for a, b in gaps[:_MAX_LISTED_GAPS])
+    if len(gaps) > _MAX_LISTED_GAPS:
+        listed += f", … and {len(gaps) - _MAX_LISTED_GAPS} more"
+    raise EngineError(f"{CONTRACT_ERROR}\n  Missing: {listed}", None)
+
+
+def missing_ranges(intervals: list[tuple[datetime, datetime]], start: datetime, end: datetime
+                   ) -> list[tuple[datetime, datetime]]:
+    """Parts of [start, end) that no [a, b) of `intervals` covers, in order."""
+    gaps = []
+    cursor = start
+    for a, b in sorted(intervals):
+        if cursor >= end:
+            break
+        if b <= cursor:
+            continue
+        if a > cursor:
+            gaps.append((cursor, min(a, end)))
+        cursor = max(cursor, b)
+    if cursor < end:
+        gaps.append((cursor, end))
+    return gaps
+
+
+def _fmt(value: datetime) -> str:
+    return f"{value:%Y-%m-%dT%H:%M:%SZ}" if value.second or value.microsecond else f"{value:%Y-%m-%dT%H:%MZ}"
