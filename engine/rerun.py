@@ -31,7 +31,8 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def expand_sweep_argv(argv: list[str]) -> list[str]:
     """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories."""
-    out = []
+    out: list[str] = []
+    multirun = False
     for arg in argv:
         key, _, value = arg.partition("=")
         path = Path(value)
@@ -40,11 +41,10 @@ def expand_sweep_argv(argv: list[str]) -> list[str]:
             if not jobs:
                 raise EngineError(f"sweep directory {path} holds no saved job configs", "rerun a run directory")
             out.append("rerun=" + ",".join(str(j) for j in jobs))
-            if "-m" not in argv and "--multirun" not in argv:
-                out.append("-m")
+            multirun = "-m" not in argv and "--multirun" not in argv
         else:
             out.append(arg)
-    return out
+    return ["--multirun", *out] if multirun else out
 
 
 def load_saved(current: DictConfig) -> tuple[DictConfig, RerunOf]:

@@ -85,25 +85,27 @@ def db(db_url):
 # Running the engine the way a person does: `python -m engine <overrides>` in a working folder
 
 
+def _result_files(cwd: Path) -> set[Path]:
+    return set((cwd / "runs").rglob("result.json"))
+
+
 class EngineRun:
-    def __init__(self, proc: subprocess.CompletedProcess, cwd: Path):
+    def __init__(self, proc: subprocess.CompletedProcess, cwd: Path, new_results: set[Path]):
         self.returncode = proc.returncode
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         self.cwd = cwd
+        self.run_dirs = sorted(p.parent for p in new_results)
 
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
 
-    def run_dirs(self) -> list[Path]:
-        return sorted(p.parent for p in (self.cwd / "runs").rglob("result.json"))
-
     @property
     def run_dir(self) -> Path:
-        dirs = self.run_dirs()
-        assert dirs, f"no run directory under {self.cwd / 'runs'}\n{self.output}"
-        return max(dirs, key=lambda p: p.stat().st_mtime)
+        """The run directory this command wrote (the newest, for a sweep)."""
+        assert self.run_dirs, f"no new run directory under {self.cwd / 'runs'}\n{self.output}"
+        return max(self.run_dirs, key=lambda p: p.stat().st_mtime)
 
     @property
     def result(self) -> dict:
@@ -117,10 +119,11 @@ def engine_cli(tmp_path):
     def run(*overrides: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
         workdir = cwd or tmp_path
         full_env = {**os.environ, "COLUMNS": "160", **(env or {})}
+        before = _result_files(workdir)
         proc = subprocess.run(
             [sys.executable, "-m", "engine", *overrides],
             cwd=workdir, env=full_env, capture_output=True, text=True, timeout=timeout,
         )
-        return EngineRun(proc, workdir)
+        return EngineRun(proc, workdir, _result_files(workdir) - before)
 
     return run
