@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def _on_sigterm(signum, frame):
     raise Interrupted(f"signal {signum}")
 
 
+def _set_sigterm(handler) -> None:
+    """Only the main thread may set handlers; a launcher running jobs in threads keeps the default."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; always leaves result.json (and, once the database is open, a closed run row)."""
     hydra_cfg = HydraConfig.get()
@@ -52,7 +59,7 @@ def run_job(cfg: DictConfig) -> dict:
                     "exit_code": EXIT_OK}
     db = None
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _set_sigterm(_on_sigterm)
         rerun_of = None
         if cfg.rerun:
             cfg, rerun_of = load_saved(cfg)
@@ -118,7 +125,7 @@ def run_job(cfg: DictConfig) -> dict:
         result.update(error=f"{type(exc).__name__}: {exc}", exit_code=EXIT_FAILED)
         log.exception("run failed")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _set_sigterm(signal.SIG_DFL)
         result["duration_seconds"] = round(time.monotonic() - started, 3)
         if result["run_id"] is not None:
             runs.finish_run(db, result["run_id"], result["status"], provenance.redact(result.get("error") or "")
