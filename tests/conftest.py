@@ -1,7 +1,9 @@
-"""Shared test fixtures: real DBN files, scratch SQLite and PostgreSQL databases, running the engine."""
+"""Shared test fixtures: real DBN files, scratch SQLite and PostgreSQL databases, a fake Databento API,
+running the engine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from fake_databento import FakeDatabento, make_cert
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DBN = Path(os.environ.get("ENGINE_DBN_FIXTURES", REPO.parent / "shared" / "fixtures" / "dbn"))
@@ -70,15 +73,56 @@ def db_url(request) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
-@pytest.fixture
-def db(db_url):
-    """A migrated database engine."""
+def _migrated(url: str):
     from engine.db.connect import create_db_engine, upgrade
 
-    engine = create_db_engine(db_url)
+    engine = create_db_engine(url)
     upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def db(db_url):
+    """A migrated database engine."""
+    yield from _migrated(db_url)
+
+
+@pytest.fixture
+def pg_db(pg_url):
+    """A migrated scratch PostgreSQL database (for the PostgreSQL-only paths)."""
+    yield from _migrated(pg_url)
+
+
+# --------------------------------------------------------------------------------------------
+# A local fake of Databento's historical API serving real DBN bytes (tests/fake_databento.py)
+
+
+@pytest.fixture(scope="session")
+def fake_cert(tmp_path_factory):
+    """TLS certificate and key for the fake; None without openssl (the fake then falls back to plain HTTP)."""
+    return make_cert(tmp_path_factory.mktemp("fake-databento-tls"))
+
+
+@pytest.fixture
+def fake_databento(fake_cert, monkeypatch):
+    """Call as fake_databento(key, records=..., subprocess=...): a running FakeDatabento (stopped at teardown)
+    that this process's Databento client talks to, with DATABENTO_API_KEY=key.
+
+    Keyword options go to FakeDatabento. ``subprocess=True``: the engine will run in a child process, which
+    reaches the fake only over TLS, so the test is skipped without openssl.
+    """
+    with contextlib.ExitStack() as servers:
+
+        def start(key: str, *, subprocess: bool = False, **options) -> FakeDatabento:
+            if subprocess and fake_cert is None:
+                pytest.skip("openssl is needed to serve the fake API over TLS to a subprocess")
+            monkeypatch.setenv("DATABENTO_API_KEY", key)
+            server = servers.enter_context(FakeDatabento(cert=fake_cert, **options))
+            server.install(monkeypatch)
+            return server
+
+        yield start
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from engine.db.bars import (
     window_has_rows,
     write_quarantine,
 )
-from engine.db.connect import create_db_engine, upgrade
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_quarantine, clean_ingest_runs
 
 T0 = 1_710_028_800 * 1_000_000_000  # 2024-03-10 00:00:00 UTC
@@ -292,15 +291,6 @@ def test_an_exception_after_the_rows_are_sent_rolls_the_batch_back(db, monkeypat
 
 # ------------------------------------------------------------------------------------------------
 # PostgreSQL: which path each batch takes
-
-
-@pytest.fixture
-def pg_db(pg_url):
-    """A migrated scratch PostgreSQL database (for the PostgreSQL-only COPY paths)."""
-    engine = create_db_engine(pg_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_postgres_direct_copy_and_staging_paths(pg_db, monkeypatch):

@@ -21,7 +21,7 @@ from test_detect_stage import (
     mark_clean,
 )
 
-from engine.db.bars_read_tmp import BARS_DTYPE
+from engine.db.bars import BAR_READ_DTYPE
 from engine.errors import EngineError
 from engine.stages import STAGES, chart, detect
 
@@ -54,7 +54,7 @@ def test_chart_without_bars_is_a_user_error(db, tmp_path):
 
 def test_a_long_window_is_narrowed_to_its_last_session():
     def bars(minutes):
-        out = np.zeros(len(minutes), BARS_DTYPE)
+        out = np.zeros(len(minutes), BAR_READ_DTYPE)
         out["ts"] = np.asarray(minutes, dtype=np.int64) * 60_000_000_000
         return out
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import databento
 import pytest
-from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, make_cert, ohlcv_dbn
+from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, ohlcv_dbn
 
 from engine.errors import EngineError
 from engine.sources.databento_api import FetchResult, RawRequest, estimate_cost, fetch_raw
@@ -32,17 +32,9 @@ REQ = RawRequest(
 )
 
 
-@pytest.fixture(scope="session")
-def fake_cert(tmp_path_factory):
-    return make_cert(tmp_path_factory.mktemp("fake-databento-tls"))  # None -> plain HTTP fallback
-
-
 @pytest.fixture
-def fake(fake_cert, monkeypatch):
-    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
-    with FakeDatabento(cert=fake_cert) as server:
-        server.install(monkeypatch)
-        yield server
+def fake(fake_databento):
+    return fake_databento(KEY)
 
 
 class Sleeps(list):

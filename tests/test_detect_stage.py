@@ -26,7 +26,7 @@ from engine.config import (
 )
 from engine.context import RunRecord, StageContext
 from engine.db import registry, runs
-from engine.db.bars_read_tmp import read_bars
+from engine.db.bars import read_bars
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_runs, legacy_bars, triangle_events
 from engine.detectors.williams_fractals import reference_swing_highs, reference_swing_lows
 from engine.errors import EngineError

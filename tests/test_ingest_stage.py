@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from dbn_files import T0, bars, write_dbn
-from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, make_cert
+from fake_databento import GET_COST, GET_RANGE, Reply
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE
 from engine.validate import REASONS, UNDEF_PRICE
@@ -159,19 +159,9 @@ def test_demo_data_never_lands_next_to_market_data(engine_cli, db_url, tmp_path)
 KEY = "db-INGESTTESTKEY0123456789"
 
 
-@pytest.fixture(scope="module")
-def fake_cert(tmp_path_factory):
-    return make_cert(tmp_path_factory.mktemp("tls"))
-
-
 @pytest.fixture
-def fake(fake_cert, monkeypatch):
-    if fake_cert is None:
-        pytest.skip("openssl is needed to serve the fake API over TLS to a subprocess")
-    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
-    with FakeDatabento(cert=fake_cert, records=90) as server:
-        server.install(monkeypatch)
-        yield server
+def fake(fake_databento):
+    return fake_databento(KEY, records=90, subprocess=True)
 
 
 def from_databento(fake) -> list[str]:

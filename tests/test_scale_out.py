@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, make_cert
+from fake_databento import GET_COST, GET_RANGE, Reply
 
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
 
@@ -153,14 +153,8 @@ THREE_DAYS = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-12T00:00:
 
 
 @pytest.fixture
-def fake(tmp_path_factory, monkeypatch):
-    cert = make_cert(tmp_path_factory.mktemp("tls"))
-    if cert is None:
-        pytest.skip("openssl is needed to serve the fake API over TLS to a subprocess")
-    monkeypatch.setenv("DATABENTO_API_KEY", KEY)
-    with FakeDatabento(cert=cert, records=50) as server:
-        server.install(monkeypatch)
-        yield server
+def fake(fake_databento):
+    return fake_databento(KEY, records=50, subprocess=True)
 
 
 def test_chunked_backfill_resumes_after_a_failure_in_the_middle_chunk(engine_cli, db_url, fake):

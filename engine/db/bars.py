@@ -13,7 +13,8 @@ Each batch of ``batch_size`` rows is one transaction. Writers of the same symbol
 PostgreSQL by a transaction-scoped advisory lock on the symbol, on SQLite by BEGIN IMMEDIATE (see
 ``engine.db.connect``). The counts are read inside that critical section, so they are exact under concurrency.
 
-PostgreSQL: rows are sent with binary COPY from a buffer encoded by numpy (no per-row Python).
+PostgreSQL: rows are sent with binary COPY from a buffer encoded by numpy (no per-row Python, see
+``engine.db.pgcopy``).
 * the batch's ts range holds no row of the symbol -> COPY straight into the table (all inserted);
 * otherwise -> COPY into a temporary staging table, classify it against the table with one join, then
   INSERT ... ON CONFLICT DO UPDATE only the new and changed rows.
@@ -24,18 +25,20 @@ new rows are INSERTed and changed rows UPDATEd with executemany; unchanged rows 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from sqlalchemy import Engine
 
 from engine.bars import RAW_BAR_DTYPE
+from engine.db import pgcopy
 from engine.db.schema import CLEAN_BARS
+from engine.db.types import NS_PER_SECOND, ns_to_datetime, sqlite_ts_text
 from engine.validate import REASONS, to_prices
 
 __all__ = [
@@ -54,14 +57,12 @@ BAR_READ_DTYPE = np.dtype(
 
 # pg_advisory_xact_lock(int4, int4): this namespace ('bars') + hashtext(symbol).
 _PG_LOCK_NAMESPACE = 0x62617273
-# PostgreSQL timestamps count microseconds from 2000-01-01 UTC.
-_PG_EPOCH_OFFSET_US = 946_684_800_000_000
-_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
-_PGCOPY_TRAILER = b"\xff\xff"
+# What read_bars' COPY sends per row: ts timestamptz, open..close float8, volume int8 (BAR_READ_DTYPE's order).
+_PG_READ_FIELDS = [("ts", ">i8"), ("open", ">f8"), ("high", ">f8"), ("low", ">f8"), ("close", ">f8"),
+                   ("volume", ">i8")]
 _STAGE = "_clean_bars_stage"
 _VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "instrument_id")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SQLITE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "instrument_id", "ingest_run_id")
 _SQLITE_EXISTING_DTYPE = np.dtype(
     [("secs", "i8"), ("open", "f8"), ("high", "f8"), ("low", "f8"), ("close", "f8"), ("volume", "i8"),
@@ -69,9 +70,6 @@ _SQLITE_EXISTING_DTYPE = np.dtype(
 )
 # SQLite before 3.32 allows 999 bound variables per statement.
 _SQLITE_MAX_VARIABLES = 999
-_SQLITE_TS_SUFFIX = np.frombuffer("+00:00".encode("utf-32-le"), dtype=np.uint32)
-_NS_PER_SECOND = 1_000_000_000
-_SECONDS_PER_DAY = 86_400
 
 
 @dataclass
@@ -92,46 +90,6 @@ class WriteCounts:
 # Vectorised encodings
 
 
-@functools.lru_cache(maxsize=1)
-def _time_of_day_codes() -> np.ndarray:
-    """'HH:MM:SS' for every second of a day, as UTF-32 code points, shape (86400, 8)."""
-    seconds = np.arange(_SECONDS_PER_DAY, dtype=np.int64).astype("datetime64[s]")
-    text = np.datetime_as_string(seconds, unit="s").astype("<U19")
-    return text.view(np.uint32).reshape(-1, 19)[:, 11:19].copy()
-
-
-def sqlite_ts_text(ts_ns: np.ndarray) -> np.ndarray:
-    """ns since the epoch -> '<U25' 'YYYY-MM-DD HH:MM:SS+00:00' (floored to the second), the SQLite format.
-
-    Vectorised: dates are formatted once per distinct day and times of day come from a lookup table.
-    """
-    ts_ns = np.asarray(ts_ns, dtype=np.int64)
-    if len(ts_ns) == 0:
-        return np.empty(0, dtype="<U25")
-    if (ts_ns == np.iinfo(np.int64).min).any():
-        raise ValueError("ts of -2**63 (NaT) cannot be stored")
-    secs = ts_ns // _NS_PER_SECOND
-    days, second_of_day = np.divmod(secs, _SECONDS_PER_DAY)
-    unique_days, day_index = np.unique(days, return_inverse=True)
-    # int64 ns always lies in years 1677..2262, so every date is exactly 10 characters.
-    day_text = np.datetime_as_string(unique_days.astype("datetime64[D]"), unit="D").astype("<U10")
-    out = np.empty((len(ts_ns), 25), dtype=np.uint32)
-    # np.take is much faster than fancy indexing for gathering rows.
-    out[:, :10] = np.take(day_text.view(np.uint32).reshape(-1, 10), day_index.reshape(-1), axis=0)
-    out[:, 10] = ord(" ")
-    out[:, 11:19] = np.take(_time_of_day_codes(), second_of_day, axis=0)
-    out[:, 19:] = _SQLITE_TS_SUFFIX
-    return out.view("<U25").reshape(-1)
-
-
-def _pg_copy_dtype(fields: list[tuple[str, str]]) -> np.dtype:
-    """One binary COPY record with fixed-width, non-NULL fields: int16 count, then (int32 len, value) each."""
-    layout = [("nfields", ">i2")]
-    for name, kind in fields:
-        layout += [(f"{name}_len", ">i4"), (name, kind)]
-    return np.dtype(layout)
-
-
 def _pg_encode(batch: np.ndarray, run_id: int | None, symbol: bytes | None) -> bytes:
     """A complete PGCOPY binary stream for ([symbol], ts, open..close, volume, instrument_id, [ingest_run_id])."""
     fields = []
@@ -141,56 +99,40 @@ def _pg_encode(batch: np.ndarray, run_id: int | None, symbol: bytes | None) -> b
                ("volume", ">i8"), ("instrument_id", ">i8")]
     if run_id is not None:
         fields.append(("ingest_run_id", ">i4"))
-    dtype = _pg_copy_dtype(fields)
-    rec = np.empty(len(batch), dtype=dtype)
-    rec["nfields"] = len(fields)
-    for name, _kind in fields:
-        rec[f"{name}_len"] = dtype[name].itemsize
+    rec = pgcopy.new_rows(fields, len(batch))
     if symbol is not None:
         rec["symbol"] = symbol
-    rec["ts"] = batch["ts"] // 1000 - _PG_EPOCH_OFFSET_US
+    rec["ts"] = pgcopy.to_timestamptz(batch["ts"])
     for name in ("open", "high", "low", "close"):
         rec[name] = to_prices(batch[name])
     rec["volume"] = batch["volume"].view(np.int64)
     rec["instrument_id"] = batch["instrument_id"]
     if run_id is not None:
         rec["ingest_run_id"] = run_id
-    return b"".join((_PGCOPY_HEADER, rec.tobytes(), _PGCOPY_TRAILER))
+    return pgcopy.encode(rec)
 
 
 def _pg_decode_bars(data: bytes | bytearray) -> np.ndarray:
     """Parse a binary COPY of (ts timestamptz, open..close float8, volume int8) into BAR_READ_DTYPE."""
-    dtype = _pg_copy_dtype([("ts", ">i8"), ("open", ">f8"), ("high", ">f8"), ("low", ">f8"), ("close", ">f8"),
-                            ("volume", ">i8")])
-    if not data.startswith(_PGCOPY_HEADER[:11]):
-        raise ValueError("not a PGCOPY binary stream")
-    ext_len = int.from_bytes(data[15:19], "big")
-    start = 19 + ext_len
-    body = len(data) - start - len(_PGCOPY_TRAILER)
-    if body % dtype.itemsize or data[-2:] != _PGCOPY_TRAILER:
-        raise ValueError("unexpected binary COPY layout (NULL values?)")
-    rec = np.frombuffer(data, dtype=dtype, count=body // dtype.itemsize, offset=start)
-    if len(rec) and (
-        (rec["nfields"] != 6).any() or any((rec[f"{n}_len"] != 8).any() for n in BAR_READ_DTYPE.names)
-    ):
-        raise ValueError("unexpected binary COPY layout (NULL values?)")
+    rec = pgcopy.decode(data, _PG_READ_FIELDS)
     out = np.empty(len(rec), dtype=BAR_READ_DTYPE)
-    out["ts"] = (rec["ts"].astype(np.int64) + _PG_EPOCH_OFFSET_US) * 1000
-    for name in BAR_READ_DTYPE.names[1:]:
-        out[name] = rec[name]
+    if len(rec):
+        # All six values are 8 bytes wide, in BAR_READ_DTYPE's order: byte-swap them as int64 bit patterns
+        # straight into the output in one pass (float bits survive unchanged).
+        shape = (len(rec), len(_PG_READ_FIELDS))
+        first = rec.dtype.fields["ts"][1]  # the next value is one length word (4 bytes) + 8 bytes further on
+        values = np.ndarray(shape, dtype=">i8", buffer=rec, offset=first, strides=(rec.dtype.itemsize, 12))
+        out.view(np.int64).reshape(shape)[:] = values
+    out["ts"] = pgcopy.from_timestamptz(out["ts"])
     return out
-
-
-def _ns_to_datetime_ceil_us(ns: int) -> datetime:
-    return _UNIX_EPOCH + timedelta(microseconds=-(-int(ns) // 1000))
 
 
 def _ts_param(engine: Engine, ns: int):
     """A bound for `ts >= x` / `ts < x` equivalent to comparing in ns (ceil to the stored precision)."""
     if engine.dialect.name == "postgresql":
-        return _ns_to_datetime_ceil_us(ns)
-    secs = -(-int(ns) // 1_000_000_000)
-    return str(sqlite_ts_text(np.array([secs * 1_000_000_000]))[0])
+        return ns_to_datetime(ns, ceil=True)
+    secs = -(-int(ns) // NS_PER_SECOND)
+    return str(sqlite_ts_text(np.array([secs * NS_PER_SECOND]))[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +163,7 @@ class CleanBarWriter:
             raise ValueError(f"unsupported database dialect {self._dialect!r}")
         self._symbol_bytes = symbol.encode("utf-8")
         # Stored precision: TIMESTAMPTZ keeps microseconds, the SQLite text keeps seconds.
-        self._ts_unit_ns = 1_000 if self._dialect == "postgresql" else _NS_PER_SECOND
+        self._ts_unit_ns = 1_000 if self._dialect == "postgresql" else NS_PER_SECOND
 
     @property
     def pending_rows(self) -> int:
@@ -290,8 +232,8 @@ class CleanBarWriter:
             return self._commit_pg_once(batch, allow_direct=False)
 
     def _commit_pg_once(self, batch: np.ndarray, allow_direct: bool) -> WriteCounts:
-        lo = _ns_to_datetime_ceil_us(int(batch["ts"][0]))
-        hi = _ns_to_datetime_ceil_us(int(batch["ts"][-1]))
+        lo = ns_to_datetime(batch["ts"][0], ceil=True)
+        hi = ns_to_datetime(batch["ts"][-1], ceil=True)
         n = len(batch)
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
@@ -398,7 +340,7 @@ class CleanBarWriter:
         if not rows:
             return existed, same
         existing = np.array(rows, dtype=_SQLITE_EXISTING_DTYPE)
-        batch_secs = batch_ts // _NS_PER_SECOND
+        batch_secs = batch_ts // NS_PER_SECOND
         pos = np.minimum(np.searchsorted(batch_secs, existing["secs"]), len(batch_secs) - 1)
         hit = batch_secs[pos] == existing["secs"]
         pos = pos[hit]
@@ -542,11 +484,15 @@ def read_bars(
     """Bars of ``symbol`` with start_ns <= ts < end_ns (None = unbounded) as BAR_READ_DTYPE, ordered by ts.
 
     ``table_name`` is a bars table (symbol, ts, open, high, low, close, volume), e.g. the clean or legacy one.
+    Neither path builds a Python object per bar: PostgreSQL sends a binary COPY that is drained straight from
+    libpq and decoded by numpy in one go; SQLite turns the timestamp text into integers itself.
     """
     if not _IDENTIFIER.match(table_name):
         raise ValueError(f"not a plain table name: {table_name!r}")
+    if start_ns is not None and end_ns is not None and end_ns <= start_ns:
+        return np.empty(0, dtype=BAR_READ_DTYPE)
     postgres = engine.dialect.name == "postgresql"
-    mark = "%s" if postgres else "?"
+    mark = "{}" if postgres else "?"  # PostgreSQL: psycopg.sql placeholders (COPY takes no bound parameters)
     where = [f"symbol = {mark}"]
     params: list = [symbol]
     if start_ns is not None:
@@ -559,15 +505,11 @@ def read_bars(
     with engine.connect() as conn:
         raw = conn.connection.driver_connection
         if postgres:
-            data = bytearray()
-            with raw.cursor() as cur, cur.copy(
+            query = sql.SQL(
                 f'COPY (SELECT ts, open::float8, high::float8, low::float8, close::float8, volume::int8 '
-                f'FROM "{table_name}" WHERE {condition} ORDER BY ts) TO STDOUT (FORMAT BINARY)',
-                params,
-            ) as copy:
-                for block in copy:  # one message per row: append, no per-row objects kept
-                    data += block
-            out = _pg_decode_bars(data)
+                f'FROM "{table_name}" WHERE {condition} ORDER BY ts) TO STDOUT (FORMAT BINARY)'
+            ).format(*map(sql.Literal, params))
+            out = _pg_decode_bars(pgcopy.copy_out(raw, query.as_bytes(raw)))
         else:
             cur = raw.cursor()
             try:

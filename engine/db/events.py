@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,17 +9,15 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy import Engine, delete, func, select, text
 
-from engine.db.bars_read_tmp import PG_EPOCH_US, datetime_to_ns
+from engine.db import pgcopy
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_runs, legacy_bars, triangle_events
-from engine.db.types import SQLITE_TS_FORMAT
+from engine.db.types import datetime_to_ns, sqlite_ts_text
 
 # One detected event: pivot bar time, confirming bar time (ns since the epoch, UTC), price, BULL/BEAR.
 EVENT_DTYPE = np.dtype([("ts", "i8"), ("confirm_ts", "i8"), ("price", "f8"), ("direction", "U4")])
 
 _BARS_TABLES = {CLEAN_BARS: clean_bars, LEGACY_BARS: legacy_bars}
 _EVENT_COLUMNS = ("symbol", "ts", "direction", "price", "source_table", "logic_version", "confirm_ts", "n", "run_id")
-_PG_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_PG_COPY_TRAILER = struct.pack(">h", -1)
 
 
 @dataclass(frozen=True)
@@ -152,8 +149,8 @@ def _key_filter(key: EventKey):
 
 
 def _insert_events_sqlite(dbapi, key: EventKey, events: np.ndarray, run_id: int | None) -> None:
-    ts = _sqlite_text(events["ts"])
-    confirm = _sqlite_text(events["confirm_ts"])
+    ts = sqlite_ts_text(events["ts"]).tolist()
+    confirm = sqlite_ts_text(events["confirm_ts"]).tolist()
     rows = zip(
         [key.symbol] * len(events), ts, events["direction"].tolist(), events["price"].tolist(),
         [key.source_table] * len(events), [key.logic_version] * len(events), confirm,
@@ -168,32 +165,19 @@ def _insert_events_sqlite(dbapi, key: EventKey, events: np.ndarray, run_id: int 
         cur.close()
 
 
-def _sqlite_text(ns: np.ndarray) -> list[str]:
-    """ns since the epoch -> SQLite's fixed-width UTC text (whole seconds, like UtcTimestamp)."""
-    assert SQLITE_TS_FORMAT == "%Y-%m-%d %H:%M:%S+00:00"
-    iso = np.datetime_as_string(ns.astype("datetime64[ns]").astype("datetime64[s]"), unit="s")
-    return [f"{s[:10]} {s[11:]}+00:00" for s in iso.tolist()]
-
-
 def _copy_events_postgres(dbapi, key: EventKey, events: np.ndarray, run_id: int | None) -> None:
     """COPY ... FROM STDIN in binary: every column but direction is constant, and BULL/BEAR are both 4 bytes,
     so each row is a fixed-width record that numpy lays out in one go."""
     directions = events["direction"].astype("S")
     if directions.dtype.itemsize != 4 or not np.all(np.char.str_len(directions) == 4):
         raise ValueError("event directions must be 4-byte codes (BULL/BEAR)")
-    layout: list[tuple[str, str]] = [("nfields", ">i2")]
-    values: dict[str, object] = {"nfields": len(_EVENT_COLUMNS)}
+    fields: list[pgcopy.Field] = []
+    values: dict[str, object] = {}
 
     def field(name: str, kind: str | None, value=None) -> None:
-        """Length word plus data; `kind` None means NULL (length -1, no data)."""
-        layout.append((f"len_{name}", ">i4"))
-        if kind is None:
-            values[f"len_{name}"] = -1
-            return
-        size = np.dtype(kind).itemsize
-        values[f"len_{name}"] = size
-        if size:
-            layout.append((name, kind))
+        """`kind` None means NULL (length -1, no data)."""
+        fields.append((name, kind))
+        if kind is not None and np.dtype(kind).itemsize:
             values[name] = value
 
     def text_field(name: str, value: str | None) -> None:
@@ -204,24 +188,24 @@ def _copy_events_postgres(dbapi, key: EventKey, events: np.ndarray, run_id: int 
             field(name, f"S{len(raw)}" if raw else "V0", raw)
 
     text_field("symbol", key.symbol)
-    field("ts", ">i8", events["ts"] // 1000 - PG_EPOCH_US)
+    field("ts", ">i8", pgcopy.to_timestamptz(events["ts"]))
     field("direction", "S4", directions)
     field("price", ">f8", events["price"])
     text_field("source_table", key.source_table)
     text_field("logic_version", key.logic_version)
-    field("confirm_ts", ">i8", events["confirm_ts"] // 1000 - PG_EPOCH_US)
+    field("confirm_ts", ">i8", pgcopy.to_timestamptz(events["confirm_ts"]))
     field("n", ">i4", key.n)
     field("run_id", None if run_id is None else ">i4", run_id)
 
-    records = np.empty(len(events), dtype=np.dtype(layout))
+    records = pgcopy.new_rows(fields, len(events))
     for name, value in values.items():
         records[name] = value
     with dbapi.cursor() as cur, cur.copy(
         f"COPY {triangle_events.name} ({', '.join(_EVENT_COLUMNS)}) FROM STDIN (FORMAT binary)"
     ) as copy:
-        copy.write(_PG_COPY_SIGNATURE)
+        copy.write(pgcopy.HEADER)
         copy.write(records.data)
-        copy.write(_PG_COPY_TRAILER)
+        copy.write(pgcopy.TRAILER)
 
 
 __all__ = [

@@ -110,6 +110,17 @@ class RawRequest:
             "end": self.end.isoformat(),
         }
 
+    def client_params(self) -> dict:
+        """The request as keyword arguments of the Databento client's metadata.get_cost / timeseries.get_range."""
+        return {
+            "dataset": self.dataset,
+            "symbols": [self.symbol],
+            "schema": self.schema,
+            "stype_in": self.stype_in,
+            "start": self.start,
+            "end": self.end,
+        }
+
     def describe(self) -> str:
         return (
             f"{self.dataset} {self.symbol} ({self.stype_in}) {self.schema} "
@@ -331,14 +342,7 @@ def _client(gateway: str | None) -> databento.Historical:
 
 def _get_cost(client: databento.Historical, req: RawRequest, policy: _RetryPolicy) -> float:
     def call() -> float:
-        return client.metadata.get_cost(
-            dataset=req.dataset,
-            symbols=[req.symbol],
-            schema=req.schema,
-            stype_in=req.stype_in,
-            start=req.start,
-            end=req.end,
-        )
+        return client.metadata.get_cost(**req.client_params())
 
     cost = policy.run(call, "metadata.get_cost", req)
     try:
@@ -355,15 +359,7 @@ def _get_cost(client: databento.Historical, req: RawRequest, policy: _RetryPolic
 
 def _download(client: databento.Historical, req: RawRequest, part: Path) -> None:
     try:
-        client.timeseries.get_range(
-            dataset=req.dataset,
-            symbols=[req.symbol],
-            schema=req.schema,
-            stype_in=req.stype_in,
-            start=req.start,
-            end=req.end,
-            path=part,
-        )
+        client.timeseries.get_range(**req.client_params(), path=part)
     except (databento_dbn.DBNError, ValueError) as exc:
         # After streaming, the client opens the file it wrote (DBNStore.from_file). An empty or mangled
         # body fails there. ValueErrors raised *before* the request (argument validation) leave no file.

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.context import StageContext
-from engine.db.bars_read_tmp import datetime_to_ns, ns_to_datetime, read_bars
+from engine.db.bars import read_bars
 from engine.db.events import EventKey, read_events
+from engine.db.types import datetime_to_ns, ns_to_datetime
 from engine.errors import EngineError
 from engine.stages.detect import bars_table, check_detector
 

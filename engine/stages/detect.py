@@ -27,7 +27,7 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.context import StageContext
-from engine.db.bars_read_tmp import datetime_to_ns, read_bars
+from engine.db.bars import read_bars
 from engine.db.events import (
     EVENT_DTYPE,
     EventKey,
@@ -38,6 +38,7 @@ from engine.db.events import (
     successful_ingest_intervals,
 )
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS
+from engine.db.types import datetime_to_ns
 from engine.detectors.williams_fractals import swing_highs, swing_lows, warmup_bars
 from engine.errors import EngineError
 

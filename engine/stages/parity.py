@@ -20,8 +20,8 @@ from rich.text import Text
 from engine.config import BarsTable, ParitySideConfig
 from engine.console import console
 from engine.context import StageContext
-from engine.db.bars_read_tmp import datetime_to_ns
 from engine.db.events import EventKey, read_events
+from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.stages.detect import bars_table, check_detector
 
