@@ -65,44 +65,58 @@ def prices_representable(raw: np.ndarray) -> np.ndarray:
 
 
 class SeenTimestamps:
-    """The set of bar timestamps already accepted in this ingest (duplicate detection across chunks).
+    """The bar minutes already accepted in this ingest (duplicate detection across chunks).
 
-    Stored as sorted, unique int64 blocks (one per chunk, merged when they pile up). With ascending input only
-    the newest block overlaps a new chunk, so a lookup costs one binary search per candidate.
+    One flag per minute between the earliest and latest accepted bar (1 byte a minute: 10 MB for 19 years),
+    so memory does not grow with the number of bars and a lookup is one array index. Only timestamps on a
+    whole minute reach it: every other one is rejected before duplicate detection.
     """
 
-    _MAX_BLOCKS = 32
-
     def __init__(self) -> None:
-        self._blocks: list[np.ndarray] = []
+        self._origin = 0  # minute number of flag 0
+        self._flags = np.zeros(0, dtype=bool)
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
     def contains(self, ts: np.ndarray) -> np.ndarray:
-        ts = np.asarray(ts, dtype=np.int64)
-        found = np.zeros(len(ts), dtype=bool)
-        if len(ts) == 0:
-            return found
-        lo, hi = ts.min(), ts.max()
-        for block in self._blocks:
-            if block[0] > hi or block[-1] < lo:
-                continue
-            pos = np.searchsorted(block, ts)
-            pos[pos == len(block)] = len(block) - 1
-            found |= block[pos] == ts
+        minutes = self._minutes(ts)
+        offset = minutes - self._origin
+        inside = (offset >= 0) & (offset < len(self._flags))
+        found = np.zeros(len(minutes), dtype=bool)
+        found[inside] = self._flags[offset[inside]]
         return found
 
     def add(self, ts: np.ndarray) -> None:
         """Add timestamps (need not be sorted or unique, but must not already be in the set)."""
-        block = np.unique(np.asarray(ts, dtype=np.int64))
-        if len(block) == 0:
+        minutes = self._minutes(ts)
+        if len(minutes) == 0:
             return
-        self._blocks.append(block)
-        self._count += len(block)
-        if len(self._blocks) > self._MAX_BLOCKS:
-            self._blocks = [np.sort(np.concatenate(self._blocks))]
+        self._cover(int(minutes.min()), int(minutes.max()))
+        offset = minutes - self._origin
+        self._count += int(np.count_nonzero(~self._flags[offset]))
+        self._flags[offset] = True
+
+    def _cover(self, lo: int, hi: int) -> None:
+        if len(self._flags) and self._origin <= lo and hi < self._origin + len(self._flags):
+            return
+        old_lo, old_hi = self._origin, self._origin + len(self._flags) - 1
+        if len(self._flags):
+            span = old_hi - old_lo + 1  # grow by at least doubling, so widening stays amortised O(1)
+            lo = min(lo, old_lo - span if lo < old_lo else old_lo)
+            hi = max(hi, old_hi + span if hi > old_hi else old_hi)
+        flags = np.zeros(hi - lo + 1, dtype=bool)
+        if len(self._flags):
+            flags[old_lo - lo: old_hi - lo + 1] = self._flags
+        self._origin, self._flags = lo, flags
+
+    @staticmethod
+    def _minutes(ts: np.ndarray) -> np.ndarray:
+        ts = np.asarray(ts, dtype=np.int64)
+        if len(ts) and np.any(ts % NS_PER_MINUTE):
+            raise ValueError("SeenTimestamps holds whole-minute timestamps only")
+        return ts // NS_PER_MINUTE
 
 
 @dataclass

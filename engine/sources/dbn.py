@@ -24,7 +24,7 @@ from typing import IO
 
 import databento_dbn
 import numpy as np
-from databento.common import zstd as _zstd
+import zstandard
 
 from engine.bars import RAW_BAR_DTYPE
 from engine.errors import EngineError
@@ -178,7 +178,7 @@ def _open_stream(path: Path) -> _DbnStream:
     head = raw.read(4)
     raw.seek(0)
     if head == _ZSTD_MAGIC or (len(head) == 4 and head[1:] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50):
-        return _DbnStream(raw, _zstd.stream_reader(raw), True)
+        return _DbnStream(raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), True)
     if head[:3] == _DBN_MAGIC:
         return _DbnStream(raw, raw, False)
     raw.close()

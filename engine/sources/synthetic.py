@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 
 import databento_dbn
 import numpy as np
-from databento.common import zstd as _zstd
+import zstandard
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE
 from engine.errors import EngineError
@@ -365,7 +365,9 @@ def write_synthetic_dbn(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     written = 0
     try:
-        out = _zstd.stream_writer(tmp, "w") if path.name.endswith(".zst") else open(tmp, "wb")  # noqa: SIM115
+        raw = open(tmp, "wb")  # noqa: SIM115 - closed with `out` below
+        compress = path.name.endswith(".zst")
+        out = zstandard.ZstdCompressor(write_checksum=True).stream_writer(raw, closefd=True) if compress else raw
         with out:
             out.write(header)
             for chunk in iter_synthetic_records(
