@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, select, text
 
 from engine.db import pgcopy
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_runs, legacy_bars, triangle_events
@@ -101,12 +101,6 @@ def read_events(engine: Engine, key: EventKey, start: datetime, end: datetime) -
         out[i] = (datetime_to_ns(ts), -1 if confirm_ts is None else datetime_to_ns(confirm_ts),
                   np.nan if price is None else price, direction)
     return out
-
-
-def count_events(engine: Engine, key: EventKey) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(triangle_events).where(*_key_filter(key)))
-                   .scalar_one())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +206,6 @@ __all__ = [
     "EVENT_DTYPE",
     "EventKey",
     "bar_span",
-    "count_events",
     "nth_bar_before",
     "nth_bar_from",
     "read_events",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, update
 
 from engine.db.schema import engine_runs
 
@@ -25,17 +25,6 @@ def finish_run(engine: Engine, run_id: int, status: str, error: str | None = Non
             .where(engine_runs.c.id == run_id)
             .values(status=status, finished_at=datetime.now(UTC), error=error)
         )
-
-
-def get_run(engine: Engine, run_id: int) -> dict:
-    with engine.connect() as conn:
-        return dict(conn.execute(select(engine_runs).where(engine_runs.c.id == run_id)).mappings().one())
-
-
-def data_kinds(engine: Engine) -> set[str]:
-    """The kinds of data (demo/market) that jobs have already run against this database."""
-    with engine.connect() as conn:
-        return set(conn.execute(select(engine_runs.c.data_kind).distinct()).scalars())
 
 
 def dumps(value) -> str:
