@@ -29,7 +29,9 @@ def main(cfg: DictConfig) -> dict:
 
 if __name__ == "__main__":
     try:
-        sys.argv[1:] = expand_sweep_argv(sys.argv[1:])
+        # `-m` may stand anywhere (`python -m engine symbol=ES,NQ -m hydra/launcher=joblib`): argparse wants it first.
+        multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
+        sys.argv[1:] = expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")])
         check_override_keys(sys.argv[1:])
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")

@@ -55,8 +55,9 @@ LAUNCHERS = {
 
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_sweep_runs_every_job_reports_and_fails_when_one_fails(engine_cli, db_url, launcher):
-    run = engine_cli(f"db.url={db_url}", "symbol=ES,ZN,NQ", "stages=[registry,ingest,detect]", *DAY,
-                     *LAUNCHERS[launcher], "-m")
+    # `-m` where a person types it, before more overrides (argparse alone would refuse that order)
+    run = engine_cli(f"db.url={db_url}", "symbol=ES,ZN,NQ", "-m", "stages=[registry,ingest,detect]", *DAY,
+                     *LAUNCHERS[launcher])
     assert run.returncode == 1, run.output
     assert "database is locked" not in run.output
     [sweep_dir] = {p.parent for p in (run.cwd / "runs" / "multirun").rglob("sweep_summary.json")}
