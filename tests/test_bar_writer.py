@@ -21,7 +21,6 @@ from engine.db.bars import (
     WriteCounts,
     read_bars,
     sqlite_ts_text,
-    window_has_rows,
     write_quarantine,
 )
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_quarantine, clean_ingest_runs
@@ -400,19 +399,6 @@ def test_timestamps_are_stored_in_the_database_native_form(db):
         # Through the UtcTimestamp type: the same instants on both databases.
         stamps = conn.execute(sa.select(clean_bars.c.ts).order_by(clean_bars.c.ts)).scalars().all()
     assert stamps[0] == datetime(2024, 3, 10, 7, 5, tzinfo=UTC)
-
-
-def test_window_has_rows_is_half_open(db):
-    data = make_bars(10, first_minute=100)
-    first_ts, last_ts = int(data["ts"][0]), int(data["ts"][-1])
-    assert not window_has_rows(db, SYMBOL, T0, T0 + 10**15)
-    write_all(db, data, new_run(db))
-    assert window_has_rows(db, SYMBOL, T0, T0 + 10**15)
-    assert window_has_rows(db, SYMBOL, last_ts, last_ts + 1)
-    assert not window_has_rows(db, SYMBOL, last_ts + 1, last_ts + 10**12)
-    assert not window_has_rows(db, SYMBOL, T0, first_ts)  # end exclusive
-    assert window_has_rows(db, SYMBOL, first_ts - 1, first_ts + 1)
-    assert not window_has_rows(db, "NQ", T0, T0 + 10**15)
 
 
 def test_sqlite_ts_text_matches_strftime():

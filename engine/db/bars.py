@@ -47,7 +47,6 @@ __all__ = [
     "WriteCounts",
     "read_bars",
     "sqlite_ts_text",
-    "window_has_rows",
     "write_quarantine",
 ]
 
@@ -269,37 +268,43 @@ class CleanBarWriter:
             f"COPY {_STAGE} (ts, open, high, low, close, volume, instrument_id) FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.write(_pg_encode(batch, None, None))
+        if cur.rowcount != len(batch):
+            raise RuntimeError(f"staging COPY of {self.symbol} loaded {cur.rowcount} of {len(batch)} rows")
         set_values = ", ".join(f"{c} = EXCLUDED.{c}" for c in (*_VALUE_COLUMNS, "ingest_run_id"))
+        # Only the new and changed rows leave the join (a row the table holds with identical values is dropped by
+        # the join filter), so the CTE that feeds both the upsert and the counts stays small: nothing is spilled
+        # to a temp file on a rerun of unchanged bars. The staging table holds exactly the batch's rows (emptied at
+        # every commit or rollback, row count checked above), each ts once, so every row the join drops is
+        # unchanged.
         cur.execute(
             f"""
-            WITH cls AS MATERIALIZED (
-                SELECT s.*, t.ts IS NOT NULL AS existed,
-                       COALESCE(t.open = s.open AND t.high = s.high AND t.low = s.low AND t.close = s.close
-                                AND t.volume = s.volume
-                                AND t.instrument_id IS NOT DISTINCT FROM s.instrument_id, FALSE) AS same
+            WITH diff AS (
+                SELECT s.*, t.ts IS NOT NULL AS existed
                 FROM {_STAGE} s
                 LEFT JOIN {CLEAN_BARS} t
                        ON t.symbol = %(symbol)s AND t.ts = s.ts AND t.ts BETWEEN %(lo)s AND %(hi)s
+                WHERE (t.open = s.open AND t.high = s.high AND t.low = s.low AND t.close = s.close
+                       AND t.volume = s.volume AND t.instrument_id IS NOT DISTINCT FROM s.instrument_id) IS NOT TRUE
             ), up AS (
                 INSERT INTO {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, ingest_run_id)
                 SELECT %(symbol)s, ts, open, high, low, close, volume, instrument_id, %(run)s
-                FROM cls WHERE NOT same
+                FROM diff
                 ON CONFLICT (symbol, ts) DO UPDATE SET {set_values}
                 RETURNING 1
             )
             SELECT count(*) FILTER (WHERE NOT existed),
-                   count(*) FILTER (WHERE existed AND NOT same),
-                   count(*) FILTER (WHERE same),
+                   count(*) FILTER (WHERE existed),
                    (SELECT count(*) FROM up)
-            FROM cls
+            FROM diff
             """,
             {"symbol": self.symbol, "lo": lo, "hi": hi, "run": self.ingest_run_id},
         )
-        inserted, updated, unchanged, written = cur.fetchone()
-        if written != inserted + updated or inserted + updated + unchanged != len(batch):
+        inserted, updated, written = cur.fetchone()
+        unchanged = len(batch) - inserted - updated
+        if written != inserted + updated or unchanged < 0:
             raise RuntimeError(
                 f"staged upsert of {self.symbol} wrote {written} rows, classified {inserted} new "
-                f"+ {updated} changed + {unchanged} unchanged of {len(batch)}"
+                f"+ {updated} changed of {len(batch)}"
             )
         return WriteCounts(inserted=inserted, updated=updated, unchanged=unchanged, batch_commits=1)
 
@@ -457,25 +462,6 @@ def write_quarantine(engine: Engine, ingest_run_id: int, symbol: str, bad: np.nd
             finally:
                 cur.close()
     return len(bad)
-
-
-def window_has_rows(engine: Engine, symbol: str, start_ns: int, end_ns: int) -> bool:
-    """Whether market_bars_ohlcv_1m_clean has any bar of ``symbol`` with start_ns <= ts < end_ns."""
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        mark = "%s" if engine.dialect.name == "postgresql" else "?"
-        cur = raw.cursor()
-        try:
-            cur.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {CLEAN_BARS} WHERE symbol = {mark} AND ts >= {mark} "
-                f"AND ts < {mark})",
-                (symbol, _ts_param(engine, start_ns), _ts_param(engine, end_ns)),
-            )
-            found = bool(cur.fetchone()[0])
-        finally:
-            cur.close()
-        raw.rollback()  # end the driver's implicit read transaction (PostgreSQL; no-op on SQLite)
-    return found
 
 
 def read_bars(
