@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -73,8 +74,6 @@ def _symbol_from_conf(cfg: EngineConfig) -> ResolvedSymbol:
 def _cost(cfg: EngineConfig, symbol: ResolvedSymbol, pieces: list[Window]) -> float | str:
     if cfg.source.name != "databento":
         return 0.0
-    import os
-
     from engine.sources.databento_api import RawRequest, estimate_cost
 
     total = 0.0

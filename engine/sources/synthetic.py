@@ -38,6 +38,7 @@ import numpy as np
 import zstandard
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE
+from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.sources import Landing
 from engine.sources.dbn import DBN_OHLCV_DTYPE
@@ -78,10 +79,6 @@ def tick_size(root: str) -> float:
     return _TICK.get(root, _DEFAULT_TICK)
 
 
-def _to_ns(value: dt.datetime) -> int:
-    return int(value.timestamp()) * NS_PER_SECOND
-
-
 def _utc_date(ns: int) -> dt.date:
     return _EPOCH + dt.timedelta(days=int(ns) // NS_PER_DAY)
 
@@ -115,7 +112,7 @@ def _third_friday(year: int, month: int) -> dt.date:
 def _roll_ns(year: int, month: int) -> int:
     """When the contract stops being the front month: 17:00 Chicago on the Thursday 8 days before expiry."""
     thursday = _third_friday(year, month) - dt.timedelta(days=8)
-    return _to_ns(dt.datetime.combine(thursday, dt.time(17, 0), tzinfo=CHICAGO))
+    return datetime_to_ns(dt.datetime.combine(thursday, dt.time(17, 0), tzinfo=CHICAGO))
 
 
 @dataclass(frozen=True)
@@ -169,8 +166,8 @@ def globex_sessions(start_ns: int, end_ns: int) -> list[tuple[dt.date, int, int]
     last = _utc_date(end_ns) + dt.timedelta(days=2)
     while day <= last:
         if day.weekday() < 5:
-            open_ns = _to_ns(dt.datetime.combine(day - dt.timedelta(days=1), dt.time(17, 0), tzinfo=CHICAGO))
-            close_ns = _to_ns(dt.datetime.combine(day, dt.time(16, 0), tzinfo=CHICAGO))
+            open_ns = datetime_to_ns(dt.datetime.combine(day - dt.timedelta(days=1), dt.time(17, 0), tzinfo=CHICAGO))
+            close_ns = datetime_to_ns(dt.datetime.combine(day, dt.time(16, 0), tzinfo=CHICAGO))
             if open_ns < end_ns and close_ns > start_ns:
                 out.append((day, open_ns, close_ns))
         day += dt.timedelta(days=1)
@@ -209,8 +206,8 @@ def _session_records(
     rng = np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, _stable_hash("synthetic-session", root), day])
     ts = open_ns + np.arange(n, dtype=np.int64) * NS_PER_MINUTE
 
-    cash_lo = _to_ns(dt.datetime.combine(trade_date, dt.time(9, 30), tzinfo=NEW_YORK))
-    cash_hi = _to_ns(dt.datetime.combine(trade_date, dt.time(16, 0), tzinfo=NEW_YORK))
+    cash_lo = datetime_to_ns(dt.datetime.combine(trade_date, dt.time(9, 30), tzinfo=NEW_YORK))
+    cash_hi = datetime_to_ns(dt.datetime.combine(trade_date, dt.time(16, 0), tzinfo=NEW_YORK))
     in_cash = (ts >= cash_lo) & (ts < cash_hi)
     sigma = np.where(in_cash, _SIGMA_CASH, _SIGMA_NIGHT) * _VOL_MULT.get(root, 1.0)
 
@@ -387,7 +384,7 @@ def acquire(ctx, progress) -> Landing:
     from engine.provenance import sha256_file
 
     symbol, source = ctx.symbol, ctx.cfg.source
-    start_ns, end_ns = _to_ns(ctx.window.start), _to_ns(ctx.window.end)
+    start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     path = (
         Path(ctx.cfg.data_dir) / "synthetic" / symbol.continuous
         / f"{start_ns}_{end_ns}_seed{source.seed}_missing{source.missing_rate}.dbn.zst"

@@ -17,7 +17,9 @@ from engine.console import console
 from engine.context import StageContext
 from engine.db.bars import CleanBarWriter, write_quarantine
 from engine.db.ingest_runs import finish_ingest_run, has_clean_bars, ingested_data_kinds, start_ingest_run
+from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
+from engine.provenance import redact
 from engine.sources import acquire
 from engine.sources.dbn import DbnBarFile, SymbolFilter
 from engine.validate import REASONS, SeenTimestamps, validate_chunk
@@ -27,7 +29,7 @@ def run(ctx: StageContext) -> dict:
     symbol = ctx.symbol
     source = ctx.cfg.source
     _refuse_mixing(ctx)
-    start_ns, end_ns = _ns(ctx.window.start), _ns(ctx.window.end)
+    start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     ingest_id = start_ingest_run(
         ctx.db,
         symbol=symbol.internal_symbol,
@@ -103,8 +105,6 @@ def _finish(ctx, ingest_id, tally, counts, started, status, error) -> None:
 
 
 def _error_text(exc: BaseException) -> str:
-    from engine.provenance import redact
-
     return redact(str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}")
 
 
@@ -149,8 +149,4 @@ def _print_summary(symbol: str, summary: dict) -> None:
     rate = summary["bars_received"] / summary["duration_seconds"] if summary["duration_seconds"] else 0
     table.add_row("seconds", f"{summary['duration_seconds']:.2f} ({rate:,.0f} bars/s)")
     console.print(table)
-
-
-def _ns(ts) -> int:
-    return int(ts.timestamp()) * 1_000_000_000
 
