@@ -53,7 +53,11 @@ engine_runs = Table(
     Column("error", Text),
     Column("rerun_of", Integer),
     Column("rerun_of_git_hash", Text),
-    CheckConstraint("status IN ('running', 'success', 'failed', 'interrupted')", name="ck_engine_runs_status"),
+    Column("host", Text),  # where the run's process ran, its pid and start time: liveness on SQLite
+    Column("pid", Integer),
+    Column("process_start", Text),
+    CheckConstraint("status IN ('running', 'success', 'failed', 'interrupted', 'abandoned')",
+                    name="ck_engine_runs_status"),
 )
 
 clean_bars = Table(
@@ -159,6 +163,29 @@ stage_chunks = Table(
     Index("ix_stage_chunks_lookup", "stage", "symbol", "settings_sha256", "start_ts", "end_ts"),
 )
 
+engine_database = Table(
+    "engine_database",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("data_kind", Text, nullable=False),  # demo | market, recorded before the first bar is written
+    Column("recorded_at", UtcTimestamp, nullable=False),
+    Column("engine_run_id", Integer),
+    CheckConstraint("id = 1", name="ck_engine_database_one_row"),
+    CheckConstraint("data_kind IN ('demo', 'market')", name="ck_engine_database_data_kind"),
+)
+
+clean_coverage = Table(
+    "clean_coverage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ingest_run_id", Integer, ForeignKey("clean_ingest_runs.id", name="fk_clean_coverage_run"),
+           nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("start_ts", UtcTimestamp, nullable=False),
+    Column("end_ts", UtcTimestamp, nullable=False),
+    Index("ix_clean_coverage_symbol_start", "symbol", "start_ts"),
+)
+
 __all__ = [
     "metadata",
     "engine_runs",
@@ -169,4 +196,6 @@ __all__ = [
     "clean_ingest_runs",
     "clean_ingest_quarantine",
     "stage_chunks",
+    "engine_database",
+    "clean_coverage",
 ]
