@@ -22,6 +22,7 @@ from engine.context import RunRecord, StageContext
 from engine.db import runs
 from engine.db.connect import create_db_engine, masked_url, upgrade
 from engine.errors import EngineError
+from engine.interrupts import Interrupted
 from engine.pipeline import run_stages
 from engine.plan import plan
 from engine.rerun import load_saved
@@ -30,10 +31,6 @@ from engine.stages import STAGES
 log = logging.getLogger("engine")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class Interrupted(BaseException):
-    """SIGTERM, turned into something the run can record before it goes."""
 
 
 def _on_sigterm(signum, frame):
