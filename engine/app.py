@@ -19,7 +19,7 @@ from engine import provenance
 from engine.config import check_stages, parse_window, to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
-from engine.db import runs
+from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, masked_url, upgrade
 from engine.errors import EngineError
 from engine.interrupts import Interrupted
@@ -54,7 +54,7 @@ def run_job(cfg: DictConfig) -> dict:
     started = time.monotonic()
     result: dict = {"status": "failed", "run_dir": str(run_dir), "overrides": overrides, "run_id": None,
                     "exit_code": EXIT_OK}
-    db = None
+    db = live = None
     try:
         _set_sigterm(_on_sigterm)
         rerun_of = None
@@ -77,7 +77,7 @@ def run_job(cfg: DictConfig) -> dict:
                             rerun_of.git_hash, code.git_hash)
         db = create_db_engine(typed.db.url, typed.db.echo)
         upgrade(db)
-        run_id = runs.start_run(
+        live = liveness.start(
             db,
             symbol=typed.symbol,
             stages=runs.dumps(list(typed.stages)),
@@ -91,7 +91,8 @@ def run_job(cfg: DictConfig) -> dict:
             rerun_of=rerun_of.run_id if rerun_of else None,
             rerun_of_git_hash=rerun_of.git_hash if rerun_of else None,
         )
-        result["run_id"] = run_id
+        result["run_id"] = run_id = live.id
+        live.reconcile()
         _write_json(
             run_dir / "provenance.json",
             {
@@ -127,6 +128,8 @@ def run_job(cfg: DictConfig) -> dict:
         if result["run_id"] is not None:
             runs.finish_run(db, result["run_id"], result["status"], provenance.redact(result.get("error") or "")
                             or None)
+        if live is not None:
+            live.stop()
         _write_json(run_dir / "result.json", result)
         provenance.redact_tree(run_dir)
         if db is not None:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works; it only has to be the same in every engine process.
 MIGRATION_LOCK_KEY = 0x656E67696E65
+# PostgreSQL application_name of every engine session (engine.db.liveness tells them from other programs' sessions).
+APPLICATION_NAME = "futures-engine"
 
 
 def masked_url(url: str) -> str:
@@ -47,9 +49,8 @@ def create_db_engine(url: str, echo: bool = False) -> Engine:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         try:
-            return create_engine(
-                parsed, echo=echo, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"}
-            )
+            return create_engine(parsed, echo=echo, pool_pre_ping=True,
+                                 connect_args={"options": "-c timezone=UTC", "application_name": APPLICATION_NAME})
         except NoSuchModuleError:
             raise EngineError(
                 f"db.url driver {parsed.drivername!r} is not installed",

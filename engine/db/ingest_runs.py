@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.db.schema import clean_bars, clean_ingest_runs, engine_runs
+from engine.db.schema import clean_bars, clean_ingest_runs, engine_database
 
 
 def start_ingest_run(engine: Engine, **fields) -> int:
@@ -29,16 +30,15 @@ def finish_ingest_run(engine: Engine, ingest_run_id: int, **fields) -> None:
         conn.execute(update(clean_ingest_runs).where(clean_ingest_runs.c.id == ingest_run_id).values(**fields))
 
 
-def ingested_data_kinds(engine: Engine) -> set[str]:
-    """Kinds of data (demo/market) that successful ingests put into this database."""
-    query = (
-        select(engine_runs.c.data_kind)
-        .join(clean_ingest_runs, clean_ingest_runs.c.engine_run_id == engine_runs.c.id)
-        .where(clean_ingest_runs.c.status == "success")
-        .distinct()
-    )
-    with engine.connect() as conn:
-        return set(conn.execute(query).scalars())
+def claim_data_kind(engine: Engine, kind: str, run_id: int) -> dict:
+    """Record `kind` as what this database holds unless a kind is recorded already (in its own committed
+    transaction, before any bar is written); return the recorded row: data_kind, recorded_at, engine_run_id."""
+    dialect_insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    claim = dialect_insert(engine_database).values(id=1, data_kind=kind, recorded_at=datetime.now(UTC),
+                                                   engine_run_id=run_id).on_conflict_do_nothing(index_elements=["id"])
+    with engine.begin() as conn:
+        conn.execute(claim)
+        return dict(conn.execute(select(engine_database).where(engine_database.c.id == 1)).mappings().one())
 
 
 def has_clean_bars(engine: Engine) -> bool:

@@ -16,7 +16,8 @@ from rich.table import Table
 from engine.console import console
 from engine.context import StageContext
 from engine.db.bars import CleanBarWriter, write_quarantine
-from engine.db.ingest_runs import finish_ingest_run, has_clean_bars, ingested_data_kinds, start_ingest_run
+from engine.db.connect import masked_url
+from engine.db.ingest_runs import claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.provenance import redact
@@ -109,18 +110,25 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _refuse_mixing(ctx: StageContext) -> None:
-    """Demo bars never land in a database holding market bars, and the other way round."""
+    """Demo bars never land in a database holding market bars, and the other way round.
+
+    The first ingest records the database's kind (engine_database) before it writes a bar; later ingests of the
+    other kind are refused, so an interrupted first ingest or two first ingests at once never wedge it.
+    """
     kind = ctx.cfg.source.data_kind.value
-    kinds = ingested_data_kinds(ctx.db)
-    other = kinds - {kind}
-    if other or (kind == "demo" and not kinds and has_clean_bars(ctx.db)):
-        held = ", ".join(sorted(other)) or "market (bars not ingested by this engine)"
-        raise EngineError(
-            f"refusing to ingest {kind} data from source={ctx.cfg.source.name}: this database already holds "
-            f"{held} data",
-            "give demo data its own database (the default db=sqlite does: data/demo.sqlite vs "
-            "data/market.sqlite), e.g. db.url=sqlite:///data/demo.sqlite",
-        )
+    held = claim_data_kind(ctx.db, kind, ctx.run.id)
+    if held["data_kind"] == kind:
+        return
+    database = masked_url(str(ctx.db.url))
+    since = f"since run {held['engine_run_id']}" if held["engine_run_id"] is not None else "since an earlier version"
+    empty = "" if has_clean_bars(ctx.db) else (
+        "; it holds no bars yet: if that was a mistake, DELETE FROM engine_database and rerun")
+    raise EngineError(
+        f"refusing to ingest {kind} data from source={ctx.cfg.source.name}: the database {database} holds "
+        f"{held['data_kind']} data ({since}, {held['recorded_at']:%Y-%m-%d %H:%M} UTC)",
+        "give demo data its own database (the default db=sqlite does: data/demo.sqlite vs "
+        f"data/market.sqlite), e.g. db.url=sqlite:///data/{kind}.sqlite{empty}",
+    )
 
 
 def _progress() -> Progress:
