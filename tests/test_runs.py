@@ -2,7 +2,10 @@
 
 import hashlib
 import json
+import os
+import socket
 import subprocess
+from pathlib import Path
 
 import sqlalchemy as sa
 from omegaconf import OmegaConf
@@ -49,6 +52,10 @@ def test_a_run_leaves_config_provenance_and_a_linked_row(engine_cli, db_url):
     assert json.loads(row["stages"]) == ["registry"] and row["symbol"] == "ES"
     assert json.loads(row["overrides"]) == prov["overrides"]
     assert row["logic_version"] == expected.logic_version
+    # who ran it, for liveness (engine.db.liveness): this host, the engine's pid, its boot id and start time
+    assert row["host"] == socket.gethostname() and row["pid"] != os.getpid()
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert row["process_start"].startswith(f"{boot_id}:") and row["process_start"].split(":")[1].isdigit()
 
 
 def test_git_hash_is_the_short_head_and_dirty_flag_is_reported():
