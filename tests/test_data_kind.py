@@ -29,6 +29,7 @@ def bar_count(url: str) -> int:
     return query(url, "SELECT count(*) AS n FROM market_bars_ohlcv_1m_clean")[0]["n"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_an_interrupted_first_demo_ingest_never_wedges_the_database(db_url, tmp_path, engine_cli, sig):
     proc = start_engine(db_url, tmp_path, *SLOW_INGEST)
@@ -51,6 +52,7 @@ def test_an_interrupted_first_demo_ingest_never_wedges_the_database(db_url, tmp_
     assert recorded(db_url) == [kind], "the first claim stays"
 
 
+@pytest.mark.slow
 def test_two_demo_jobs_started_together_both_succeed(db_url, tmp_path):
     window = ["stages=[ingest]", "window.start=2025-10-01", "window.end=2025-12-01"]  # 2 months: several batches
     procs = [start_engine(db_url, tmp_path / name, *window) for name in ("a", "b")]
@@ -63,6 +65,7 @@ def test_two_demo_jobs_started_together_both_succeed(db_url, tmp_path):
     assert kind["data_kind"] == "demo" and kind["engine_run_id"] in run_ids
 
 
+@pytest.mark.slow
 def test_demo_into_a_market_database_is_refused(db_url, tmp_path, engine_cli):
     market_file = write_dbn(tmp_path / "nq.dbn.zst", bars(30))
     market = engine_cli(f"db.url={db_url}", "stages=[ingest]", "source=dbn_file", f"source.paths=[{market_file}]",
@@ -78,6 +81,7 @@ def test_demo_into_a_market_database_is_refused(db_url, tmp_path, engine_cli):
     assert recorded(db_url)[0]["data_kind"] == "market"
 
 
+@pytest.mark.slow
 def test_market_into_a_demo_database_is_refused(db_url, tmp_path, engine_cli):
     demo = engine_cli(f"db.url={db_url}", *SMALL)
     assert demo.returncode == 0, demo.output
@@ -92,6 +96,7 @@ def test_market_into_a_demo_database_is_refused(db_url, tmp_path, engine_cli):
     assert bar_count(db_url) == held
 
 
+@pytest.mark.slow
 def test_a_claim_of_a_database_without_bars_says_how_to_release_it(db_url, tmp_path, engine_cli):
     """A first market ingest that wrote nothing still claims the database; the refusal says so and how to undo it."""
     empty_file = write_dbn(tmp_path / "es.dbn.zst", bars(30), symbol="ES.v.0")  # the wrong file: no NQ bars
@@ -154,6 +159,7 @@ def test_old_databases_are_backfilled(db_url, ingests, loose_bars, expected):
     assert [r["data_kind"] for r in recorded(db_url)] == ([expected] if expected else [])
 
 
+@pytest.mark.slow
 def test_a_wedged_old_database_ingests_again_after_the_upgrade(db_url, tmp_path):
     _old_database(db_url, [("demo", "running", 3)])
     for extra in ([], ["force=true"]):

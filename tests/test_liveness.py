@@ -94,6 +94,7 @@ def stop_while_idle(proc: subprocess.Popen, url: str) -> None:
     raise AssertionError("could not stop the run outside a transaction")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_ingest_is_marked_abandoned_with_what_it_committed(db_url, tmp_path, engine_cli):
     proc = start_engine(db_url, tmp_path, *SLOW_INGEST)
     try:
@@ -173,6 +174,7 @@ def _insert_running(url: str, **fields) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_rows_are_judged_by_pid_and_start_time_on_sqlite_and_by_the_lock_on_postgres(db_url, engine_cli):
     me = liveness.Process.current()
     boot = me.start.split(":")[0]
@@ -207,6 +209,7 @@ def test_rows_are_judged_by_pid_and_start_time_on_sqlite_and_by_the_lock_on_post
     assert f"process {me.pid} on host {HOST}" in rows[reused]["error"]
 
 
+@pytest.mark.slow
 def test_rows_of_older_versions(db_url, engine_cli):
     """Rows without host/pid (before migration 0009): SQLite cannot judge them; PostgreSQL can when no other program
     (so no older engine, which holds pooled sessions while it lives) is connected."""
@@ -222,6 +225,7 @@ def test_rows_of_older_versions(db_url, engine_cli):
     assert run_rows(db_url)[old]["status"] == "running"
     [line] = reconcile_lines(first)
     assert f"run {old} (no pid: written before migration 0009" in line
+    assert f"UPDATE engine_runs SET status = 'abandoned' WHERE id IN ({old})" in line
 
     second = engine_cli(f"db.url={db_url}", "stages=[registry]")
     assert second.returncode == 0, second.output

@@ -94,14 +94,17 @@ def _why_dead_here(pid: int, start: str | None) -> str | None:
 @dataclass
 class Reconciled:
     abandoned: list[str] = field(default_factory=list)  # one short description per run marked abandoned
-    left: list[str] = field(default_factory=list)  # running rows that cannot be proven dead, and why
+    left: dict[int, str] = field(default_factory=dict)  # running rows that cannot be proven dead: id -> why
 
     def line(self) -> str | None:
         parts = []
         if self.abandoned:
             parts.append(f"marked {len(self.abandoned)} dead run(s) abandoned: " + "; ".join(self.abandoned))
         if self.left:
-            parts.append("left running (liveness unknown): " + "; ".join(self.left))
+            ids = ", ".join(str(i) for i in self.left)
+            parts.append("left running (liveness unknown): " + "; ".join(self.left.values())
+                         + f"; if you know their processes are gone: UPDATE engine_runs SET status = 'abandoned' "
+                         f"WHERE id IN ({ids})")
         return "reconcile: " + ". ".join(parts) if parts else None
 
 
@@ -126,8 +129,8 @@ class LiveRun:
                     if old_rows_dead is None:
                         old_rows_dead = self._no_other_program()
                     if not old_rows_dead:
-                        done.left.append(f"run {row.id} (no pid: written before migration 0009; other programs "
-                                         "are connected to the database)")
+                        done.left[row.id] = (f"run {row.id} (no pid: written before migration 0009; other programs "
+                                             "are connected to the database)")
                         continue
                 if not self._try_lock(row.id):
                     continue  # alive: it holds its lock
@@ -137,9 +140,9 @@ class LiveRun:
                     self._unlock(row.id)
                 continue
             if row.pid is None:
-                done.left.append(f"run {row.id} (no pid: written before migration 0009)")
+                done.left[row.id] = f"run {row.id} (no pid: written before migration 0009)"
             elif row.host != self.me.host:
-                done.left.append(f"run {row.id} of host {row.host}")
+                done.left[row.id] = f"run {row.id} of host {row.host}"
             elif (reason := _why_dead_here(row.pid, row.process_start)) is not None:
                 self._abandon(row, who, reason, done)
         if (line := done.line()) is not None:
