@@ -236,15 +236,14 @@ def old_detect_digest(n: int = N) -> str:
 def test_chunks_wrongly_recorded_done_by_the_old_engine_are_healed_by_the_next_run(db_url, ref_url, tmp_path,
                                                                                   planted_file):
     run_engine(ref_url, tmp_path, *from_file(planted_file), *WINDOW)
-    # What the old engine left: chunked ingest, then per chunk a detect of that chunk alone (before the next
-    # chunk's bars existed), each recorded done with the old settings digest.
-    run_engine(db_url, tmp_path, "source=dbn_file", f"source.paths=[{planted_file}]", "stages=[ingest]", *WINDOW,
-               "window.chunk=1h")
+    # What the old engine left: per chunk, the chunk's ingest (recorded done, as today), then a detect of that
+    # chunk alone, before the next chunk's bars existed, recorded done with the old settings digest.
     edges = [T0, T0 + timedelta(minutes=30), T0 + timedelta(minutes=90), T0 + timedelta(minutes=120)]
     engine = sa.create_engine(db_url)
     for start, end in zip(edges, edges[1:], strict=False):
-        summary = run_engine(db_url, tmp_path, *from_file(planted_file), "stages=[detect]",
-                             *window_of(start, end))
+        run_engine(db_url, tmp_path, *from_file(planted_file), "stages=[ingest]", *window_of(start, end),
+                   "window.chunk=1h")
+        summary = run_engine(db_url, tmp_path, *from_file(planted_file), "stages=[detect]", *window_of(start, end))
         with engine.begin() as conn:
             run_id = conn.execute(sa.text("SELECT max(id) FROM engine_runs")).scalar_one()
             conn.execute(sa.insert(stage_chunks).values(
