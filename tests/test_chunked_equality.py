@@ -113,6 +113,10 @@ def iso(value: datetime) -> str:
     return f"{value:%Y-%m-%dT%H:%M:%SZ}"
 
 
+def window_of(start: datetime, end: datetime) -> list[str]:
+    return [f"window.start={iso(start)}", f"window.end={iso(end)}"]
+
+
 def chunk_count(start: datetime, end: datetime, chunk: str) -> int:
     return len(parse_window(WindowConfig(start=iso(start), end=iso(end), chunk=chunk)).chunks())
 
@@ -139,14 +143,15 @@ def ref_url(request, db_url, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- planted pivots
 
-T0 = datetime(2025, 12, 1, 14, 30, tzinfo=UTC)  # a Monday
-WINDOW = ["window.start=2025-12-01T14:30:00Z", "window.end=2025-12-01T16:30:00Z"]
+T0 = datetime(2025, 12, 1, 14, 30, tzinfo=UTC)  # a Monday; the planted file holds 120 bars, 14:30 to 16:29
+WINDOW = [f"window.start={T0:%Y-%m-%dT%H:%M:%SZ}", "window.end=2025-12-01T16:30:00Z"]
 # Minute offsets from T0 of the planted pivots. With 1h chunks ([14:30,15:00), [15:00,16:00), [16:00,16:30)):
-# 14:56 lies in the last n bars of chunk 1, 14:59 is its last bar, 15:55 is confirmed by 16:00 (the first bar
-# of chunk 3), 15:57 is in chunk 2's last n bars, 15:48 and 16:20 need nothing from another chunk, and 16:27
-# has only 2 bars after it inside the window. With 1m chunks every pivot is the last bar of its chunk.
-HIGHS = {29: "14:59", 78: "15:48", 85: "15:55", 117: "16:27"}
-LOWS = {26: "14:56", 87: "15:57", 110: "16:20"}
+# the BULL at 14:56 lies in the last n bars of chunk 1, the BEAR at 14:59 is its last bar, the BEAR at 15:55 is
+# confirmed by 16:00 (the first bar of chunk 3), the BULL at 15:57 is in chunk 2's last n bars, 15:48 and 16:20
+# need nothing from another chunk, and 16:27 has only 2 bars after it in the file (never a pivot here). With 1m
+# chunks every pivot is the last bar of its chunk.
+HIGHS = [29, 78, 85, 117]
+LOWS = [26, 87, 110]
 PLANTED = sorted([(T0 + timedelta(minutes=i), "BEAR") for i in HIGHS if i != 117]
                  + [(T0 + timedelta(minutes=i), "BULL") for i in LOWS])
 
@@ -158,8 +163,8 @@ def planted_bars(count: int) -> np.ndarray:
     out["instrument_id"] = 4242
     mid = 21000.0 + 0.25 * np.arange(count)
     high, low = mid + 0.5, mid - 0.5
-    high[list(HIGHS)] += 50
-    low[list(LOWS)] -= 50
+    high[HIGHS] += 50
+    low[LOWS] -= 50
     for column, values in (("open", mid), ("close", mid), ("high", high), ("low", low)):
         out[column] = np.rint(values * PRICE_SCALE)
     out["volume"] = 100
@@ -175,24 +180,30 @@ def from_file(path: Path) -> list[str]:
     return ["source=dbn_file", f"source.paths=[{path}]", "stages=[ingest,detect]"]
 
 
-@pytest.mark.parametrize("chunk", ["1h", "1m", "7m"])
-def test_chunk_edges_on_pivots_give_the_unchunked_events(db_url, ref_url, tmp_path, planted_file, chunk, caplog):
-    reference = run_engine(ref_url, tmp_path, *from_file(planted_file), *WINDOW)
+@pytest.mark.parametrize(("chunk", "first", "last"), [("1h", 0, 120), ("7m", 0, 120), ("1m", 15, 40)])
+def test_chunk_edges_on_pivots_give_the_unchunked_events(db_url, ref_url, tmp_path, planted_file, chunk, first, last,
+                                                         caplog):
+    start, end = T0 + timedelta(minutes=first), T0 + timedelta(minutes=last)
+    reference = run_engine(ref_url, tmp_path, *from_file(planted_file), *window_of(start, end))
     expected = events(ref_url)
-    assert [(ts, direction) for ts, direction, _, _ in expected] == PLANTED
-    assert all(confirm == ts + timedelta(minutes=N) for ts, _, _, confirm in expected)
+    n_minutes = timedelta(minutes=N)
+    inside = [(ts, d) for ts, d in PLANTED if start + n_minutes <= ts < end - n_minutes]
+    assert [(ts, d) for ts, d, *_ in expected] == inside and inside
+    assert all(confirm == ts + n_minutes for ts, _, _, confirm in expected)
+    assert reference["detect"]["lookahead_complete"] is False, "the stored bars end with the window"
 
     with caplog.at_level(logging.INFO, logger="engine"):
-        chunked = run_engine(db_url, tmp_path, *from_file(planted_file), *WINDOW, f"window.chunk={chunk}")
+        chunked = run_engine(db_url, tmp_path, *from_file(planted_file), *window_of(start, end),
+                             f"window.chunk={chunk}")
     assert events(db_url) == expected and bars(db_url) == bars(ref_url)
-    assert ingest_counts(chunked) == ingest_counts(reference) == (120, 0, 0)
+    assert ingest_counts(chunked) == ingest_counts(reference) == (last - first, 0, 0)
     detect = chunked["detect"]
-    assert detect["events"] == reference["detect"]["events"] == {"BEAR": 3, "BULL": 3}
-    assert detect["events_written"] == 6 and detect["bars_in_window"] == 120
+    assert detect["events"] == reference["detect"]["events"]
+    assert detect["events_written"] == len(expected) and detect["bars_in_window"] == last - first
     # The stored bars end with the window: the chunks holding any of its last n bars cannot have all their
     # confirming bars yet, so they are pending (not recorded done); all the others are recorded.
-    pieces = parse_window(WindowConfig(start=WINDOW[0][13:], end=WINDOW[1][11:], chunk=chunk)).chunks()
-    last_bars = [T0 + timedelta(minutes=m) for m in range(120 - N, 120)]
+    pieces = parse_window(WindowConfig(start=iso(start), end=iso(end), chunk=chunk)).chunks()
+    last_bars = [end - timedelta(minutes=m) for m in range(1, N + 1)]
     waiting = [p for p in pieces if any(p.start <= t < p.end for t in last_bars)]
     assert len(waiting) == {"1h": 1, "1m": 5, "7m": 2}[chunk]
     assert (detect["chunks_done"], detect["chunks_pending"]) == (len(pieces) - len(waiting), len(waiting))
@@ -200,7 +211,19 @@ def test_chunk_edges_on_pivots_give_the_unchunked_events(db_url, ref_url, tmp_pa
     assert detect_chunks(db_url) == [(p.start, p.end) for p in pieces if p not in waiting]
     pending = [r.getMessage() for r in caplog.records if "left pending" in r.getMessage()]
     assert len(pending) == len(waiting) and f"detect chunk {len(pieces)}/{len(pieces)}" in pending[-1]
-    assert "only 0 of the 5 bars after 2025-12-01T16:30Z are stored" in pending[-1]
+    assert f"only 0 of the 5 bars after {end:%Y-%m-%dT%H:%MZ} are stored" in pending[-1]
+
+
+def test_detect_alone_chunked_records_only_the_chunks_with_their_look_ahead(db_url, ref_url, tmp_path,
+                                                                           planted_file):
+    run_engine(ref_url, tmp_path, *from_file(planted_file), *WINDOW)
+    run_engine(db_url, tmp_path, *from_file(planted_file), "stages=[ingest]", *WINDOW)
+    detect = run_engine(db_url, tmp_path, *from_file(planted_file), "stages=[detect]", *WINDOW,
+                        "window.chunk=1h")["detect"]
+    assert events(db_url) == events(ref_url)
+    assert (detect["chunks_done"], detect["chunks_pending"], detect["lookahead_complete"]) == (2, 1, False)
+    assert detect_chunks(db_url) == [(T0, T0 + timedelta(minutes=30)), (T0 + timedelta(minutes=30),
+                                                                        T0 + timedelta(minutes=90))]
 
 
 def test_a_pending_chunk_is_redone_by_the_next_run_and_completes_once_later_bars_exist(db_url, tmp_path):
@@ -285,10 +308,6 @@ def chunked_windows(draw) -> tuple[datetime, datetime, str]:
     offset = draw(st.integers(0, SPAN_MINUTES - length))
     start = SPAN_START + timedelta(minutes=offset)
     return start, start + timedelta(minutes=length), chunk
-
-
-def window_of(start: datetime, end: datetime) -> list[str]:
-    return [f"window.start={iso(start)}", f"window.end={iso(end)}"]
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
