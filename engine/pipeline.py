@@ -2,12 +2,22 @@
 
 Stages that declare `chunk_settings(ctx)` (ingest, detect) run chunk by chunk when `window.chunk` is
 set; a chunk already done with the same settings is skipped unless `force=true`.
+
+A chunkable stage that also declares `lookahead_ready(ctx, through)` (detect) reads bars after its chunk
+(the n bars that confirm the pivots among the chunk's last bars). When an earlier stage of the same group
+writes those bars (ingest), its chunk k waits until the chunks ingested after it hold that look-ahead
+(usually chunk k+1), and whatever still waits runs after the last ingest; so a chunked backfill gives the
+same bars and events as one unchunked run. A chunk whose summary says `lookahead_complete: false` (the
+data ends inside its look-ahead) is not recorded done: the next run redoes it.
 """
 
 from __future__ import annotations
 
 import json
+from collections import deque
+from datetime import datetime
 
+from engine.config import Window
 from engine.context import StageContext
 from engine.db import chunks
 from engine.provenance import sha256_text
@@ -34,24 +44,58 @@ def _run(ctx: StageContext, name: str) -> dict:
 def _run_chunked(ctx: StageContext, names: list[str]) -> None:
     pieces = ctx.window.chunks()
     totals: dict[str, dict] = {name: {"chunks_done": 0, "chunks_skipped": 0} for name in names}
+    for name in names:
+        if hasattr(STAGES[name], "pending_reason"):  # whether every chunk had its look-ahead, not a sum
+            totals[name].update(lookahead_complete=True, chunks_pending=0)
+        ctx.run.summary[name] = totals[name]
+    # Stages that read look-ahead bars an earlier stage of this group writes: their chunks wait in line.
+    waiting: dict[str, deque[tuple[int, Window]]] = {
+        name: deque() for k, name in enumerate(names) if k and hasattr(STAGES[name], "lookahead_ready")}
     whole = ctx.window
+
+    def chunk(name: str, number: int, piece: Window, through: datetime | None = None) -> bool:
+        """Run (or skip) chunk `number` of stage `name`; False when it must wait for more chunks ingested.
+
+        `through`: the end of the chunks the earlier stages have done so far (None: all of them).
+        """
+        ctx.window = piece
+        settings = sha256_text(json.dumps(STAGES[name].chunk_settings(ctx), sort_keys=True, default=str))
+        symbol = ctx.symbol.internal_symbol
+        label = f"{name} chunk {number}/{len(pieces)} [{piece.start:%Y-%m-%d %H:%M}, {piece.end:%H:%M %d/%m})"
+        if not ctx.cfg.force and chunks.is_done(ctx.db, name, symbol, piece.start, piece.end, settings):
+            ctx.log.info("%s: done before with the same settings, skipped (force=true redoes it)", label)
+            totals[name]["chunks_skipped"] += 1
+            return True
+        if through is not None and not STAGES[name].lookahead_ready(ctx, through):
+            return False
+        ctx.log.info("%s", label)
+        summary = STAGES[name].run(ctx)
+        total = totals[name]
+        _add(total, summary)
+        if summary.get("lookahead_complete", True):
+            chunks.record_done(ctx.db, ctx.run.id, name, symbol, piece.start, piece.end, settings, summary)
+            total["chunks_done"] += 1
+            ctx.log.info("%s: done", label)
+        else:
+            total["lookahead_complete"] = False
+            total["chunks_pending"] += 1
+            ctx.log.warning("%s: left pending, not recorded done, the next run redoes it: %s", label,
+                            STAGES[name].pending_reason(summary))
+        return True
+
     try:
         for number, piece in enumerate(pieces, 1):
-            ctx.window = piece
             for name in names:
-                settings = sha256_text(json.dumps(STAGES[name].chunk_settings(ctx), sort_keys=True, default=str))
-                symbol = ctx.symbol.internal_symbol
-                label = f"{name} chunk {number}/{len(pieces)} [{piece.start:%Y-%m-%d %H:%M}, {piece.end:%H:%M %d/%m})"
-                if not ctx.cfg.force and chunks.is_done(ctx.db, name, symbol, piece.start, piece.end, settings):
-                    ctx.log.info("%s: done before with the same settings, skipped (force=true redoes it)", label)
-                    totals[name]["chunks_skipped"] += 1
-                    continue
-                ctx.log.info("%s", label)
-                summary = STAGES[name].run(ctx)
-                chunks.record_done(ctx.db, ctx.run.id, name, symbol, piece.start, piece.end, settings, summary)
-                _add(totals[name], summary)
-                totals[name]["chunks_done"] += 1
-                ctx.run.summary[name] = totals[name]
+                if name in waiting:
+                    waiting[name].append((number, piece))
+                else:
+                    chunk(name, number, piece)
+            for name, line in waiting.items():
+                while line and chunk(name, *line[0], through=piece.end):
+                    line.popleft()
+        for name, line in waiting.items():  # every chunk ingested: the rest reads what the table holds after it
+            while line:
+                chunk(name, *line.popleft())
     finally:
         ctx.window = whole
 
@@ -82,4 +126,3 @@ def _groups(names: list[str]) -> list[list[str]]:
         else:
             groups.append([name])
     return groups
-

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select
 
-from engine.db.schema import stage_chunks
+from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, legacy_bars, stage_chunks
 
 
 def is_done(engine: Engine, stage: str, symbol: str, start: datetime, end: datetime, settings_sha256: str) -> bool:
@@ -31,3 +31,12 @@ def record_done(engine: Engine, run_id: int, stage: str, symbol: str, start: dat
             settings_sha256=settings_sha256, status="success", finished_at=datetime.now(UTC),
             summary=json.dumps(summary, sort_keys=True, default=str),
         ))
+
+
+def count_bars(engine: Engine, table_name: str, symbol: str, start: datetime, end: datetime, limit: int) -> int:
+    """How many bars of `symbol` lie in [start, end), counting at most `limit` (a chunk's look-ahead)."""
+    table = {CLEAN_BARS: clean_bars, LEGACY_BARS: legacy_bars}[table_name]
+    first = (select(table.c.ts).where(table.c.symbol == symbol, table.c.ts >= start, table.c.ts < end)
+             .order_by(table.c.ts).limit(limit).subquery())
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(first)).scalar_one())

@@ -28,6 +28,7 @@ import numpy as np
 from engine.config import EngineConfig
 from engine.context import StageContext
 from engine.db.bars import read_bars
+from engine.db.chunks import count_bars
 from engine.db.events import (
     EVENT_DTYPE,
     EventKey,
@@ -135,6 +136,9 @@ def run(ctx: StageContext) -> dict:
         "events": by_direction,
         "events_written": inserted,
         "events_replaced": deleted,
+        # Every bar of the window that could be a pivot has its n confirming bars (or there is no bar):
+        # newer bars stored later cannot change these events. Chunked runs record a chunk done only then.
+        "lookahead_complete": counts["confirm_bars"] >= n or not counts["bars_in_window"],
         "pieces": len(pieces),
         "seconds": round(seconds, 3),
     }
@@ -145,13 +149,37 @@ def run(ctx: StageContext) -> dict:
 
 
 def chunk_settings(ctx: StageContext) -> dict:
-    """What makes two detections of the same chunk the same work (for resuming chunked runs)."""
+    """What makes two detections of the same chunk the same work (for resuming chunked runs).
+
+    `done_when` is part of the digest so that chunks recorded by engines that recorded a chunk done before
+    its look-ahead bars existed (their events miss the pivots among the chunk's last n bars) no longer
+    match: the next run over that range redoes them.
+    """
     return {
         "symbol": ctx.symbol.internal_symbol,
         "source_table": bars_table(ctx.cfg),
         "logic_version": ctx.run.code.logic_version,
         "detector": dataclasses.asdict(ctx.cfg.detector),
+        "done_when": "lookahead_complete",
     }
+
+
+def lookahead_ready(ctx: StageContext, through: datetime) -> bool:
+    """Whether the window's look-ahead (the n bars from window.end on) is stored before `through`.
+
+    A chunked run detects a chunk once the chunks ingested after it reach `through`: bars written later lie
+    at or after `through`, so they cannot change the chunk's events.
+    """
+    n = check_detector(ctx.cfg)
+    stored = count_bars(ctx.db, bars_table(ctx.cfg), ctx.symbol.internal_symbol, ctx.window.end, through, n)
+    return stored >= n
+
+
+def pending_reason(summary: dict) -> str:
+    """Why a detection with `lookahead_complete` false is not final (for the chunk's closing log line)."""
+    return (f"only {summary['confirm_bars']} of the {summary['n']} bars after {summary['window_end']} are stored, "
+            f"so pivots among the chunk's last {summary['n']} bars cannot be confirmed yet (ingest the bars after "
+            f"it, or rerun once they exist)")
 
 
 def split_window(start: datetime, end: datetime, span: timedelta | None = None) -> list[tuple[datetime, datetime]]:
