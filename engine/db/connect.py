@@ -108,17 +108,25 @@ _DISK_FULL = "53100"
 
 
 def lost_server(exc: BaseException) -> str | None:
-    """Why the PostgreSQL server went away, when `exc` (or what it wraps) says it did; else None."""
+    """Why the PostgreSQL server went away, when `exc` (or what it wraps) says it did; else None. The server's
+    own word (e.g. "terminating connection due to administrator command") beats the driver's ("the connection
+    is lost", raised by the rollback that followed)."""
     import psycopg
 
+    reasons = []
     for err in interrupts.error_chain(exc):
         if isinstance(err, psycopg.OperationalError):
             state = err.sqlstate
             if state is None or state.startswith("08") or state in _SERVER_GONE:
-                return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, DBAPIError) and err.connection_invalidated and err.orig is not None:
-            return str(err.orig).strip().splitlines()[0]
-    return None
+                reasons.append((state is None, _first_line(err)))
+        elif isinstance(err, DBAPIError) and err.connection_invalidated and err.orig is not None:
+            reasons.append((True, _first_line(err.orig)))
+    return min(reasons)[1] if reasons else None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def storage_full(exc: BaseException, url: str) -> EngineError | None:
@@ -129,8 +137,7 @@ def storage_full(exc: BaseException, url: str) -> EngineError | None:
             return EngineError(f"the SQLite database {database} is full ({err})",
                                f"free space on {mount_point(database)} or point db.url elsewhere")
         if getattr(err, "sqlstate", None) == _DISK_FULL:
-            reason = str(err).strip().splitlines()[0]
-            return EngineError(f"the PostgreSQL server at {masked_url(url)} is out of disk space: {reason}",
+            return EngineError(f"the PostgreSQL server at {masked_url(url)} is out of disk space: {_first_line(err)}",
                                "free space on the server's data volume (or ask its administrator), then run "
                                "again: committed batches are kept")
     return None
