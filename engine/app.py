@@ -219,6 +219,9 @@ def _write_text(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the file the run meant to write
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
