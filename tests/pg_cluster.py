@@ -3,7 +3,7 @@
 ``initdb`` into a temporary directory, a free port on 127.0.0.1, ``pg_ctl start`` / ``stop -m immediate``
 (a crash, as far as clients can tell). As root, the server runs as the ``postgres`` user (PostgreSQL refuses
 to run as root), so its directory lives under /tmp where that user can write. Optionally the data directory
-sits on a tmpfs of a given size (root only), for disk-full tests.
+sits on a tmpfs of a given size (root only, the WAL beside it), for disk-full tests.
 
 Use the ``pg_cluster`` fixture (a factory: ``pg_cluster(tmpfs_mb=None)`` returns a started `PgCluster`).
 """
@@ -45,7 +45,10 @@ class PgCluster:
                            check=True)
             self.tmpfs = self.data
         self._chown(base)
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        # On a tmpfs only the data fills up: the WAL lives beside it, so a full disk is a clean ERROR (53100),
+        # not a PANIC of the WAL writer.
+        waldir = ["--waldir", str(base / "wal")] if tmpfs_mb is not None else []
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", *waldir)
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:

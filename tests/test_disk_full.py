@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pg_cluster import pg_cluster  # noqa: F401 - the fixture
 
 SEED = ("stages=[ingest]", "window.start=2025-09-01", "window.end=2025-09-01T02:00:00Z")
 INGEST = ("stages=[ingest]", "window.start=2025-09-01", "window.end=2025-12-13", "source.batch_size=2000")
@@ -166,3 +167,28 @@ def test_a_failed_write_leaves_the_previous_content_or_none(tmp_path, previous):
     assert [p.name for p in tmp_path.iterdir()] == ([] if previous is None else ["result.json"])
     if previous is not None:
         assert target.read_text() == previous
+
+
+@pytest.mark.slow
+def test_a_full_postgresql_server_exits_2_naming_the_server(pg_cluster, tmp_path):  # noqa: F811
+    """A throwaway server whose data directory is on a small, nearly full tmpfs: DiskFull (53100) mid-ingest
+    exits 2 naming the server's problem; committed batches stay; after freeing space the next run completes."""
+    cluster = pg_cluster(tmpfs_mb=64)
+    url = cluster.create_database("engine")
+    assert run(tmp_path, f"db.url={url}", *SEED).returncode == 0
+    filler = fill(cluster.data, leave_pages=256)  # 1 MiB left: a few batches fit, then the table cannot grow
+    proc = run(tmp_path, f"db.url={url}", *INGEST)
+    text = one_line(proc)
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    assert f"the PostgreSQL server at {url} is out of disk space: could not extend file" in text
+    assert "Fix: free space on the server's data volume" in text
+    [result_file] = [p for p in (tmp_path / "runs").rglob("result.json") if json.loads(p.read_text())["exit_code"]]
+    assert json.loads(result_file.read_text())["exit_code"] == 2
+    row = runs_rows(url)[-1]
+    assert row["status"] == "failed" and "out of disk space" in row["error"]
+    ingest = ingest_rows(url)[-1]
+    assert ingest["status"] == "failed" and ingest["bars_inserted"] > 0  # the batches before the full disk stay
+
+    filler.unlink()
+    assert_completes(tmp_path, url)
