@@ -27,7 +27,7 @@ SYMBOL = "GLBX.MDP3:NQ"
 INGEST = ("stages=[ingest]", "window.start=2025-09-01", "window.end=2025-12-13", "source.batch_size=2000")
 SEED = ("stages=[ingest]", "window.start=2025-09-01", "window.end=2025-09-01T02:00:00Z")
 PG_TRIALS = 14
-SQLITE_TRIALS = 6
+SQLITE_TRIALS = 5
 
 
 def _env() -> dict:
