@@ -36,7 +36,11 @@ if __name__ == "__main__":
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")
         sys.exit(exc.exit_code)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before a job installed its handlers (imports, Hydra's start-up)
+        console.print("[red]interrupted[/]")
+        sys.exit(130)
     if sweep.last_sweep.get("failed"):
         console.print(f"[red]{sweep.last_sweep['failed']} of {sweep.last_sweep['jobs']} jobs failed[/]")
         sys.exit(1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import sqlite3
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -13,8 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
+from engine import interrupts
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -44,13 +47,15 @@ def create_db_engine(url: str, echo: bool = False) -> Engine:
             "db.url=postgresql+psycopg://user@host:5432/dbname",
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed, echo)
+        return _interruptible(_sqlite_engine(parsed, echo))
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         try:
-            return create_engine(parsed, echo=echo, pool_pre_ping=True,
-                                 connect_args={"options": "-c timezone=UTC", "application_name": APPLICATION_NAME})
+            return _interruptible(create_engine(
+                parsed, echo=echo, pool_pre_ping=True,
+                connect_args={"options": "-c timezone=UTC", "application_name": APPLICATION_NAME},
+            ))
         except NoSuchModuleError:
             raise EngineError(
                 f"db.url driver {parsed.drivername!r} is not installed",
@@ -85,6 +90,70 @@ def _sqlite_engine(url, echo: bool) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _interruptible(engine: Engine) -> Engine:
+    """Let a signal cancel this engine's statements instead of raising inside the driver (engine.interrupts):
+    connections the main thread holds are reported, every transaction starts at a safe point, and a statement
+    cancelled because of a signal is raised as `Interrupted`."""
+    event.listen(engine, "checkout", lambda dbapi_conn, record, _proxy: interrupts.connection_in_use(dbapi_conn,
+                                                                                                     record))
+    event.listen(engine, "checkin", lambda _dbapi_conn, record: interrupts.connection_released(record))
+    event.listen(engine, "begin", lambda _conn: interrupts.check())
+    event.listen(engine, "handle_error", lambda ctx: interrupts.as_interrupted(ctx.original_exception))
+    return engine
+
+
+# PostgreSQL SQLSTATEs of a session ended by the server: admin_shutdown (pg_terminate_backend, pg_ctl stop),
+# crash_shutdown, cannot_connect_now (starting up / shutting down); class 08 is "connection exception".
+_SERVER_GONE = {"57P01", "57P02", "57P03"}
+_DISK_FULL = "53100"
+
+
+def lost_server(exc: BaseException) -> str | None:
+    """Why the PostgreSQL server went away, when `exc` (or what it wraps) says it did; else None. The server's
+    own word (e.g. "terminating connection due to administrator command") beats the driver's ("the connection
+    is lost", raised by the rollback that followed)."""
+    import psycopg
+
+    reasons = []
+    for err in interrupts.error_chain(exc):
+        if isinstance(err, psycopg.OperationalError):
+            state = err.sqlstate
+            if state is None or state.startswith("08") or state in _SERVER_GONE:
+                reasons.append((state is None, _first_line(err)))
+        elif isinstance(err, DBAPIError) and err.connection_invalidated and err.orig is not None:
+            reasons.append((True, _first_line(err.orig)))
+    return min(reasons)[1] if reasons else None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def storage_full(exc: BaseException, url: str) -> EngineError | None:
+    """A user error for a full database (SQLite: its file's file system; PostgreSQL: the server's disk)."""
+    for err in interrupts.error_chain(exc):
+        if isinstance(err, sqlite3.OperationalError) and "database or disk is full" in str(err):
+            database = make_url(url).database or ""
+            return EngineError(f"the SQLite database {database} is full ({err})",
+                               f"free space on {mount_point(database)} or point db.url elsewhere")
+        if getattr(err, "sqlstate", None) == _DISK_FULL:
+            return EngineError(f"the PostgreSQL server at {masked_url(url)} is out of disk space: {_first_line(err)}",
+                               "free space on the server's data volume (or ask its administrator), then run "
+                               "again: committed batches are kept")
+    return None
+
+
+def mount_point(path: str | os.PathLike) -> str:
+    """The mount point of the file system holding `path` (which may not exist yet)."""
+    current = Path(os.path.abspath(path))
+    while not current.exists():
+        current = current.parent
+    while not os.path.ismount(current):
+        current = current.parent
+    return str(current)
 
 
 def alembic_config() -> Config:

@@ -18,6 +18,7 @@ A run is provably dead when:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -154,7 +155,8 @@ class LiveRun:
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
             engine = conn.engine
-            conn.close()
+            with contextlib.suppress(Exception):  # a server that went away has released the lock already
+                conn.close()
             engine.dispose()
 
     # ------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from engine.db.connect import masked_url
 from engine.db.ingest_runs import claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
+from engine.interrupts import is_interruption
 from engine.provenance import redact
 from engine.sources import acquire
 from engine.sources.dbn import DbnBarFile, SymbolFilter
@@ -62,7 +63,8 @@ def run(ctx: StageContext) -> dict:
         counts = writer.flush()
     except BaseException as exc:
         counts = writer.committed
-        _finish(ctx, ingest_id, tally, counts, started, "failed", _error_text(exc))
+        status = "interrupted" if is_interruption(exc) else "failed"
+        _finish(ctx, ingest_id, tally, counts, started, status, _error_text(exc))
         raise
     _finish(ctx, ingest_id, tally, counts, started, "success", None)
     summary = tally.summary(counts, time.monotonic() - started)
