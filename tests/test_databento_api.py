@@ -15,7 +15,7 @@ from pathlib import Path
 
 import databento
 import pytest
-from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, ohlcv_dbn
+from fake_databento import GET_COST, GET_RANGE, GET_RECORD_COUNT, FakeDatabento, Reply, ohlcv_dbn
 
 from engine.errors import EngineError
 from engine.sources.databento_api import FetchResult, RawRequest, estimate_cost, fetch_raw
@@ -95,7 +95,7 @@ def test_download_sends_the_request_verifies_and_lands_with_sidecar(fake, tmp_pa
     assert progress and progress[-1] == result.bytes
     assert sleeps == []
 
-    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RANGE]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RECORD_COUNT, GET_RANGE]
     for seen in fake.seen():
         assert seen.method == "POST" and seen.auth_user == KEY
         assert seen.params["dataset"] == "GLBX.MDP3"
@@ -137,15 +137,23 @@ def test_complete_file_is_reused_without_any_http_call(fake, tmp_path, monkeypat
     assert progress == [first.bytes]
 
 
-def test_a_file_changed_on_disk_is_refused_not_silently_reused_or_rebought(fake, tmp_path):
+def test_a_file_changed_on_disk_is_set_aside_and_bought_again_once(fake, tmp_path):
     first, _ = fetch(fake, tmp_path)
     before = len(fake.seen())
     first.path.write_bytes(first.path.read_bytes()[:-1] + b"\0")
 
-    with pytest.raises(EngineError, match="changed on disk") as err:
+    with pytest.raises(EngineError, match="not a complete download") as err:
         fetch(fake, tmp_path)
-    assert "delete" in str(err.value)
-    assert len(fake.seen()) == before
+    kept = first.path.with_name(first.path.name + ".rejected-1")
+    assert "sha256" in str(err.value) and str(kept) in str(err.value)
+    assert "run again" in err.value.fix and "$0.25" in err.value.fix
+    assert len(fake.seen()) == before  # refusing costs nothing
+    assert landed_files(tmp_path) == sorted([kept.name, kept.name + ".json"])
+
+    again, _ = fetch(fake, tmp_path)
+    assert again.reused is False and again.sha256 == first.sha256
+    assert len(fake.seen(GET_RANGE)) == 2  # bought again exactly once
+    assert fetch(fake, tmp_path)[0].reused is True
 
 
 def test_stale_part_from_a_crash_is_never_reused(fake, tmp_path):
@@ -157,7 +165,7 @@ def test_stale_part_from_a_crash_is_never_reused(fake, tmp_path):
     result, _ = fetch(fake, tmp_path)
 
     assert result.reused is False
-    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RANGE]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RECORD_COUNT, GET_RANGE]
     assert_complete(result)  # 60 records, not the 7 stale ones
     assert result.path.read_bytes() != stale
 
@@ -243,7 +251,7 @@ def test_retries_on_get_cost_are_counted_too(fake, tmp_path):
     fake.script(GET_COST, Reply.error(500))
     result, sleeps = fetch(fake, tmp_path)
     assert result.retries == 1 and sleeps == [1.0]
-    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_COST, GET_RANGE]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_COST, GET_RECORD_COUNT, GET_RANGE]
 
 
 def test_broken_stream_then_success(fake, tmp_path):
@@ -280,6 +288,7 @@ def test_stream_cut_between_zstd_frames_is_caught_by_verification(fake, tmp_path
     # Two zstd frames; the cut lands inside the second frame's only block, so everything that can be
     # decompressed is whole records: the client is happy, only the unfinished frame gives it away.
     body = ohlcv_dbn(start=REQ.start, records=2010, first_frame_records=10)
+    fake.records = 2010
     fake.script(GET_RANGE, Reply(body=body, fault="truncate_silently"), Reply(body=body))
 
     result, _ = fetch(fake, tmp_path)
