@@ -153,7 +153,8 @@ class _ZstdFrames:
         self.raw, self.path = raw, path
         self._dctx = zstandard.ZstdDecompressor()
         self._dobj: zstandard.ZstdDecompressionObj | None = None
-        self._buf = bytearray()
+        self._pieces: list[bytes | memoryview] = []
+        self._have = 0
         self._eof = False
 
     def _fill(self) -> None:
@@ -170,7 +171,10 @@ class _ZstdFrames:
             while chunk:
                 if self._dobj is None:
                     self._dobj = self._dctx.decompressobj()
-                self._buf += self._dobj.decompress(chunk)
+                out = self._dobj.decompress(chunk)
+                if out:
+                    self._pieces.append(out)
+                    self._have += len(out)
                 if self._dobj.eof:
                     chunk, self._dobj = self._dobj.unused_data, None
                 else:
@@ -181,14 +185,18 @@ class _ZstdFrames:
             ) from None
 
     def read(self, n: int) -> bytes:
-        while len(self._buf) < n and not self._eof:
+        while self._have < n and not self._eof:
             self._fill()
-        data = bytes(memoryview(self._buf)[:n])
-        del self._buf[:n]
+        pieces, self._pieces = self._pieces, []
+        data = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
+        if len(data) > n:
+            self._pieces = [memoryview(data)[n:]]  # the rest, not copied until the next read
+            data = data[:n]
+        self._have -= len(data)
         return data
 
     def close(self) -> None:
-        self._buf = bytearray()
+        self._pieces = []
 
 
 class _DbnStream:
