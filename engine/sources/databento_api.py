@@ -66,7 +66,6 @@ PROGRESS_INTERVAL_SECONDS = 0.2
 STALL_REPORT_SECONDS = 1.0
 #: How many times a complete 200 body that is not the DBN asked for is bought again.
 BAD_BODY_RETRIES = 1
-DEFAULT_GATEWAY = "https://hist.databento.com"
 
 _SAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._+\-=^]")
 
@@ -257,7 +256,7 @@ def _fetch(
             part.unlink(missing_ok=True)  # the client insists on creating the file itself
             try:
                 with _ProgressPoller(part, on_bytes, policy.show_stall):
-                    _download(client, req, part, policy, gateway)
+                    _download(client, req, part, policy)
                 return _verify_download(part, req, expected)
             except _BadBody as bad:
                 bad.kept = _set_aside(part, final)
@@ -439,14 +438,19 @@ def _client(gateway: str | None) -> databento.Historical:
         ) from None
 
 
-def _set_timeout(api: Any, policy: _RetryPolicy) -> None:
-    """The client passes one `TIMEOUT` (per instance) as both its connect and read timeout to requests."""
+def _prepare(client: databento.Historical, api: Any, policy: _RetryPolicy) -> None:
+    """Before each call: the connect timeout (probed), then the read timeout on this client instance.
+
+    The client passes its one `TIMEOUT` (read per instance) as both the connect and the read timeout to
+    requests, so the connect timeout is checked by `_probe_connect` first.
+    """
+    _probe_connect(client.gateway, policy.timeouts.connect_seconds)
     api.TIMEOUT = policy.attempt_timeout()
 
 
 def _get_cost(client: databento.Historical, req: RawRequest, policy: _RetryPolicy) -> float:
     def call() -> float:
-        _set_timeout(client.metadata, policy)
+        _prepare(client, client.metadata, policy)
         return client.metadata.get_cost(**req.client_params())
 
     cost = policy.run(call, "metadata.get_cost", req)
@@ -466,7 +470,7 @@ def _get_record_count(client: databento.Historical, req: RawRequest, policy: _Re
     """How many records `timeseries.get_range` must deliver for `req` (`metadata.get_record_count`, free)."""
 
     def call() -> int:
-        _set_timeout(client.metadata, policy)
+        _prepare(client, client.metadata, policy)
         return client.metadata.get_record_count(**req.client_params())
 
     count = policy.run(call, "metadata.get_record_count", req)
@@ -478,12 +482,9 @@ def _get_record_count(client: databento.Historical, req: RawRequest, policy: _Re
     return count
 
 
-def _download(
-    client: databento.Historical, req: RawRequest, part: Path, policy: _RetryPolicy, gateway: str | None
-) -> None:
+def _download(client: databento.Historical, req: RawRequest, part: Path, policy: _RetryPolicy) -> None:
     """Stream the body into `part`; raises only when the transfer itself failed (our checks judge the body)."""
-    _probe_connect(gateway or DEFAULT_GATEWAY, policy.timeouts.connect_seconds)
-    _set_timeout(client.timeseries, policy)
+    _prepare(client, client.timeseries, policy)
     try:
         client.timeseries.get_range(**req.client_params(), path=part)
     except BentoHttpError:
@@ -499,8 +500,7 @@ def _download(
 def _probe_connect(gateway: str, seconds: float) -> None:
     """Fail within source.connect_timeout_seconds when the gateway does not accept a TCP connection.
 
-    databento's client uses its single `TIMEOUT` for connecting and reading, so the connect timeout is
-    checked here first. Skipped when a proxy is configured (the client then connects to the proxy).
+    Skipped when a proxy is configured (the client then connects to the proxy, not the gateway).
     """
     if requests.utils.get_environ_proxies(gateway):
         return

@@ -61,6 +61,7 @@ def run(ctx: StageContext) -> dict:
         counts = writer.flush()
     except BaseException as exc:
         counts = writer.committed
+        tally.retries = getattr(exc, "retries", tally.retries)  # retries made before acquisition failed
         _finish(ctx, ingest_id, tally, counts, started, "failed", _error_text(exc))
         raise
     _finish(ctx, ingest_id, tally, counts, started, "success", None)
