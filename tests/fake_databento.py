@@ -270,6 +270,11 @@ class FakeDatabento:
         with self._lock:
             self._queues[endpoint].extend(replies)
 
+    def clear(self, endpoint: str) -> None:
+        """Drop the replies still scripted for `endpoint` (it answers normally again)."""
+        with self._lock:
+            self._queues[endpoint].clear()
+
     def seen(self, endpoint: str | None = None) -> list[Seen]:
         with self._lock:
             return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]

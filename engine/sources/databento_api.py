@@ -567,7 +567,7 @@ class _RetryPolicy:
         _status(self.on_status, text)
 
     def run(self, action: Callable[[], T], what: str, req: RawRequest) -> T:
-        self.elapsed()  # the budget starts with the first call
+        self.started = self.clock()  # each call (get_cost, get_record_count, get_range) has its own budget
         attempt_retries = 0
         try:
             while True:
