@@ -619,3 +619,10 @@ def test_client_timeout_is_set_per_instance_not_on_the_class(fake, tmp_path):
 
     fetch(fake, tmp_path, timeouts=Timeouts(read_seconds=7.0))
     assert BentoHttpAPI.TIMEOUT == 100
+
+
+@pytest.mark.parametrize("key", ["connect_timeout_seconds", "read_timeout_seconds", "retry_budget_seconds"])
+def test_timeouts_must_be_positive(engine_cli, key):
+    run = engine_cli("source=databento", f"source.{key}=0", "dry_run=true")
+    assert run.returncode == 2, run.output
+    assert f"source.{key}=0.0 is not a positive number of seconds" in run.result["error"]
