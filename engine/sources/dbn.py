@@ -13,6 +13,7 @@ date of its ``ts_event``.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import glob
 import os
@@ -147,13 +148,13 @@ class _ZstdFrames:
     between two frames is valid zstd and cannot be told from a shorter file here (the record count can).
     """
 
-    READ_SIZE = 1 << 20
+    READ_SIZE = 1 << 18
 
     def __init__(self, raw: IO[bytes], path: Path):
         self.raw, self.path = raw, path
         self._dctx = zstandard.ZstdDecompressor()
         self._dobj: zstandard.ZstdDecompressionObj | None = None
-        self._pieces: list[bytes | memoryview] = []
+        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
         self._have = 0
         self._eof = False
 
@@ -187,16 +188,24 @@ class _ZstdFrames:
     def read(self, n: int) -> bytes:
         while self._have < n and not self._eof:
             self._fill()
-        pieces, self._pieces = self._pieces, []
-        data = pieces[0] if len(pieces) == 1 and isinstance(pieces[0], bytes) else b"".join(pieces)
-        if len(data) > n:
-            self._pieces = [memoryview(data)[n:]]  # the rest, not copied until the next read
-            data = data[:n]
+        out: list[bytes | memoryview] = []
+        need = n
+        while need and self._pieces:
+            piece = self._pieces[0]
+            if len(piece) <= need:
+                out.append(self._pieces.popleft())
+                need -= len(piece)
+            else:  # split without copying the rest
+                view = memoryview(piece)
+                out.append(view[:need])
+                self._pieces[0] = view[need:]
+                need = 0
+        data = out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
         self._have -= len(data)
         return data
 
     def close(self) -> None:
-        self._pieces = []
+        self._pieces.clear()
 
 
 class _DbnStream:
