@@ -70,7 +70,16 @@ class DatabentoSourceConfig(SourceConfig):
     max_cost_usd: float = 5.0
     max_retries: int = 5
     backoff_seconds: float = 1.0
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+    retry_budget_seconds: float = 600.0
     gateway: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("connect_timeout_seconds", "read_timeout_seconds", "retry_budget_seconds"):
+            if not getattr(self, key) > 0:
+                raise EngineError(f"source.{key}={getattr(self, key)} is not a positive number of seconds",
+                                  f"set source.{key} to a number of seconds above 0")
 
 
 @dataclass

@@ -74,7 +74,7 @@ def _symbol_from_conf(cfg: EngineConfig) -> ResolvedSymbol:
 def _cost(cfg: EngineConfig, symbol: ResolvedSymbol, pieces: list[Window]) -> float | str:
     if cfg.source.name != "databento":
         return 0.0
-    from engine.sources.databento_api import RawRequest, estimate_cost
+    from engine.sources.databento_api import RawRequest, estimate_cost, timeouts
 
     total = 0.0
     for piece in pieces:
@@ -83,7 +83,8 @@ def _cost(cfg: EngineConfig, symbol: ResolvedSymbol, pieces: list[Window]) -> fl
             continue  # landed already: reused, never paid again
         if not os.environ.get("DATABENTO_API_KEY"):
             return "unknown (DATABENTO_API_KEY not set)"
-        total += estimate_cost(req, gateway=cfg.source.gateway)
+        total += estimate_cost(req, gateway=cfg.source.gateway, max_retries=cfg.source.max_retries,
+                               backoff_seconds=cfg.source.backoff_seconds, timeouts=timeouts(cfg.source))
     return round(total, 4)
 
 

@@ -1,10 +1,12 @@
 """A scriptable stand-in for Databento's historical HTTP API, on a real socket.
 
-It answers the two endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls them
-(databento 0.88, API v0):
+It answers the three endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls
+them (databento 0.88, API v0):
 
     POST /v0/metadata.get_cost      form: dataset, start, end, symbols, schema, stype_in, stype_out
                                      -> 200 application/json, a bare number (USD)
+    POST /v0/metadata.get_record_count  form: dataset, start, end, symbols, schema, stype_in
+                                     -> 200 application/json, a bare integer (records get_range will send)
     POST /v0/timeseries.get_range   form: ... + stype_out, encoding=dbn, compression=zstd
                                      -> 200 application/octet-stream, a zstd-compressed DBN stream
                                         (no Content-Encoding: the client writes the bytes as they arrive)
@@ -44,8 +46,9 @@ import zstandard
 from databento_dbn import Metadata, OHLCVMsg, RType, Schema, SType
 
 GET_COST = "metadata.get_cost"
+GET_RECORD_COUNT = "metadata.get_record_count"
 GET_RANGE = "timeseries.get_range"
-ENDPOINTS = (GET_COST, GET_RANGE)
+ENDPOINTS = (GET_COST, GET_RECORD_COUNT, GET_RANGE)
 
 INSTRUMENT_ID = 42_005_804  # what NQ.v.0 resolved to, any stable number will do
 _OHLCV = {
@@ -143,6 +146,18 @@ def ohlcv_dbn(
     return zstd.compress(bytes(out[:cut])) + zstd.compress(bytes(out[cut:]))
 
 
+def zstd_frames(body: bytes) -> list[bytes]:
+    """The concatenated zstd frames of `body`, each as its own bytes."""
+    frames, rest = [], body
+    while rest:
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        dobj.decompress(rest)
+        assert dobj.eof, "the body ends inside a frame"
+        frames.append(rest[: len(rest) - len(dobj.unused_data)])
+        rest = dobj.unused_data
+    return frames
+
+
 # --------------------------------------------------------------------------------------------- scripting
 
 
@@ -154,7 +169,12 @@ class Reply:
       (the client sees an incomplete read while streaming);
     - "truncate_silently": no Content-Length, half the body, close -- for the client the body simply
       ended, so only checking the file can tell;
-    - "drop": close the connection without answering at all.
+    - "drop": close the connection without answering at all;
+    - "stall": send the headers and `stall_after` bytes of the body, then sleep `stall` seconds and hang up
+      (`stall_after=None`: sleep before sending anything);
+    - "cut_frame": the DBN body in two zstd frames (metadata and `first_frame_records` records, then the
+      rest), of which only the first is sent, with its true Content-Length: valid zstd, clean transfer,
+      records missing.
 
     `delay` seconds pass before the answer starts (to hold a download open).
     """
@@ -165,6 +185,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     fault: str | None = None
     delay: float = 0.0
+    stall: float = 0.0
+    stall_after: int | None = None
+    first_frame_records: int = 10
 
     @classmethod
     def error(
@@ -194,6 +217,23 @@ class Reply:
     @classmethod
     def dropped(cls) -> Reply:
         return cls(fault="drop")
+
+    @classmethod
+    def stalled(cls, seconds: float, after_bytes: int | None = None) -> Reply:
+        return cls(fault="stall", stall=seconds, stall_after=after_bytes)
+
+    @classmethod
+    def cut_at_frame(cls, first_frame_records: int = 10) -> Reply:
+        return cls(fault="cut_frame", first_frame_records=first_frame_records)
+
+    @classmethod
+    def garbage(cls, body: bytes = b"<html><body>502 Bad Gateway</body></html>\n" * 4) -> Reply:
+        """A 200 whose body is not DBN at all (what a misbehaving proxy sends)."""
+        return cls(body=body)
+
+    @classmethod
+    def count(cls, records: int) -> Reply:
+        return cls(json=records)
 
 
 @dataclass
@@ -230,11 +270,16 @@ class FakeDatabento:
         with self._lock:
             self._queues[endpoint].extend(replies)
 
+    def clear(self, endpoint: str) -> None:
+        """Drop the replies still scripted for `endpoint` (it answers normally again)."""
+        with self._lock:
+            self._queues[endpoint].clear()
+
     def seen(self, endpoint: str | None = None) -> list[Seen]:
         with self._lock:
             return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]
 
-    def body_for(self, params: dict[str, str]) -> bytes:
+    def body_for(self, params: dict[str, str], first_frame_records: int | None = None) -> bytes:
         """The DBN the fake streams for a get_range with these form params."""
         return ohlcv_dbn(
             dataset=params["dataset"],
@@ -244,6 +289,7 @@ class FakeDatabento:
             start=_parse_ts(params["start"]),
             end=_parse_ts(params["end"]) if params.get("end") else None,
             records=self.records,
+            first_frame_records=first_frame_records,
         )
 
     # lifecycle
@@ -377,7 +423,7 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
                 )
             )
 
-            if url.path not in (f"/v0/{GET_COST}", f"/v0/{GET_RANGE}") or self.command != "POST":
+            if url.path not in {f"/v0/{e}" for e in ENDPOINTS} or self.command != "POST":
                 return self._send(Reply.error(404, f"no route {self.command} {url.path}"))
             if _basic_user(self.headers.get("Authorization")) in (None, ""):
                 return self._send(Reply.error(401, "missing API key"))
@@ -385,18 +431,24 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
             if reply.status == 200 and reply.json is None and reply.body is None:
                 if endpoint == GET_COST:
                     reply = replace(reply, json=fake.cost_usd)
+                elif endpoint == GET_RECORD_COUNT:
+                    reply = replace(reply, json=fake.records)
                 else:
+                    split = reply.first_frame_records if reply.fault == "cut_frame" else None
                     try:
-                        body = fake.body_for(params)
+                        body = fake.body_for(params, split)
                     except (KeyError, ValueError, databento_dbn.DBNError) as exc:
                         return self._send(Reply.error(422, f"fake cannot serve {params}: {exc}"))
-                    reply = replace(reply, body=body)
+                    reply = replace(reply, body=zstd_frames(body)[0] if split is not None else body)
             self._send(reply, octet=endpoint == GET_RANGE)
 
         def _send(self, reply: Reply, octet: bool = False) -> None:
             if reply.delay:
                 time.sleep(reply.delay)
             if reply.fault == "drop":
+                return self._cut()
+            if reply.fault == "stall" and reply.stall_after is None:
+                time.sleep(reply.stall)
                 return self._cut()
             if reply.body is not None:
                 body, ctype = reply.body, "application/octet-stream" if octet else "application/json"
@@ -416,6 +468,11 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if reply.fault == "truncate":
                 self.wfile.write(body[: len(body) // 2])
+                return self._cut()
+            if reply.fault == "stall":
+                self.wfile.write(body[: reply.stall_after])
+                self.wfile.flush()
+                time.sleep(reply.stall)
                 return self._cut()
             self.wfile.write(body)
 

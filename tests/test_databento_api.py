@@ -1,7 +1,8 @@
 """engine.sources.databento_api against a real local server that behaves like Databento's historical API.
 
 The real `databento.Historical` client does the HTTP (TLS, basic auth, streaming to the .part file);
-only the server is fake (tests/fake_databento.py). No test waits: `sleep` is injected and recorded.
+only the server is fake (tests/fake_databento.py). Backoff `sleep` is injected and recorded; only the stall
+tests wait for real (read timeouts of 1-1.5 s).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 
 import databento
 import pytest
-from fake_databento import GET_COST, GET_RANGE, FakeDatabento, Reply, ohlcv_dbn
+import requests
+from fake_databento import GET_COST, GET_RANGE, GET_RECORD_COUNT, FakeDatabento, Reply, ohlcv_dbn
 
 from engine.errors import EngineError
-from engine.sources.databento_api import FetchResult, RawRequest, estimate_cost, fetch_raw
+from engine.sources.databento_api import FetchResult, RawRequest, Timeouts, estimate_cost, fetch_raw
 
 KEY = "db-TESTKEY7f3c9a1e5b2d4c6e8a0b"
 UTC = dt.UTC
@@ -95,7 +98,7 @@ def test_download_sends_the_request_verifies_and_lands_with_sidecar(fake, tmp_pa
     assert progress and progress[-1] == result.bytes
     assert sleeps == []
 
-    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RANGE]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RECORD_COUNT, GET_RANGE]
     for seen in fake.seen():
         assert seen.method == "POST" and seen.auth_user == KEY
         assert seen.params["dataset"] == "GLBX.MDP3"
@@ -137,15 +140,23 @@ def test_complete_file_is_reused_without_any_http_call(fake, tmp_path, monkeypat
     assert progress == [first.bytes]
 
 
-def test_a_file_changed_on_disk_is_refused_not_silently_reused_or_rebought(fake, tmp_path):
+def test_a_file_changed_on_disk_is_set_aside_and_bought_again_once(fake, tmp_path):
     first, _ = fetch(fake, tmp_path)
     before = len(fake.seen())
     first.path.write_bytes(first.path.read_bytes()[:-1] + b"\0")
 
-    with pytest.raises(EngineError, match="changed on disk") as err:
+    with pytest.raises(EngineError, match="not a complete download") as err:
         fetch(fake, tmp_path)
-    assert "delete" in str(err.value)
-    assert len(fake.seen()) == before
+    kept = first.path.with_name(first.path.name + ".rejected-1")
+    assert "sha256" in str(err.value) and str(kept) in str(err.value)
+    assert "run again" in err.value.fix and "$0.25" in err.value.fix
+    assert len(fake.seen()) == before  # refusing costs nothing
+    assert landed_files(tmp_path) == sorted([kept.name, kept.name + ".json"])
+
+    again, _ = fetch(fake, tmp_path)
+    assert again.reused is False and again.sha256 == first.sha256
+    assert len(fake.seen(GET_RANGE)) == 2  # bought again exactly once
+    assert fetch(fake, tmp_path)[0].reused is True
 
 
 def test_stale_part_from_a_crash_is_never_reused(fake, tmp_path):
@@ -157,7 +168,7 @@ def test_stale_part_from_a_crash_is_never_reused(fake, tmp_path):
     result, _ = fetch(fake, tmp_path)
 
     assert result.reused is False
-    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RANGE]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_RECORD_COUNT, GET_RANGE]
     assert_complete(result)  # 60 records, not the 7 stale ones
     assert result.path.read_bytes() != stale
 
@@ -243,7 +254,7 @@ def test_retries_on_get_cost_are_counted_too(fake, tmp_path):
     fake.script(GET_COST, Reply.error(500))
     result, sleeps = fetch(fake, tmp_path)
     assert result.retries == 1 and sleeps == [1.0]
-    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_COST, GET_RANGE]
+    assert [s.endpoint for s in fake.seen()] == [GET_COST, GET_COST, GET_RECORD_COUNT, GET_RANGE]
 
 
 def test_broken_stream_then_success(fake, tmp_path):
@@ -280,6 +291,7 @@ def test_stream_cut_between_zstd_frames_is_caught_by_verification(fake, tmp_path
     # Two zstd frames; the cut lands inside the second frame's only block, so everything that can be
     # decompressed is whole records: the client is happy, only the unfinished frame gives it away.
     body = ohlcv_dbn(start=REQ.start, records=2010, first_frame_records=10)
+    fake.records = 2010
     fake.script(GET_RANGE, Reply(body=body, fault="truncate_silently"), Reply(body=body))
 
     result, _ = fetch(fake, tmp_path)
@@ -410,3 +422,207 @@ def test_api_key_is_never_written_or_logged(fake, tmp_path, caplog):
         assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in caplog.text
     assert KEY not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------------- truncation (item 3)
+
+
+def test_record_count_is_asked_with_the_request_form_fields(fake, tmp_path):
+    fetch(fake, tmp_path)
+    (cost,), (count,) = fake.seen(GET_COST), fake.seen(GET_RECORD_COUNT)
+    assert count.method == "POST" and count.path == "/v0/metadata.get_record_count" and count.auth_user == KEY
+    for name in ("dataset", "symbols", "schema", "stype_in", "start", "end"):
+        assert count.params[name] == cost.params[name], name
+
+
+def test_body_cut_at_a_frame_boundary_is_bought_again_once(fake, tmp_path):
+    # Valid zstd, a clean transfer with a true Content-Length: only the record count shows 50 are missing.
+    fake.script(GET_RANGE, Reply.cut_at_frame(10))
+
+    result, _ = fetch(fake, tmp_path)
+
+    assert result.retries == 1 and len(fake.seen(GET_RANGE)) == 2
+    assert_complete(result)
+    kept = result.path.with_name(result.path.name + ".rejected-1")
+    assert databento.DBNStore.from_file(kept).to_ndarray().size == 10  # the cut body, kept for inspection
+
+
+def test_a_second_cut_body_stops_without_buying_a_third_time(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.cut_at_frame(10), Reply.cut_at_frame(12))
+
+    with pytest.raises(EngineError) as err:
+        fetch(fake, tmp_path)
+
+    final = REQ.landing_path(tmp_path)
+    message = str(err.value)
+    assert "received 12 of 60 records" in message and "2 times" in message
+    assert str(final) + ".rejected-1" in message and str(final) + ".rejected-2" in message
+    assert len(fake.seen(GET_RANGE)) == 2
+    assert err.value.retries == 1
+    assert landed_files(tmp_path) == [final.name + ".rejected-1", final.name + ".rejected-2"]
+
+
+def test_a_200_body_of_garbage_is_bought_at_most_twice_and_kept(fake, tmp_path):
+    garbage = Reply.garbage()
+    fake.script(GET_RANGE, garbage, garbage, garbage)
+
+    with pytest.raises(EngineError, match="not the DBN asked for") as err:
+        fetch(fake, tmp_path)
+
+    assert len(fake.seen(GET_RANGE)) == 2, "never a third bill"
+    final = REQ.landing_path(tmp_path)
+    for n in (1, 2):
+        assert final.with_name(f"{final.name}.rejected-{n}").read_bytes() == garbage.body
+    assert "not a DBN file" in str(err.value) and err.value.retries == 1
+
+
+def _land_a_cut_file(fake, tmp_path, *, checked: bool) -> Path:
+    """A landing as the old code accepted it: a frame-boundary cut whose sidecar matches the cut file."""
+    first, _ = fetch(fake, tmp_path)
+    cut = ohlcv_dbn(start=REQ.start, end=REQ.end, records=60, first_frame_records=10)
+    from fake_databento import zstd_frames
+
+    first.path.write_bytes(zstd_frames(cut)[0])
+    sidecar_path = first.path.with_name(first.path.name + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar.update(sha256=hashlib.sha256(first.path.read_bytes()).hexdigest(), bytes=first.path.stat().st_size)
+    if checked:
+        sidecar["records"] = 60
+    else:
+        sidecar["records"] = 10
+        sidecar.pop("records_checked")
+    sidecar_path.write_text(json.dumps(sidecar))
+    return first.path
+
+
+def test_reuse_recounts_the_records_of_a_landing(fake, tmp_path):
+    final = _land_a_cut_file(fake, tmp_path, checked=True)
+    before = len(fake.seen())
+
+    with pytest.raises(EngineError, match="received 10 of 60 records") as err:
+        fetch(fake, tmp_path)
+
+    assert len(fake.seen()) == before, "checked without any HTTP call"
+    assert str(final) in str(err.value) and not final.exists()
+    assert landed_files(tmp_path) == [final.name + ".rejected-1", final.name + ".rejected-1.json"]
+    again, _ = fetch(fake, tmp_path)
+    assert again.reused is False and len(fake.seen(GET_RANGE)) == 2
+    assert_complete(again)
+
+
+def test_a_landing_from_before_record_counts_is_checked_once_against_databento(fake, tmp_path):
+    final = _land_a_cut_file(fake, tmp_path, checked=False)
+
+    with pytest.raises(EngineError, match=r"received 10 of 60 records \(metadata.get_record_count\)"):
+        fetch(fake, tmp_path)
+    assert [s.endpoint for s in fake.seen()][-1] == GET_RECORD_COUNT and not final.exists()
+
+    good, _ = fetch(fake, tmp_path)  # bought again; now strip its check mark as an old sidecar would lack it
+    sidecar_path = good.path.with_name(good.path.name + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["records_checked"]
+    sidecar_path.write_text(json.dumps(sidecar))
+    requests_before = len(fake.seen())
+    assert fetch(fake, tmp_path)[0].reused is True
+    assert [s.endpoint for s in fake.seen()[requests_before:]] == [GET_RECORD_COUNT]
+    assert json.loads(sidecar_path.read_text())["records_checked"] == "metadata.get_record_count"
+    assert fetch(fake, tmp_path)[0].reused is True
+    assert len(fake.seen()) == requests_before + 1, "checked once, then reused without HTTP"
+
+
+# --------------------------------------------------------------------------------------------- stalls (item 9)
+
+
+def test_a_stall_mid_body_shows_counts_as_a_retry_and_recovers(fake, tmp_path):
+    fake.records = 2000
+    fake.script(GET_RANGE, Reply.stalled(4, after_bytes=200), Reply.stalled(4, after_bytes=200))
+    statuses: list[str] = []
+
+    result, sleeps = fetch(
+        fake, tmp_path, timeouts=Timeouts(read_seconds=1.5), on_status=statuses.append, backoff_seconds=0.01
+    )
+
+    assert result.retries == 2 and len(fake.seen(GET_RANGE)) == 3
+    assert_complete(result, records=2000)
+    assert "stalled 1 s" in statuses  # first attempt, before the read timeout
+    assert "stalled 1 s, retry 1/5" in statuses  # the second attempt stalls too
+    assert any(s.startswith("stalled: no data for 1.5 s (source.read_timeout_seconds), retry 2/5") for s in statuses)
+    assert statuses[-1] == ""  # cleared once the download went through
+
+
+def test_a_gateway_that_never_answers_is_ended_by_the_retry_budget(fake, tmp_path):
+    fake.script(GET_RANGE, *[Reply.stalled(5)] * 10)  # accepts, then sends nothing at all
+    started = time.monotonic()
+
+    with pytest.raises(EngineError) as err:
+        fetch(fake, tmp_path, timeouts=Timeouts(read_seconds=1.0, retry_budget_seconds=2.5),
+              backoff_seconds=0.01, sleep=time.sleep)
+
+    took = time.monotonic() - started
+    assert took < 4.5, took
+    assert "source.retry_budget_seconds=2.5 is spent" in str(err.value)
+    assert "source.retry_budget_seconds" in err.value.fix
+    assert err.value.retries == len(fake.seen(GET_RANGE)) - 1 >= 1
+    assert landed_files(tmp_path) == []
+
+
+def test_a_gateway_that_does_not_accept_connections_fails_on_the_connect_timeout(fake, tmp_path):
+    import socket
+
+    with socket.socket() as listener:  # backlog 0 and one connection parked in it: later SYNs are dropped
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        parked = socket.create_connection(listener.getsockname())
+        gateway = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(EngineError) as err:
+            fetch_raw(REQ, tmp_path, max_cost_usd=1.0, gateway=gateway, max_retries=1, sleep=Sleeps(),
+                      timeouts=Timeouts(connect_seconds=0.3))
+        parked.close()
+    assert time.monotonic() - started < 3  # not the 60 s read timeout the client would use for connecting
+    assert "gave up after 1 retries" in str(err.value) and "metadata.get_cost" in str(err.value)
+    assert "within 0.3 s (source.connect_timeout_seconds)" in str(err.value)
+
+
+def test_the_probe_names_the_connect_timeout(tmp_path):
+    import socket
+
+    from engine.sources.databento_api import _probe_connect
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        parked = socket.create_connection(listener.getsockname())
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.ConnectTimeout, match="source.connect_timeout_seconds"):
+            _probe_connect(f"https://127.0.0.1:{listener.getsockname()[1]}", 0.3)
+        assert time.monotonic() - started < 2
+        parked.close()
+
+
+def test_an_error_after_retries_carries_the_retry_count(fake, tmp_path):
+    fake.script(GET_RANGE, Reply.error(503), Reply.broken(), Reply.error(401, "key revoked"))
+    with pytest.raises(EngineError, match="key revoked") as err:
+        fetch(fake, tmp_path)
+    assert err.value.retries == 2
+
+
+def test_exhausted_retries_carry_the_retry_count(fake, tmp_path):
+    fake.script(GET_RANGE, *[Reply.error(503)] * 4)
+    with pytest.raises(EngineError, match="gave up after 3 retries") as err:
+        fetch(fake, tmp_path, max_retries=3)
+    assert err.value.retries == 3
+
+
+def test_client_timeout_is_set_per_instance_not_on_the_class(fake, tmp_path):
+    from databento.common.http import BentoHttpAPI
+
+    fetch(fake, tmp_path, timeouts=Timeouts(read_seconds=7.0))
+    assert BentoHttpAPI.TIMEOUT == 100
+
+
+@pytest.mark.parametrize("key", ["connect_timeout_seconds", "read_timeout_seconds", "retry_budget_seconds"])
+def test_timeouts_must_be_positive(engine_cli, key):
+    run = engine_cli("source=databento", f"source.{key}=0", "dry_run=true")
+    assert run.returncode == 2, run.output
+    assert f"source.{key}=0.0 is not a positive number of seconds" in run.result["error"]

@@ -13,6 +13,7 @@ date of its ``ts_event``.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import glob
 import os
@@ -30,7 +31,7 @@ from engine.bars import RAW_BAR_DTYPE
 from engine.errors import EngineError
 from engine.sources import Landing
 
-__all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "SymbolFilter", "expand_paths"]
+__all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "SymbolFilter", "count_records", "expand_paths"]
 
 OHLCV_1M = "ohlcv-1m"
 NS_PER_DAY = 86_400_000_000_000
@@ -56,6 +57,8 @@ _DBN_OHLCV_TS_OUT_DTYPE = np.dtype(DBN_OHLCV_DTYPE.descr + [("ts_out", "u8")])
 _OHLCV_1M_RTYPES = (int(databento_dbn.RType.OHLCV_1M.value), 0x11)
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_RECORD_HEADER_BYTES = 16
+_COUNT_CHUNK_RECORDS = 1 << 17
 _DBN_MAGIC = b"DBN"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _MONTH_CODES = "FGHJKMNQUVXZ"
@@ -138,14 +141,84 @@ def expand_paths(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     return out
 
 
+class _ZstdFrames:
+    """Decompress concatenated zstd frames, insisting that the input ends where a frame ends.
+
+    ``zstandard``'s ``stream_reader`` silently stops at a cut block; a cut file must fail instead. A cut exactly
+    between two frames is valid zstd and cannot be told from a shorter file here (the record count can).
+    """
+
+    READ_SIZE = 1 << 18
+
+    def __init__(self, raw: IO[bytes], path: Path):
+        self.raw, self.path = raw, path
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dobj: zstandard.ZstdDecompressionObj | None = None
+        self._pieces: collections.deque[bytes | memoryview] = collections.deque()
+        self._have = 0
+        self._eof = False
+
+    def _fill(self) -> None:
+        chunk = self.raw.read(self.READ_SIZE)
+        if not chunk:
+            if self._dobj is not None:
+                raise EngineError(
+                    f"{self.path} ends inside a zstd frame: the file is truncated; download it again",
+                    "download the file again from Databento (or restore a complete copy)",
+                )
+            self._eof = True
+            return
+        try:
+            while chunk:
+                if self._dobj is None:
+                    self._dobj = self._dctx.decompressobj()
+                out = self._dobj.decompress(chunk)
+                if out:
+                    self._pieces.append(out)
+                    self._have += len(out)
+                if self._dobj.eof:
+                    chunk, self._dobj = self._dobj.unused_data, None
+                else:
+                    chunk = b""
+        except zstandard.ZstdError as exc:
+            raise EngineError(
+                f"cannot decompress {self.path}: {exc}", "the file is damaged; download it again"
+            ) from None
+
+    def read(self, n: int) -> bytes:
+        while self._have < n and not self._eof:
+            self._fill()
+        out: list[bytes | memoryview] = []
+        need = n
+        while need and self._pieces:
+            piece = self._pieces[0]
+            if len(piece) <= need:
+                out.append(self._pieces.popleft())
+                need -= len(piece)
+            else:  # split without copying the rest
+                view = memoryview(piece)
+                out.append(view[:need])
+                self._pieces[0] = view[need:]
+                need = 0
+        data = out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
+        self._have -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._pieces.clear()
+
+
 class _DbnStream:
     """Decompressed DBN bytes of one file; closes the decompressor and the file."""
 
-    def __init__(self, raw: IO[bytes], stream: IO[bytes], compressed: bool):
+    def __init__(self, raw: IO[bytes], stream: IO[bytes] | _ZstdFrames, compressed: bool):
         self.raw, self.stream, self.compressed = raw, stream, compressed
 
     def read(self, n: int) -> bytes:
-        """Read n bytes (fewer only at end of stream), looping over short reads."""
+        """Read n bytes (fewer only at end of stream), looping over short reads.
+
+        Raises EngineError naming the file when a compressed file ends inside a zstd frame or is damaged.
+        """
         data = self.stream.read(n)
         if len(data) == n or not data:
             return data
@@ -178,7 +251,7 @@ def _open_stream(path: Path) -> _DbnStream:
     head = raw.read(4)
     raw.seek(0)
     if head == _ZSTD_MAGIC or (len(head) == 4 and head[1:] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50):
-        return _DbnStream(raw, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), True)
+        return _DbnStream(raw, _ZstdFrames(raw, path), True)
     if head[:3] == _DBN_MAGIC:
         return _DbnStream(raw, raw, False)
     raw.close()
@@ -254,6 +327,50 @@ def _read_info(path: Path) -> DbnFileInfo:
         metadata_length=8 + meta_len,
         intervals=tuple(intervals),
     )
+
+
+def count_records(path: Path) -> tuple[DbnFileInfo, int]:
+    """The metadata of `path` and how many records it holds, read through the same stream as ingest.
+
+    Every record must have the length and rtype of the first (true of every DBN schema this engine reads).
+    Raises EngineError naming the file when it ends inside a zstd frame or a record, or is damaged.
+    """
+    info = _read_info(path)
+    stream = _open_stream(path)
+    try:
+        if len(stream.read(info.metadata_length)) < info.metadata_length:
+            raise EngineError(f"{path} is truncated inside its metadata", "download the file again")
+        first = stream.read(2)
+        if not first:
+            return info, 0
+        size = first[0] * 4
+        if len(first) < 2 or size < _RECORD_HEADER_BYTES:
+            raise EngineError(
+                f"{path} is damaged: its first record claims {size} bytes", "download the file again"
+            )
+        data = first + stream.read(size * _COUNT_CHUNK_RECORDS - 2)
+        count = 0
+        while data:
+            whole = len(data) // size
+            recs = np.frombuffer(data, dtype=np.uint8, count=whole * size).reshape(whole, size)
+            bad = (recs[:, 0] != first[0]) | (recs[:, 1] != first[1])
+            if bad.any():
+                at = info.metadata_length + (count + int(np.flatnonzero(bad)[0])) * size
+                raise EngineError(
+                    f"{path} is damaged: the record at decompressed byte {at} is not framed like the others",
+                    "download the file again",
+                )
+            count += whole
+            if len(data) % size:
+                raise EngineError(
+                    f"{path} is truncated: it ends with an incomplete {len(data) % size}-byte record "
+                    f"after {count} records",
+                    "download the file again",
+                )
+            data = stream.read(size * _COUNT_CHUNK_RECORDS)
+        return info, count
+    finally:
+        stream.close()
 
 
 @dataclass(frozen=True)

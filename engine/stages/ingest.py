@@ -63,6 +63,7 @@ def run(ctx: StageContext) -> dict:
         counts = writer.flush()
     except BaseException as exc:
         counts = writer.committed
+        tally.retries = getattr(exc, "retries", tally.retries)  # retries made before acquisition failed
         status = "interrupted" if is_interruption(exc) else "failed"
         _finish(ctx, ingest_id, tally, counts, started, status, _error_text(exc))
         raise
