@@ -15,6 +15,7 @@ from rich.table import Table
 
 from engine.console import console
 from engine.context import StageContext
+from engine.coverage import record_ingest_coverage
 from engine.db.bars import CleanBarWriter, write_quarantine
 from engine.db.ingest_runs import finish_ingest_run, has_clean_bars, ingested_data_kinds, start_ingest_run
 from engine.db.types import datetime_to_ns
@@ -59,6 +60,8 @@ def run(ctx: StageContext) -> dict:
                 progress.update(task, advance=len(chunk))
             tally.ignored = dict(bars.ignored)
         counts = writer.flush()
+        record_ingest_coverage(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, ctx.window.start,
+                               ctx.window.end, seen, landing.paths)
     except BaseException as exc:
         counts = writer.committed
         _finish(ctx, ingest_id, tally, counts, started, "failed", _error_text(exc))
