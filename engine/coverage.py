@@ -43,26 +43,34 @@ def open_market_ranges(ranges: Sequence[Interval]) -> list[Interval]:
     return [(a, b) for a, b in ranges if calendar.sessions(a, b)]
 
 
-def record_ingest_coverage(db: Engine, ingest_run_id: int, symbol: str, root: str, window_start: datetime,
-                           window_end: datetime, accepted_minutes: SeenTimestamps, paths: Sequence[Path]) -> None:
-    """At the end of an ingest, before it is marked successful: store what it covers.
+class IngestCoverage:
+    """What one ingest covers. Made before the first bar is written (it loads the calendar for the window, so
+    the end of the ingest is quick); ``record`` runs at the end, before the ingest is marked successful."""
 
-    An ingest that accepted no bar at all over a window in which the market was open is refused (EngineError,
-    exit 2): it read the wrong file, symbol or roll rule, and must not count as coverage.
-    """
-    intervals = covered_intervals(window_start, window_end, accepted_minutes)
-    if not len(accepted_minutes) and calendar.sessions(window_start, window_end):
-        names = ", ".join(str(p) for p in paths[:_MAX_LISTED_FILES])
-        if len(paths) > _MAX_LISTED_FILES:
-            names += f" and {len(paths) - _MAX_LISTED_FILES} more"
-        raise EngineError(
-            f"no {root} bars in {names or 'the source'} for [{_fmt(window_start)}, {_fmt(window_end)}): wrong file, "
-            "symbol or roll rule?",
-            f"check that the files hold {root} bars of this window (the ingest row lists other instruments as "
-            "ignored_instruments and rejected bars in clean_ingest_quarantine), and that symbol, roll_rule and rank "
-            "match them",
-        )
-    coverage_db.record_coverage(db, ingest_run_id, symbol, intervals)
+    def __init__(self, window_start: datetime, window_end: datetime):
+        self.start, self.end = window_start, window_end
+        self.market_open = bool(calendar.sessions(window_start, window_end))
+
+    def record(self, db: Engine, ingest_run_id: int, symbol: str, root: str, accepted_minutes: SeenTimestamps,
+               paths: Sequence[Path]) -> None:
+        """Store the covered intervals in clean_coverage.
+
+        An ingest that accepted no bar at all over a window in which the market was open is refused (EngineError,
+        exit 2): it read the wrong file, symbol or roll rule, and must not count as coverage.
+        """
+        if not len(accepted_minutes) and self.market_open:
+            names = ", ".join(str(p) for p in paths[:_MAX_LISTED_FILES])
+            if len(paths) > _MAX_LISTED_FILES:
+                names += f" and {len(paths) - _MAX_LISTED_FILES} more"
+            raise EngineError(
+                f"no {root} bars in {names or 'the source'} for [{_fmt(self.start)}, {_fmt(self.end)}): wrong file, "
+                "symbol or roll rule?",
+                f"check that the files hold {root} bars of this window (the ingest row lists other instruments as "
+                "ignored_instruments and rejected bars in clean_ingest_quarantine), and that symbol, roll_rule and "
+                "rank match them",
+            )
+        coverage_db.record_coverage(db, ingest_run_id, symbol, covered_intervals(self.start, self.end,
+                                                                                  accepted_minutes))
 
 
 def _parts(start: datetime, end: datetime, accepted: SeenTimestamps):

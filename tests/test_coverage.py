@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from dbn_files import bars, write_dbn
 
 from engine.bars import NS_PER_MINUTE
-from engine.coverage import covered_intervals, open_market_ranges, record_ingest_coverage
+from engine.coverage import IngestCoverage, covered_intervals, open_market_ranges
 from engine.db import coverage as coverage_db
 from engine.db.ingest_runs import finish_ingest_run, start_ingest_run
 from engine.db.types import datetime_to_ns
@@ -94,17 +94,17 @@ def new_ingest(db, start: datetime, end: datetime) -> int:
                             databento_symbol="NQ.v.0")
 
 
-def test_record_ingest_coverage_and_the_union_of_successful_ingests(db):
+def test_recorded_coverage_and_the_union_of_successful_ingests(db):
     start, end = utc("2024-06-03T12:00"), utc("2024-06-05T13:00")
     good = new_ingest(db, start, end)
-    record_ingest_coverage(db, good, SYMBOL, "NQ", start, end,
-                           accepted(utc("2024-06-03T12:00"), utc("2024-06-05T12:00")), [Path("a.dbn.zst")])
+    seen = accepted(utc("2024-06-03T12:00"), utc("2024-06-05T12:00"))
+    IngestCoverage(start, end).record(db, good, SYMBOL, "NQ", seen, [Path("a.dbn.zst")])
     finish_ingest_run(db, good, status="success")
     assert coverage_db.covered_intervals(db, SYMBOL, start, end) == [
         (start, utc("2024-06-03T22:00")), (utc("2024-06-04T21:00"), end)]
     # Coverage of an ingest that did not end successfully never counts.
     other = new_ingest(db, start, end)
-    record_ingest_coverage(db, other, SYMBOL, "NQ", start, end, accepted(utc("2024-06-04T02:00")), [])
+    IngestCoverage(start, end).record(db, other, SYMBOL, "NQ", accepted(utc("2024-06-04T02:00")), [])
     finish_ingest_run(db, other, status="failed", error="interrupted after its coverage was written")
     assert len(coverage_db.covered_intervals(db, SYMBOL, start, end)) == 2
     assert coverage_db.covered_intervals(db, "GLBX.MDP3:ES", start, end) == []
@@ -115,14 +115,14 @@ def test_no_bars_over_open_market_is_refused_and_a_closed_window_is_fine(db):
     ingest_id = new_ingest(db, start, end)
     paths = [Path(f"/data/es_{i}.dbn.zst") for i in range(5)]
     with pytest.raises(EngineError) as raised:
-        record_ingest_coverage(db, ingest_id, SYMBOL, "NQ", start, end, SeenTimestamps(), paths)
+        IngestCoverage(start, end).record(db, ingest_id, SYMBOL, "NQ", SeenTimestamps(), paths)
     assert raised.value.problem == (
         "no NQ bars in /data/es_0.dbn.zst, /data/es_1.dbn.zst, /data/es_2.dbn.zst and 2 more for "
         "[2024-06-03T12:00Z, 2024-06-04T00:00Z): wrong file, symbol or roll rule?")
     assert "symbol, roll_rule and rank" in raised.value.fix and raised.value.exit_code == 2
     weekend = (utc("2024-06-08T00:00"), utc("2024-06-09T00:00"))
     weekend_id = new_ingest(db, *weekend)
-    record_ingest_coverage(db, weekend_id, SYMBOL, "NQ", *weekend, SeenTimestamps(), paths)
+    IngestCoverage(*weekend).record(db, weekend_id, SYMBOL, "NQ", SeenTimestamps(), paths)
     finish_ingest_run(db, weekend_id, status="success")
     assert coverage_db.covered_intervals(db, SYMBOL, start, utc("2024-06-10")) == [weekend]
 

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from engine.console import console
 from engine.context import StageContext
-from engine.coverage import record_ingest_coverage
+from engine.coverage import IngestCoverage
 from engine.db.bars import CleanBarWriter, write_quarantine
 from engine.db.ingest_runs import finish_ingest_run, has_clean_bars, ingested_data_kinds, start_ingest_run
 from engine.db.types import datetime_to_ns
@@ -31,6 +31,7 @@ def run(ctx: StageContext) -> dict:
     source = ctx.cfg.source
     _refuse_mixing(ctx)
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
+    coverage = IngestCoverage(ctx.window.start, ctx.window.end)  # loads the calendar before any bar is written
     ingest_id = start_ingest_run(
         ctx.db,
         symbol=symbol.internal_symbol,
@@ -60,8 +61,7 @@ def run(ctx: StageContext) -> dict:
                 progress.update(task, advance=len(chunk))
             tally.ignored = dict(bars.ignored)
         counts = writer.flush()
-        record_ingest_coverage(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, ctx.window.start,
-                               ctx.window.end, seen, landing.paths)
+        coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, seen, landing.paths)
     except BaseException as exc:
         counts = writer.committed
         _finish(ctx, ingest_id, tally, counts, started, "failed", _error_text(exc))
