@@ -247,3 +247,35 @@ def test_warm_up_across_an_uncovered_gap_is_refused_and_heals_once_ingested(engi
     healed = run_engine(engine_cli, db_url, "detect", "2024-06-03T12:00", "2024-06-03T13:00")
     assert healed.returncode == 0, healed.output
     assert healed.result["stages"]["detect"]["warmup_bars"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# detect's warm-up under window.warmup_start (in process, both databases)
+
+
+def test_warmup_start_before_an_uncovered_gap_is_refused_after_it_proceeds(db, tmp_path):
+    from test_detect_stage import SYMBOL as DETECT_SYMBOL
+    from test_detect_stage import insert_bars, make_ctx, mark_clean, random_walk_bars
+
+    from engine.stages import detect
+
+    assert DETECT_SYMBOL == SYMBOL
+    old = random_walk_bars(60, seed=1, start=utc(NQ_ROWS_AT) - 3 * H)  # 09:00-10:00
+    new = random_walk_bars(60, seed=2, start=utc(NQ_ROWS_AT))  # 12:00-13:00
+    insert_bars(db, old + new)
+    mark_clean(db, utc("2024-06-03T09:00"), utc("2024-06-03T10:30"))
+    mark_clean(db, utc("2024-06-03T11:00"), utc("2024-06-03T16:00"))
+    window = (utc(NQ_ROWS_AT), utc("2024-06-03T16:00"))
+    with pytest.raises(EngineError) as raised:
+        detect.run(make_ctx(db, tmp_path / "a", *window, warmup_start=utc("2024-06-03T09:30")))
+    assert str(raised.value).startswith(f"{CONTRACT_ERROR}\n  Missing: 2024-06-03T10:30Z → 2024-06-03T11:00Z\n"
+                                        "  (the warm-up bars before 2024-06-03T12:00Z reach across it to "
+                                        "2024-06-03T09:30Z)")
+    assert event_count_of(db) == 0
+    summary = detect.run(make_ctx(db, tmp_path / "b", *window, warmup_start=utc("2024-06-03T10:40")))
+    assert summary["warmup_bars"] == 0 and summary["bars_in_window"] == 60
+
+
+def event_count_of(db) -> int:
+    with db.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM triangle_events_v1")).scalar_one()
