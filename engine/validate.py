@@ -88,6 +88,12 @@ class SeenTimestamps:
         found[inside] = self._flags[offset[inside]]
         return found
 
+    def any_between(self, start_ns: int, end_ns: int) -> bool:
+        """Whether a minute in [start_ns, end_ns) is in the set (no copy of the flags)."""
+        lo = max(-(-start_ns // NS_PER_MINUTE) - self._origin, 0)
+        hi = min(-(-end_ns // NS_PER_MINUTE) - self._origin, len(self._flags))
+        return lo < hi and bool(self._flags[lo:hi].any())
+
     def add(self, ts: np.ndarray) -> None:
         """Add timestamps (need not be sorted or unique, but must not already be in the set)."""
         minutes = self._minutes(ts)

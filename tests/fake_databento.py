@@ -89,8 +89,10 @@ def ohlcv_dbn(
     seed: int = 1,
     compress: bool = True,
     first_frame_records: int | None = None,
+    stride: int = 1,
 ) -> bytes:
-    """Real DBN (as Databento streams it: zstd-compressed) with `records` bars of a random walk.
+    """Real DBN (as Databento streams it: zstd-compressed) with `records` bars of a random walk, one every
+    `stride` bar intervals.
 
     With `first_frame_records`, the zstd stream is two concatenated frames: metadata plus that many
     records, then the rest.
@@ -100,7 +102,7 @@ def ohlcv_dbn(
     end_ns = (
         end
         if isinstance(end, int)
-        else (start_ns + records * step * _NS if end is None else int(end.timestamp()) * _NS)
+        else (start_ns + records * step * stride * _NS if end is None else int(end.timestamp()) * _NS)
     )
     first_day = dt.datetime.fromtimestamp(start_ns / _NS, dt.UTC).date()
     last_day = dt.datetime.fromtimestamp(end_ns / _NS, dt.UTC).date() + dt.timedelta(days=1)
@@ -129,7 +131,7 @@ def ohlcv_dbn(
                 rtype=rtype,
                 publisher_id=1,
                 instrument_id=INSTRUMENT_ID,
-                ts_event=start_ns + i * step * _NS,
+                ts_event=start_ns + i * step * stride * _NS,
                 open=round(open_ * _PX),
                 high=round(high * _PX),
                 low=round(low * _PX),
@@ -254,9 +256,11 @@ class Seen:
 class FakeDatabento:
     """`with FakeDatabento(...) as fake:` -- then `fake.gateway`, `fake.script(...)`, `fake.seen(...)`."""
 
-    def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None):
+    def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None,
+                 stride: int = 1):
         self.cost_usd = cost_usd
         self.records = records
+        self.stride = stride
         self.cert = cert
         self.requests: list[Seen] = []
         self._queues: dict[str, deque[Reply]] = {e: deque() for e in ENDPOINTS}
@@ -290,6 +294,7 @@ class FakeDatabento:
             end=_parse_ts(params["end"]) if params.get("end") else None,
             records=self.records,
             first_frame_records=first_frame_records,
+            stride=self.stride,
         )
 
     # lifecycle

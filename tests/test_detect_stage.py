@@ -27,7 +27,15 @@ from engine.config import (
 from engine.context import RunRecord, StageContext
 from engine.db import registry, runs
 from engine.db.bars import read_bars
-from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_runs, legacy_bars, triangle_events
+from engine.db.schema import (
+    CLEAN_BARS,
+    LEGACY_BARS,
+    clean_bars,
+    clean_coverage,
+    clean_ingest_runs,
+    legacy_bars,
+    triangle_events,
+)
 from engine.detectors.williams_fractals import reference_swing_highs, reference_swing_lows
 from engine.errors import EngineError
 from engine.provenance import CodeVersion
@@ -102,13 +110,18 @@ def insert_bars(db, rows: list[dict], table=clean_bars) -> None:
         conn.execute(sa.insert(table), rows)
 
 
-def mark_clean(db, start: datetime, end: datetime, status: str = "success") -> None:
-    """A clean_ingest_runs row saying a clean ingest of [start, end) finished with `status`."""
+def mark_clean(db, start: datetime, end: datetime, status: str = "success",
+               covered: list[tuple[datetime, datetime]] | None = None) -> int:
+    """A clean_ingest_runs row saying a clean ingest of [start, end) finished with `status`, and its
+    clean_coverage rows: `covered`, by default the whole window (an ingest that landed bars in every session)."""
     with db.begin() as conn:
-        conn.execute(sa.insert(clean_ingest_runs).values(
+        ingest_id = conn.execute(sa.insert(clean_ingest_runs).values(
             symbol=SYMBOL, start_ts=start, end_ts=end, bars_received=0, bars_inserted=0, bars_updated=0,
             bars_skipped=0, batch_commits=1, retries=0, run_at=datetime.now(UTC), status=status,
-        ))
+        )).inserted_primary_key[0]
+        for a, b in [(start, end)] if covered is None else covered:
+            conn.execute(sa.insert(clean_coverage).values(ingest_run_id=ingest_id, symbol=SYMBOL, start_ts=a, end_ts=b))
+    return int(ingest_id)
 
 
 def event_rows(db, logic_version: str | None = None, source_table: str | None = None) -> list[tuple]:
@@ -169,7 +182,7 @@ def test_confirming_bars_after_the_window_and_warmup_before_it(db, tmp_path):
     """A window that is just bars 2..6 still finds all three of their events: it reads the warm-up bars
     before it and the n bars after it, but records nothing outside it."""
     insert_bars(db, bars_from(KNOWN_HIGHS, KNOWN_LOWS))
-    mark_clean(db, T0 + 2 * MINUTE, T0 + 7 * MINUTE)
+    mark_clean(db, T0, T0 + len(KNOWN_HIGHS) * MINUTE)  # the warm-up and look-ahead bars are covered too
     summary = detect.run(make_ctx(db, tmp_path, T0 + 2 * MINUTE, T0 + 7 * MINUTE, n=2))
     assert [(r[1], r[2]) for r in event_rows(db)] == [(T0 + 2 * MINUTE, "BEAR"), (T0 + 2 * MINUTE, "BULL"),
                                                       (T0 + 6 * MINUTE, "BEAR")]
@@ -279,7 +292,7 @@ def test_missing_clean_coverage_fails_with_the_contract_text_and_writes_nothing(
     assert all_event_count(db) == 0
     # Overlapping and touching successful ingests cover the window together.
     mark_clean(db, T0 + timedelta(minutes=50), T0 + timedelta(hours=2, minutes=10))
-    mark_clean(db, T0 + timedelta(hours=3), T0 + timedelta(hours=4))
+    mark_clean(db, T0 + timedelta(hours=3), T0 + timedelta(days=1))  # the look-ahead bars after 04:00 too
     assert detect.run(make_ctx(db, tmp_path, T0, T0 + timedelta(hours=4)))["events_written"] > 0
 
 

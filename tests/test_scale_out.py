@@ -155,7 +155,8 @@ THREE_DAYS = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-12T00:00:
 
 @pytest.fixture
 def fake(fake_databento):
-    return fake_databento(KEY, records=50, subprocess=True)
+    # 50 bars a day, 29 minutes apart: every part of a Globex session in a day has bars (clean coverage)
+    return fake_databento(KEY, records=50, stride=29, subprocess=True)
 
 
 def test_chunked_backfill_resumes_after_a_failure_in_the_middle_chunk(engine_cli, db_url, fake):

@@ -1,4 +1,4 @@
-"""SQL of the detect, parity and chart stages: ingest coverage, bar boundaries, triangle_events_v1."""
+"""SQL of the detect, parity and chart stages: bar boundaries, triangle_events_v1 (coverage: engine/db/coverage.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, select, text
 
 from engine.db import pgcopy
-from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_runs, legacy_bars, triangle_events
+from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, legacy_bars, triangle_events
 from engine.db.types import datetime_to_ns, sqlite_ts_text
 
 # One detected event: pivot bar time, confirming bar time (ns since the epoch, UTC), price, BULL/BEAR.
@@ -32,19 +32,6 @@ class EventKey:
 
 # ---------------------------------------------------------------------------------------------
 # Reads
-
-
-def successful_ingest_intervals(engine: Engine, symbol: str, start: datetime, end: datetime
-                                ) -> list[tuple[datetime, datetime]]:
-    """[start_ts, end_ts) of the successful clean ingests of `symbol` that overlap [start, end), sorted."""
-    c = clean_ingest_runs.c
-    query = (
-        select(c.start_ts, c.end_ts)
-        .where(c.symbol == symbol, c.status == "success", c.start_ts < end, c.end_ts > start)
-        .order_by(c.start_ts, c.end_ts)
-    )
-    with engine.connect() as conn:
-        return [(row.start_ts, row.end_ts) for row in conn.execute(query)]
 
 
 def nth_bar_before(engine: Engine, table_name: str, symbol: str, before: datetime, count: int) -> datetime | None:
@@ -210,5 +197,4 @@ __all__ = [
     "nth_bar_from",
     "read_events",
     "replace_events",
-    "successful_ingest_intervals",
 ]

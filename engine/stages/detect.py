@@ -9,8 +9,11 @@
   PostgreSQL reads the next piece in a background thread while the events of the current one are written.
 * Writes replace the events of (symbol, source_table, logic_version, n) in the window in one transaction:
   a rerun leaves the same rows.
-* Clean-only contract: unless ``policy.allow_legacy``, reads market_bars_ohlcv_1m_clean and requires
-  successful clean ingests (clean_ingest_runs) to cover the whole window.
+* Clean-only contract: unless ``policy.allow_legacy``, reads market_bars_ohlcv_1m_clean and requires the
+  coverage of successful clean ingests (clean_coverage: closed market time, and the sessions where they landed
+  bars; see engine/coverage.py) over the whole window, and over the warm-up and look-ahead bars it reads: where
+  those would reach across uncovered open-market time to older or newer bars it stops and names the range. At
+  the edge of the stored history (no older or newer bars at all) it proceeds and logs that.
 """
 
 from __future__ import annotations
@@ -27,17 +30,11 @@ import numpy as np
 
 from engine.config import EngineConfig
 from engine.context import StageContext
+from engine.coverage import open_market_ranges
 from engine.db.bars import read_bars
 from engine.db.chunks import count_bars
-from engine.db.events import (
-    EVENT_DTYPE,
-    EventKey,
-    bar_span,
-    nth_bar_before,
-    nth_bar_from,
-    replace_events,
-    successful_ingest_intervals,
-)
+from engine.db.coverage import covered_intervals
+from engine.db.events import EVENT_DTYPE, EventKey, bar_span, nth_bar_before, nth_bar_from, replace_events
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS
 from engine.db.types import datetime_to_ns
 from engine.detectors.williams_fractals import swing_highs, swing_lows, warmup_bars
@@ -196,14 +193,23 @@ def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[d
                 ) -> Iterator[tuple[datetime, datetime, np.ndarray]]:
     """For each piece: its bars, the warmup_bars(n) bars before it and the n bars from its end on.
 
-    The first piece starts at window.warmup_start instead when that is set.
+    The first piece starts at window.warmup_start instead when that is set. Under the clean-only policy the
+    warm-up of the first piece and the look-ahead of the last are checked against clean coverage first.
     """
+    clean = table == CLEAN_BARS
     for k, (piece_start, piece_end) in enumerate(pieces):
         if k == 0 and ctx.window.warmup_start is not None:
             read_start = ctx.window.warmup_start
+            oldest = bar_span(ctx.db, table, symbol, read_start, piece_start)
+            oldest = oldest and oldest[0]
         else:
-            read_start = nth_bar_before(ctx.db, table, symbol, piece_start, warmup_bars(n)) or piece_start
+            read_start = oldest = nth_bar_before(ctx.db, table, symbol, piece_start, warmup_bars(n))
         last_confirming = nth_bar_from(ctx.db, table, symbol, piece_end, n)
+        if clean and k == 0:
+            require_context_coverage(ctx, symbol, "warm-up", oldest, ctx.window.start)
+        if clean and k == len(pieces) - 1:
+            require_context_coverage(ctx, symbol, "look-ahead", last_confirming, ctx.window.end)
+        read_start = read_start or piece_start
         read_end_ns = datetime_to_ns(last_confirming) + 1 if last_confirming else datetime_to_ns(piece_end)
         yield piece_start, piece_end, read_bars(ctx.db, table, symbol, datetime_to_ns(read_start), read_end_ns)
 
@@ -266,16 +272,48 @@ def detect_events(bars: np.ndarray, n: int, start_ns: int, end_ns: int, high_dir
 
 
 def require_clean_coverage(ctx: StageContext, symbol: str) -> None:
-    """Raise the clean-table contract error unless successful clean ingests cover [window.start, window.end)."""
+    """Raise the clean-table contract error unless clean coverage spans [window.start, window.end)."""
     start, end = ctx.window.start, ctx.window.end
-    gaps = missing_ranges(successful_ingest_intervals(ctx.db, symbol, start, end), start, end)
+    gaps = uncovered_ranges(ctx, symbol, start, end)
     if not gaps:
         ctx.log.info("detect %s: clean ingests cover %s → %s", symbol, _fmt(start), _fmt(end))
         return
+    raise EngineError(f"{CONTRACT_ERROR}\n  Missing: {_listed(gaps)}", None)
+
+
+def require_context_coverage(ctx: StageContext, symbol: str, what: str, bar_ts: datetime | None,
+                             edge: datetime) -> None:
+    """The warm-up (bars before the window) or look-ahead (bars from its end) must not reach across uncovered
+    open-market time: `bar_ts` is the farthest bar it reads, `edge` the window boundary it starts from."""
+    direction = "before" if what == "warm-up" else "from"
+    if bar_ts is None:
+        ctx.log.info("detect %s: no bars %s %s: the %s stops at the edge of the stored history", symbol, direction,
+                     _fmt(edge), what)
+        return
+    lo, hi = (bar_ts, edge) if bar_ts < edge else (edge, bar_ts)
+    gaps = uncovered_ranges(ctx, symbol, lo, hi)
+    if not gaps:
+        return
+    raise EngineError(
+        f"{CONTRACT_ERROR}\n  Missing: {_listed(gaps)}\n  (the {what} bars {direction} {_fmt(edge)} reach "
+        f"across it to {_fmt(bar_ts)})",
+        f"ingest the missing range (stages=[ingest] window.start={_fmt(gaps[0][0])} window.end={_fmt(gaps[-1][1])}), "
+        "then run detect again",
+    )
+
+
+def uncovered_ranges(ctx: StageContext, symbol: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """Parts of [start, end) outside clean coverage that hold open-market time (the calendar is only consulted,
+    and imported, when there are such parts)."""
+    gaps = missing_ranges(covered_intervals(ctx.db, symbol, start, end), start, end)
+    return open_market_ranges(gaps) if gaps else []
+
+
+def _listed(gaps: list[tuple[datetime, datetime]]) -> str:
     listed = ", ".join(f"{_fmt(a)} → {_fmt(b)}" for a, b in gaps[:_MAX_LISTED_GAPS])
     if len(gaps) > _MAX_LISTED_GAPS:
         listed += f", … and {len(gaps) - _MAX_LISTED_GAPS} more"
-    raise EngineError(f"{CONTRACT_ERROR}\n  Missing: {listed}", None)
+    return listed
 
 
 def missing_ranges(intervals: list[tuple[datetime, datetime]], start: datetime, end: datetime

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from engine.console import console
 from engine.context import StageContext
+from engine.coverage import IngestCoverage
 from engine.db.bars import CleanBarWriter, write_quarantine
 from engine.db.connect import masked_url
 from engine.db.ingest_runs import claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
@@ -32,6 +33,7 @@ def run(ctx: StageContext) -> dict:
     source = ctx.cfg.source
     _refuse_mixing(ctx)
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
+    coverage = IngestCoverage(ctx.window.start, ctx.window.end)  # loads the calendar before any bar is written
     ingest_id = start_ingest_run(
         ctx.db,
         symbol=symbol.internal_symbol,
@@ -61,6 +63,7 @@ def run(ctx: StageContext) -> dict:
                 progress.update(task, advance=len(chunk))
             tally.ignored = dict(bars.ignored)
         counts = writer.flush()
+        coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, seen, landing.paths)
     except BaseException as exc:
         counts = writer.committed
         tally.retries = getattr(exc, "retries", tally.retries)  # retries made before acquisition failed
