@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 
-class Interrupted(BaseException):
-    """SIGTERM, turned into something the run can record before it goes."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into something the run can record before it goes.
+
+    A KeyboardInterrupt, so that psycopg treats it as Ctrl-C: a statement in flight is cancelled on the server
+    and the connection stays usable for the rollback (otherwise: "another command is already in progress").
+    """
 
 
 def is_interruption(exc: BaseException) -> bool:

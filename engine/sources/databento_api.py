@@ -402,12 +402,14 @@ class _RetryPolicy:
             except Exception as exc:  # classified below; unknown ones re-raised
                 transient = _classify(exc, what, req)
             if attempt_retries >= self.max_retries:
-                raise EngineError(
+                gave_up = EngineError(
                     f"Databento {what} for {req.describe()} kept failing; gave up after "
                     f"{attempt_retries} retries. Last failure: {transient.reason}",
                     "check your network and https://status.databento.com, then run again "
                     "(files that completed are reused, not bought again), or raise source.max_retries",
-                ) from None
+                )
+                gave_up.retries = self.retries  # the ingest records them (engine.stages.ingest._retries_of)
+                raise gave_up from None
             attempt_retries += 1
             self.retries += 1
             delay = self.delay(attempt_retries, transient.retry_after)
