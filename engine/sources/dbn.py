@@ -344,6 +344,8 @@ class DbnBarFile:
                 fix="ingest one dataset per source (e.g. only GLBX.MDP3 files)",
             )
         self.ignored: dict[str, int] = {}
+        self.outside_window = 0
+        self.stopped_early: list[Path] = []
 
     def __repr__(self) -> str:
         return f"DbnBarFile({[str(p) for p in self.paths]!r})"
@@ -383,7 +385,7 @@ class DbnBarFile:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.ignored = {}
         self.outside_window = 0
-        self.stopped_early: list[Path] = []
+        self.stopped_early = []
         for info in self.files:
             yield from self._iter_file(info, flt, chunk_size, window)
 
@@ -398,7 +400,9 @@ class DbnBarFile:
         dtype = _DBN_OHLCV_TS_OUT_DTYPE if info.ts_out else DBN_OHLCV_DTYPE
         itemsize = dtype.itemsize
         resolver = _Resolver.build(info.intervals, flt)
-        trim = _WindowTrim(info, window) if window is not None else None
+        # A file whose own range lies inside the window has nothing to trim (its anomalies pass on either way).
+        inside = window is None or (info.end_ns is not None and window[0] <= info.start_ns and info.end_ns <= window[1])
+        trim = None if inside else _WindowTrim(info, window)
         stream = _open_stream(info.path)
         try:
             if len(stream.read(info.metadata_length)) < info.metadata_length:
