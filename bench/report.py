@@ -21,6 +21,7 @@ PASS, MISS, INFO, SKIP, ERROR, PENDING = "PASS", "MISS", "INFO", "SKIP", "ERROR"
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("ingest_empty_pg_copy", "ingest DBN → empty table, vs raw COPY", "PostgreSQL"),
     ("ingest_empty_pg_tosql", "ingest DBN → empty table, vs to_sql", "PostgreSQL"),
+    ("ingest_bookkeeping_pg", "run bookkeeping (per-batch counters, liveness), {n} ingest", "PostgreSQL"),
     ("ingest_empty_sqlite", "ingest DBN → empty table, vs to_sql", "SQLite"),
     ("reingest_unchanged_pg", "re-ingest, unchanged bars", "PostgreSQL"),
     ("reingest_unchanged_sqlite", "re-ingest, unchanged bars", "SQLite"),

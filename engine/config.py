@@ -135,6 +135,9 @@ class SymbolDefaults:
 class RegistryConfig:
     seed: list[str] = field(default_factory=lambda: ["NQ", "ES", "YM", "RTY"])
     defaults: SymbolDefaults = field(default_factory=SymbolDefaults)
+    # Minimum price increment per root, in points: ingest quarantines prices off it as `off_tick`. A root
+    # missing here is not checked (the ingest says so). Add one with +registry.tick_sizes.CL=0.01.
+    tick_sizes: dict[str, float] = field(default_factory=lambda: {"ES": 0.25, "NQ": 0.25, "YM": 1.0, "RTY": 0.1})
 
 
 @dataclass
@@ -301,6 +304,16 @@ def known_keys(schema: type = EngineConfig, prefix: str = "") -> set[str]:
     return keys
 
 
+def _field_type(key: str):
+    """The annotated type of a dotted key of the schema (None for a key inside a source option)."""
+    kind: object = EngineConfig
+    for name in key.split("."):
+        if not dataclasses.is_dataclass(kind):
+            return None
+        kind = typing.get_type_hints(kind).get(name)
+    return kind
+
+
 def check_override_keys(args: list[str]) -> None:
     """Refuse `windw.start=…` with 'did you mean window.start?' instead of Hydra's struct error."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -312,9 +325,11 @@ def check_override_keys(args: list[str]) -> None:
     except OverrideParseException:
         return  # Hydra reports syntax errors itself
     known = sorted(known_keys())
+    # Keys under a mapping field (registry.tick_sizes.CL) are the user's own names.
+    maps = tuple(f"{key}." for key in known if typing.get_origin(_field_type(key)) is dict)
     for override in overrides:
         key = override.key_or_group
-        if key not in known:
+        if key not in known and not key.startswith(maps):
             raise EngineError(
                 f"unknown config key {key!r}{suggest(key, known)}",
                 "check the spelling; `python -m engine --cfg job` prints every key",

@@ -26,6 +26,7 @@ __all__ = [
     "SeenTimestamps",
     "ValidatedChunk",
     "prices_representable",
+    "tick_raw",
     "to_prices",
     "validate_chunk",
 ]
@@ -38,6 +39,7 @@ REASONS = (
     "negative_volume",
     "ts_not_on_minute",
     "ts_outside_window",
+    "off_tick",
     "duplicate_ts",
 )
 REASON_CODES = {reason: code for code, reason in enumerate(REASONS)}
@@ -62,6 +64,17 @@ def prices_representable(raw: np.ndarray) -> np.ndarray:
     back = np.rint(to_prices(raw) * PRICE_SCALE)
     in_range = np.abs(back) < _TWO_POW_63
     return in_range & (np.where(in_range, back, 0.0).astype(np.int64) == raw)
+
+
+def tick_raw(tick: float, key: str = "tick size") -> int:
+    """A tick size in points as a positive integer in the 1e-9 fixed-point price space (0.25 -> 250_000_000).
+
+    Raises ValueError when the tick is not positive or not a whole number of 1e-9 units.
+    """
+    raw = round(float(tick) * PRICE_SCALE)
+    if not raw > 0 or abs(float(tick) * PRICE_SCALE - raw) > 1e-6 * max(1, raw):
+        raise ValueError(f"{key} {tick!r} is not a positive multiple of 1e-9")
+    return int(raw)
 
 
 class SeenTimestamps:
@@ -137,7 +150,7 @@ class ValidatedChunk:
         return {REASONS[int(code)]: int(count) for code, count in zip(codes, counts, strict=True)}
 
 
-def _first_reason(chunk: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
+def _first_reason(chunk: np.ndarray, start_ns: int, end_ns: int, tick: int | None) -> np.ndarray:
     """uint8 code of the first failing rule (all but duplicate_ts) per row; _NO_REASON where none fails."""
     prices = [chunk[name].astype(np.int64, copy=False) for name in _PRICE_FIELDS]
     o, h, lo, c = prices
@@ -152,6 +165,7 @@ def _first_reason(chunk: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
         volume > np.uint64(_I64_MAX),  # a negative int written unsigned
         (ts % NS_PER_MINUTE) != 0,
         (ts < start_ns) | (ts >= end_ns),
+        np.logical_or.reduce([p % tick != 0 for p in prices]) if tick else np.zeros(len(chunk), dtype=bool),
     ]
     code = np.full(len(chunk), _NO_REASON, dtype=np.uint8)
     # Assign in reverse so that the earliest failing rule is the one left standing.
@@ -160,12 +174,15 @@ def _first_reason(chunk: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
     return code
 
 
-def validate_chunk(chunk: np.ndarray, start_ns: int, end_ns: int, seen_ts: SeenTimestamps | None) -> ValidatedChunk:
+def validate_chunk(
+    chunk: np.ndarray, start_ns: int, end_ns: int, seen_ts: SeenTimestamps | None, tick: int | None = None
+) -> ValidatedChunk:
     """Split a chunk of RAW_BAR_DTYPE bars into good (sorted by ts) and bad (with their first failing reason).
 
     ``seen_ts`` is the ingest-wide duplicate state: pass the same ``SeenTimestamps`` for every chunk of one
     ingest, in file order (it is updated with the ts of the good rows). ``None`` detects duplicates within
-    this chunk only. The window is ``[start_ns, end_ns)``.
+    this chunk only. The window is ``[start_ns, end_ns)``. ``tick``: the product's tick in 1e-9 units
+    (``tick_raw``); every price must be a whole multiple of it (``off_tick``); None skips that check.
     """
     chunk = np.asarray(chunk)
     if chunk.dtype != RAW_BAR_DTYPE:
@@ -173,7 +190,7 @@ def validate_chunk(chunk: np.ndarray, start_ns: int, end_ns: int, seen_ts: SeenT
     if seen_ts is None:
         seen_ts = SeenTimestamps()
 
-    code = _first_reason(chunk, start_ns, end_ns)
+    code = _first_reason(chunk, start_ns, end_ns, tick)
     candidates = np.flatnonzero(code == _NO_REASON)
     cand_ts = chunk["ts"][candidates]
     # np.unique's return_index gives the first occurrence (in chunk order) of each value.

@@ -24,6 +24,7 @@ from engine.db.bars import (
     write_quarantine,
 )
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_quarantine, clean_ingest_runs
+from engine.validate import REASONS
 
 T0 = 1_710_028_800 * 1_000_000_000  # 2024-03-10 00:00:00 UTC
 TICK = 250_000_000
@@ -329,12 +330,12 @@ def test_postgres_direct_copy_falls_back_to_staging_on_a_conflict(pg_db, monkeyp
     original = bars_module.CleanBarWriter._commit_pg_once
     seen_allow_direct = []
 
-    def blind_check(self, batch, allow_direct):
+    def blind_check(self, batch, allow_direct, also=None):
         seen_allow_direct.append(allow_direct)
         if allow_direct:  # pretend the range looked empty: go straight to COPY
             with self.engine.begin() as conn, conn.connection.driver_connection.cursor() as cur:
                 self._pg_copy_direct(cur, batch)
-        return original(self, batch, allow_direct)
+        return original(self, batch, allow_direct, also)
 
     monkeypatch.setattr(CleanBarWriter, "_commit_pg_once", blind_check)
     counts = write_all(pg_db, data, new_run(pg_db))
@@ -421,7 +422,7 @@ def test_write_quarantine_stores_raw_values_and_reasons(db):
     written = write_quarantine(db, run, SYMBOL, bad, ["ohlc_inconsistent", "negative_volume",
                                                        "ts_not_on_minute", "undef_price"])
     assert written == 4
-    assert write_quarantine(db, run, SYMBOL, bad[:1], np.array([7], dtype=np.uint8)) == 1  # codes work too
+    assert write_quarantine(db, run, SYMBOL, bad[:1], np.array([REASONS.index("duplicate_ts")], dtype=np.uint8)) == 1
     assert write_quarantine(db, run, SYMBOL, bad[:0], []) == 0
     with pytest.raises(ValueError):
         write_quarantine(db, run, SYMBOL, bad[:1], ["not_a_reason"])

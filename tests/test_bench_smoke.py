@@ -23,6 +23,7 @@ SMOKE_N = 20_000
 FIGURE_ROWS = {
     "ingest_empty_pg_copy": ("ingest DBN → empty table, vs raw COPY", "PostgreSQL"),
     "ingest_empty_pg_tosql": ("ingest DBN → empty table, vs to_sql", "PostgreSQL"),
+    "ingest_bookkeeping_pg": ("run bookkeeping (per-batch counters, liveness), 20k-bar ingest", "PostgreSQL"),
     "ingest_empty_sqlite": ("ingest DBN → empty table, vs to_sql", "SQLite"),
     "reingest_unchanged_pg": ("re-ingest, unchanged bars", "PostgreSQL"),
     "reingest_unchanged_sqlite": ("re-ingest, unchanged bars", "SQLite"),
@@ -102,3 +103,15 @@ def test_correctness_checks_ran_and_passed(smoke):
         assert f"memory {'postgresql' if dialect == 'pg' else 'sqlite'}: counts" in names
     assert "vectorised == reference on the slice" in names
     assert sum(name.startswith("sweep ") and name.endswith(" counts") for name in names) == 8  # 4 jobs x 2 launchers
+
+
+def test_bookkeeping_share_is_measured_against_the_same_ingest(smoke):
+    [row] = [r for r in smoke["results"]["rows"] if r["key"] == "ingest_bookkeeping_pg"]
+    if row["status"] == "SKIP":
+        assert not IN_CI
+        return
+    data = row["data"]
+    assert data["batch_commits"] == 1  # 20k bars, source.batch_size 50k
+    [counters], [ingest] = data["counter_seconds"], data["ingest_seconds"]  # one rep in smoke mode
+    assert counters > 0 and data["share_percent"] == pytest.approx(100 * counters / ingest)
+    assert row["ratio"].endswith("% of the ingest") and "counters" in row["engine"]

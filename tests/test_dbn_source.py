@@ -11,6 +11,7 @@ import databento
 import databento_dbn
 import numpy as np
 import pytest
+import zstandard
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
 from engine.errors import EngineError
@@ -381,3 +382,70 @@ def test_decode_speed(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     assert total == 750_000 and src.ignored == {"NQH4": 250_000}
     assert elapsed < 2.0, f"decoding 1M bars took {elapsed:.2f}s"
+
+
+# ------------------------------------------------------------------------------------------------
+# iter_chunks(window=...): a local file's records outside the window are counted, not passed on
+
+
+def _minutes_file(tmp_path: Path, ts: np.ndarray) -> Path:
+    from dbn_files import bars
+    from dbn_files import write_dbn as write_bars
+
+    rows = bars(len(ts))
+    rows["ts"] = ts
+    return write_bars(tmp_path / "minutes.dbn.zst", rows)
+
+
+DAY0 = ns(dt.date(2025, 12, 1))
+DAY = 1440 * NS_PER_MINUTE
+
+
+def test_window_keeps_its_records_and_stops_at_the_end_of_an_ordered_file(tmp_path: Path) -> None:
+    ts = DAY0 + np.arange(3 * 1440, dtype=np.int64) * NS_PER_MINUTE
+    bars = DbnBarFile(_minutes_file(tmp_path, ts))
+    got = [c["ts"] for c in bars.iter_chunks(SymbolFilter("NQ", "NQ.v.0"), 500, (DAY0 + DAY, DAY0 + 2 * DAY))]
+    assert np.concatenate(got).tolist() == ts[1440:2880].tolist()
+    # before the window: 1440 records; after it, only the rest of the read that crossed the end (2880..2999)
+    assert bars.outside_window == 1440 + 120 and bars.stopped_early == [bars.paths[0]]
+    assert bars.ignored == {}
+    # the same call without a window passes everything on (a Databento download: validation quarantines)
+    assert sum(len(c) for c in bars.iter_chunks(SymbolFilter("NQ", "NQ.v.0"), 500)) == len(ts)
+    assert bars.outside_window == 0 and bars.stopped_early == []
+
+
+def test_window_over_a_file_out_of_time_order_reads_it_all(tmp_path: Path) -> None:
+    ts = DAY0 + np.arange(3 * 1440, dtype=np.int64)[::-1] * NS_PER_MINUTE  # newest first
+    bars = DbnBarFile(_minutes_file(tmp_path, ts))
+    got = np.concatenate(list(bars.iter_chunks(NQ, 500, (DAY0, DAY0 + DAY))))
+    assert sorted(got["ts"].tolist()) == ts[-1440:][::-1].tolist()
+    assert bars.outside_window == 2 * 1440 and bars.stopped_early == []
+
+
+def test_one_misplaced_record_past_the_end_does_not_stop_the_read(tmp_path: Path) -> None:
+    """A record whose ts jumped ahead (in the file's range) right at the end of a read: the next one breaks
+    the time order, so the file is read to its end and nothing of the window is lost."""
+    ts = DAY0 + np.arange(3 * 1440, dtype=np.int64) * NS_PER_MINUTE
+    ts[499] = DAY0 + 2 * DAY  # last record of the first 500-record read
+    bars = DbnBarFile(_minutes_file(tmp_path, ts))
+    got = np.concatenate(list(bars.iter_chunks(NQ, 500, (DAY0, DAY0 + DAY))))
+    assert got["ts"].tolist() == np.delete(ts[:1440], 499).tolist()
+    assert bars.outside_window == 1 + 2 * 1440 and bars.stopped_early == []
+
+
+def test_a_record_outside_the_files_own_range_is_passed_on(tmp_path: Path) -> None:
+    """ts beyond the file's metadata range (a flipped bit) is an anomaly for validation, not 'outside'."""
+    ts = DAY0 + np.arange(1440, dtype=np.int64) * NS_PER_MINUTE
+    path = _minutes_file(tmp_path, ts)
+    data = bytearray(zstandard.ZstdDecompressor().decompress(path.read_bytes(), max_output_size=1 << 26))
+    meta_len = 8 + int.from_bytes(data[4:8], "little")
+    offset = meta_len + 700 * DBN_OHLCV_DTYPE.itemsize + DBN_OHLCV_DTYPE.fields["ts_event"][1]
+    data[offset + 5] ^= 0x40  # bit 46 (+19.5 h) of record 700's ts_event: past the file's end, still mapped
+    bad_ts = int(ts[700]) ^ (1 << 46)
+    assert bad_ts > int(ts[-1]) + NS_PER_MINUTE
+    flipped = tmp_path / "flipped.dbn"
+    flipped.write_bytes(bytes(data))
+    bars = DbnBarFile(flipped)
+    got = np.concatenate(list(bars.iter_chunks(NQ, 500, (DAY0, DAY0 + 600 * NS_PER_MINUTE))))
+    assert got["ts"].tolist() == [*ts[:600].tolist(), bad_ts]
+    assert bars.outside_window == 1000 - 600 - 1 and bars.stopped_early == [flipped]  # read 500..999, then stop

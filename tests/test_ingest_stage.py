@@ -39,7 +39,7 @@ def ingest_runs(url) -> list[dict]:
 def planted(count: int = 120) -> tuple[np.ndarray, dict[str, int]]:
     """`count` good bars plus one bad bar for every reject reason, mixed into the file."""
     good = bars(count)
-    bad = bars(8, start_ns=T0 + (count + 1) * NS_PER_MINUTE)  # free minutes inside the window
+    bad = bars(9, start_ns=T0 + (count + 1) * NS_PER_MINUTE)  # free minutes inside the window
     bad[0]["high"] = UNDEF_PRICE
     bad[1]["low"] = -5 * PRICE_SCALE
     bad[2]["open"] = 2**53 + 1  # 9007199.254740993: no float64 holds it exactly
@@ -47,10 +47,11 @@ def planted(count: int = 120) -> tuple[np.ndarray, dict[str, int]]:
     bad[3]["high"] = bad[3]["low"] - PRICE_SCALE
     bad[4]["volume"] = np.uint64(2**64 - 5)  # a negative volume written unsigned
     bad[5]["ts"] += 30_000_000_000
-    bad[6]["ts"] = T0 - NS_PER_MINUTE
+    bad[6]["ts"] = T0 - NS_PER_MINUTE  # in the file, outside the window: counted, not received (a local file)
     bad[7] = good[30]
     bad[7]["close"] += PRICE_SCALE // 4  # same ts as an earlier good bar: the later one is the duplicate
-    return np.concatenate([good[:60], bad, good[60:]]), {reason: 1 for reason in REASONS}
+    bad[8]["close"] += 1  # 1e-9 off the 0.25 tick (a flipped low bit)
+    return np.concatenate([good[:60], bad, good[60:]]), {r: 1 for r in REASONS if r != "ts_outside_window"}
 
 
 def test_counts_are_exact_with_every_reject_reason_quarantined(engine_cli, db_url, tmp_path):
@@ -58,7 +59,7 @@ def test_counts_are_exact_with_every_reject_reason_quarantined(engine_cli, db_ur
     run = ingest(engine_cli, db_url, *from_file(write_dbn(tmp_path / "nq.dbn.zst", rows)), *WINDOW)
     assert run.returncode == 0, run.output
     summary = run.result["stages"]["ingest"]
-    assert summary["bars_received"] == 128
+    assert summary["bars_received"] == 128 and summary["outside_window"] == 1
     assert summary["bars_skipped"] == 8 and summary["skipped_by_reason"] == expected
     assert summary["bars_inserted"] == 120 and summary["bars_updated"] == 0 and summary["bars_unchanged"] == 0
     [log] = ingest_runs(db_url)
@@ -67,7 +68,8 @@ def test_counts_are_exact_with_every_reject_reason_quarantined(engine_cli, db_ur
     assert log["engine_run_id"] == run.result["run_id"] and json.loads(log["skipped_by_reason"]) == expected
     assert log["duration_seconds"] > 0 and log["batch_commits"] >= 1 and log["retries"] == 0
     quarantined = query(db_url, "SELECT reason, ingest_run_id, close_raw FROM clean_ingest_quarantine")
-    assert sorted(q["reason"] for q in quarantined) == sorted(REASONS)
+    assert sorted(q["reason"] for q in quarantined) == sorted(expected)
+    assert json.loads(log["ignored_instruments"]) == {"(outside window)": 1}
     assert {q["ingest_run_id"] for q in quarantined} == {log["id"]}
     stored = query(db_url, "SELECT count(*) AS n, min(close) AS lo FROM market_bars_ohlcv_1m_clean")
     assert stored[0]["n"] == 120

@@ -13,6 +13,7 @@ from engine.validate import (
     UNDEF_PRICE,
     SeenTimestamps,
     prices_representable,
+    tick_raw,
     to_prices,
     validate_chunk,
 )
@@ -290,3 +291,37 @@ def test_property_partition_and_first_reason(bars, cuts):
         for row_id, reason in zip(result.bad["instrument_id"].tolist(), result.bad_reason.tolist(), strict=True):
             got[row_id] = reason
     assert [got[i] for i in range(len(data))] == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# Tick size
+
+
+@pytest.mark.parametrize("field", ["open", "high", "low", "close"])
+def test_a_price_off_the_tick_is_rejected(field):
+    good = bar(o=5000, h=5001, lo=4999, c=5000.5)
+    flipped = good.copy()
+    flipped[field] ^= 1  # a flipped low bit: 1e-9 off the tick
+    if field == "high":
+        flipped["high"] = good["high"] + 1
+    result = validate_chunk(rows(good, flipped), START, END, None, tick_raw(0.25))
+    assert reasons_of(result) == ["off_tick"]
+    assert result.good.tobytes() == good.tobytes()
+
+
+def test_tick_check_order_and_its_absence():
+    off = bar(c=5000.3)  # 0.3 is off the 0.25 tick but on the 0.1 tick
+    outside = bar(ts=END, c=5000.3)
+    assert reasons_of(validate_chunk(rows(off, outside), START, END, None, tick_raw(0.25))) == [
+        "off_tick", "ts_outside_window"]  # an earlier rule wins
+    assert len(validate_chunk(off, START, END, None, tick_raw(0.1)).good) == 1
+    assert len(validate_chunk(off, START, END, None, None).good) == 1  # no tick: not checked
+    assert REASONS.index("off_tick") == REASONS.index("duplicate_ts") - 1
+
+
+def test_tick_raw():
+    assert [tick_raw(t) for t in (0.25, 0.1, 1.0, 0.01, 1 / 64, 0.005)] == [
+        250_000_000, 100_000_000, 1_000_000_000, 10_000_000, 15_625_000, 5_000_000]
+    for bad in (0, -0.25, 1e-10, 0.0000000015):
+        with pytest.raises(ValueError):
+            tick_raw(bad)

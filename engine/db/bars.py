@@ -9,7 +9,8 @@ Counting (key (symbol, ts)):
   to the writing run;
 * unchanged - a row existed with identical values: not rewritten, it keeps the ingest_run_id that wrote it.
 
-Each batch of ``batch_size`` rows is one transaction. Writers of the same symbol are serialised per batch: on
+Each batch of ``batch_size`` rows is one transaction; ``CleanBarWriter.commit`` lets the caller write more in it
+(the ingest's quarantine rows and counters). Writers of the same symbol are serialised per batch: on
 PostgreSQL by a transaction-scoped advisory lock on the symbol, on SQLite by BEGIN IMMEDIATE (see
 ``engine.db.connect``). The counts are read inside that critical section, so they are exact under concurrency.
 
@@ -27,13 +28,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import psycopg
 from psycopg import sql
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from engine.bars import RAW_BAR_DTYPE
 from engine.db import pgcopy
@@ -137,6 +140,9 @@ def _ts_param(engine: Engine, ns: int):
 # --------------------------------------------------------------------------------------------
 # The writer
 
+# More work for a batch's transaction: called with its connection and the batch's counts before COMMIT.
+Also = Callable[[Connection, WriteCounts], None]
+
 
 class CleanBarWriter:
     """Buffers validated bars and upserts them into market_bars_ohlcv_1m_clean, one transaction per batch.
@@ -186,6 +192,19 @@ class CleanBarWriter:
         if self._pending_rows >= self.batch_size:
             self._drain(final=False)
 
+    def commit(self, good: np.ndarray, also: Also | None = None) -> WriteCounts:
+        """Upsert exactly these rows (nothing is buffered) in ONE transaction and return its counts.
+
+        ``also(conn, counts)`` runs in the same transaction after the upsert, with this batch's counts: what it
+        writes commits or rolls back together with the bars. A batch without rows still commits ``also``.
+        """
+        good = np.asarray(good)
+        if good.dtype != RAW_BAR_DTYPE:
+            raise TypeError(f"expected RAW_BAR_DTYPE rows, got dtype {good.dtype}")
+        counts = self._commit_batch(good, also)
+        self.counts.add(counts)
+        return dataclasses.replace(counts)
+
     def flush(self) -> WriteCounts:
         """Commit whatever is buffered and return the totals so far."""
         self._drain(final=True)
@@ -206,7 +225,13 @@ class CleanBarWriter:
             self._pending = [rest] if len(rest) else []
             self._pending_rows = len(rest)
 
-    def _commit_batch(self, batch: np.ndarray) -> WriteCounts:
+    def _commit_batch(self, batch: np.ndarray, also: Also | None = None) -> WriteCounts:
+        if len(batch) == 0:
+            counts = WriteCounts(batch_commits=1)
+            with self.engine.begin() as conn:
+                if also is not None:
+                    also(conn, counts)
+            return counts
         ts = batch["ts"]
         if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
             batch = batch[np.argsort(ts, kind="stable")]
@@ -218,19 +243,20 @@ class CleanBarWriter:
                 f"ts of {self.symbol} not on whole {self._ts_unit_ns} ns (the {self._dialect} storage precision)"
             )
         if self._dialect == "postgresql":
-            return self._commit_pg(batch)
-        return self._commit_sqlite(batch)
+            return self._commit_pg(batch, also)
+        return self._commit_sqlite(batch, also)
 
     # ---- PostgreSQL
 
-    def _commit_pg(self, batch: np.ndarray) -> WriteCounts:
+    def _commit_pg(self, batch: np.ndarray, also: Also | None) -> WriteCounts:
         try:
-            return self._commit_pg_once(batch, allow_direct=True)
+            return self._commit_pg_once(batch, allow_direct=True, also=also)
         except psycopg.errors.UniqueViolation:
-            # A writer that does not take the symbol lock inserted into the range after our check: stage instead.
-            return self._commit_pg_once(batch, allow_direct=False)
+            # A writer that does not take the symbol lock inserted into the range after our check: stage instead
+            # (the whole transaction, `also` included, was rolled back).
+            return self._commit_pg_once(batch, allow_direct=False, also=also)
 
-    def _commit_pg_once(self, batch: np.ndarray, allow_direct: bool) -> WriteCounts:
+    def _commit_pg_once(self, batch: np.ndarray, allow_direct: bool, also: Also | None = None) -> WriteCounts:
         lo = ns_to_datetime(batch["ts"][0], ceil=True)
         hi = ns_to_datetime(batch["ts"][-1], ceil=True)
         n = len(batch)
@@ -248,6 +274,8 @@ class CleanBarWriter:
                     counts = WriteCounts(inserted=n, batch_commits=1)
                 else:
                     counts = self._pg_copy_staged(cur, batch, lo, hi)
+            if also is not None:
+                also(conn, counts)
         return counts
 
     def _pg_copy_direct(self, cur, batch: np.ndarray) -> None:
@@ -310,7 +338,7 @@ class CleanBarWriter:
 
     # ---- SQLite
 
-    def _commit_sqlite(self, batch: np.ndarray) -> WriteCounts:
+    def _commit_sqlite(self, batch: np.ndarray, also: Also | None) -> WriteCounts:
         ts_text = sqlite_ts_text(batch["ts"])
         prices = {name: to_prices(batch[name]) for name in ("open", "high", "low", "close")}
         volume = batch["volume"].view(np.int64)
@@ -328,9 +356,12 @@ class CleanBarWriter:
                     self._sqlite_update(cur, changed, ts_text, prices, volume, instrument)
             finally:
                 cur.close()
-        return WriteCounts(
-            inserted=int(new.sum()), updated=int(changed.sum()), unchanged=int(same.sum()), batch_commits=1
-        )
+            counts = WriteCounts(
+                inserted=int(new.sum()), updated=int(changed.sum()), unchanged=int(same.sum()), batch_commits=1
+            )
+            if also is not None:
+                also(conn, counts)
+        return counts
 
     def _sqlite_classify(self, cur, batch_ts, ts_text, prices, volume, instrument):
         """(existed, same) masks over the batch, from one primary-key range query."""
@@ -405,8 +436,10 @@ def _sqlite_insert_many(cur, rows: np.ndarray, tail: str) -> None:
 # Quarantine, window checks, reads
 
 
-def write_quarantine(engine: Engine, ingest_run_id: int, symbol: str, bad: np.ndarray, reasons) -> int:
-    """Record rejected bars in clean_ingest_quarantine (one transaction); returns the number of rows written.
+def write_quarantine(db: Engine | Connection, ingest_run_id: int, symbol: str, bad: np.ndarray, reasons) -> int:
+    """Record rejected bars in clean_ingest_quarantine; returns the number of rows written.
+
+    ``db``: an Engine (one transaction of its own) or a Connection (inside the caller's transaction).
 
     ``reasons``: one per bad row, reason strings or integer codes into ``engine.validate.REASONS``. Raw values
     are stored as they came (volume as its int64 reinterpretation, so a "negative volume" is negative again);
@@ -428,7 +461,8 @@ def write_quarantine(engine: Engine, ingest_run_id: int, symbol: str, bad: np.nd
     ts_ns = bad["ts"].astype(np.int64)
     nat = ts_ns == np.iinfo(np.int64).min
     safe_ts = np.where(nat, 0, ts_ns)
-    if engine.dialect.name == "postgresql":
+    postgres = db.dialect.name == "postgresql"
+    if postgres:
         text = np.datetime_as_string(safe_ts.view("datetime64[ns]").astype("datetime64[us]"), unit="us")
         ts_text = np.char.add(text.astype("<U26"), "+00:00").astype(object)
     else:
@@ -446,9 +480,9 @@ def write_quarantine(engine: Engine, ingest_run_id: int, symbol: str, bad: np.nd
     ]
     names = ("ingest_run_id, symbol, reason, ts, ts_ns, instrument_id, open_raw, high_raw, low_raw, close_raw, "
              "volume_raw")
-    with engine.begin() as conn:
+    with db.begin() if isinstance(db, Engine) else nullcontext(db) as conn:
         raw = conn.connection.driver_connection
-        if engine.dialect.name == "postgresql":
+        if postgres:
             with raw.cursor() as cur, cur.copy(f"COPY clean_ingest_quarantine ({names}) FROM STDIN") as copy:
                 for row in zip(*columns, strict=False):
                     copy.write_row(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.db.schema import clean_bars, clean_ingest_runs, engine_database
@@ -22,10 +22,29 @@ def start_ingest_run(engine: Engine, **fields) -> int:
         return int(row.inserted_primary_key[0])
 
 
+def add_batch_counts(
+    conn: Connection, ingest_run_id: int, *, received: int, counts, skipped: int, **fields
+) -> None:
+    """Add one batch to the row's counters, inside the batch's own transaction (it commits or rolls back with
+    the bars). ``counts``: the batch's WriteCounts; ``fields``: absolute values (e.g. the JSON columns)."""
+    c = clean_ingest_runs.c
+    conn.execute(
+        update(clean_ingest_runs)
+        .where(c.id == ingest_run_id)
+        .values(
+            bars_received=c.bars_received + received,
+            bars_inserted=c.bars_inserted + counts.inserted,
+            bars_updated=c.bars_updated + counts.updated,
+            bars_unchanged=c.bars_unchanged + counts.unchanged,
+            bars_skipped=c.bars_skipped + skipped,
+            batch_commits=c.batch_commits + counts.batch_commits,
+            **_as_json(fields),
+        )
+    )
+
+
 def finish_ingest_run(engine: Engine, ingest_run_id: int, **fields) -> None:
-    for key in ("skipped_by_reason", "ignored_instruments", "raw_files"):
-        if key in fields and not isinstance(fields[key], str):
-            fields[key] = json.dumps(fields[key], sort_keys=True)
+    fields = _as_json(fields)
     with engine.begin() as conn:
         conn.execute(update(clean_ingest_runs).where(clean_ingest_runs.c.id == ingest_run_id).values(**fields))
 
@@ -39,6 +58,15 @@ def claim_data_kind(engine: Engine, kind: str, run_id: int) -> dict:
     with engine.begin() as conn:
         conn.execute(claim)
         return dict(conn.execute(select(engine_database).where(engine_database.c.id == 1)).mappings().one())
+
+
+def _as_json(fields: dict) -> dict:
+    for key in ("skipped_by_reason", "ignored_instruments", "raw_files"):
+        if key in fields and not isinstance(fields[key], str):
+            fields = {**fields, key: json.dumps(fields[key], sort_keys=True)}
+    return fields
+
+
 
 
 def has_clean_bars(engine: Engine) -> bool:

@@ -461,6 +461,8 @@ class DbnBarFile:
                 fix="ingest one dataset per source (e.g. only GLBX.MDP3 files)",
             )
         self.ignored: dict[str, int] = {}
+        self.outside_window = 0
+        self.stopped_early: list[Path] = []
 
     def __repr__(self) -> str:
         return f"DbnBarFile({[str(p) for p in self.paths]!r})"
@@ -479,29 +481,45 @@ class DbnBarFile:
         values = {info.stype_in for info in self.files}
         return values.pop() if len(values) == 1 else None
 
-    def iter_chunks(self, flt: SymbolFilter, chunk_size: int = 250_000) -> Iterator[np.ndarray]:
+    def iter_chunks(
+        self, flt: SymbolFilter, chunk_size: int = 250_000, window: tuple[int, int] | None = None
+    ) -> Iterator[np.ndarray]:
         """Yield RAW_BAR_DTYPE arrays of the records matching ``flt``, in file order.
 
         Each chunk comes from at most ``chunk_size`` records read (so it may hold fewer bars after filtering;
         empty chunks are not yielded). Records of other instruments are counted in ``self.ignored``, keyed by
         their symbol, or "instrument_id=N" when the metadata does not map them; it is reset on each call.
         Bars are not validated here.
+
+        ``window=(start_ns, end_ns)`` (local files): records with ts outside ``[start_ns, end_ns)`` but inside the
+        file's own metadata range are other parts of the file, not bad data: they are dropped before the symbol
+        filter and counted in ``self.outside_window``. A record outside the file's own range is an anomaly and is
+        passed on (validation quarantines it). A file is left early once its records, in time order so far
+        (checked record by record), have reached the window end (two records at or past it, so that one
+        corrupted timestamp cannot end the read); such files are listed in ``self.stopped_early``.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.ignored = {}
+        self.outside_window = 0
+        self.stopped_early = []
         for info in self.files:
-            yield from self._iter_file(info, flt, chunk_size)
+            yield from self._iter_file(info, flt, chunk_size, window)
 
     def read(self, flt: SymbolFilter) -> np.ndarray:
         """All matching bars of all files as one RAW_BAR_DTYPE array (convenience for small inputs)."""
         chunks = list(self.iter_chunks(flt))
         return np.concatenate(chunks) if chunks else np.empty(0, dtype=RAW_BAR_DTYPE)
 
-    def _iter_file(self, info: DbnFileInfo, flt: SymbolFilter, chunk_size: int) -> Iterator[np.ndarray]:
+    def _iter_file(
+        self, info: DbnFileInfo, flt: SymbolFilter, chunk_size: int, window: tuple[int, int] | None
+    ) -> Iterator[np.ndarray]:
         dtype = _DBN_OHLCV_TS_OUT_DTYPE if info.ts_out else DBN_OHLCV_DTYPE
         itemsize = dtype.itemsize
         resolver = _Resolver.build(info.intervals, flt)
+        # A file whose own range lies inside the window has nothing to trim (its anomalies pass on either way).
+        inside = window is None or (info.end_ns is not None and window[0] <= info.start_ns and info.end_ns <= window[1])
+        trim = None if inside else _WindowTrim(info, window)
         stream = _open_stream(info.path)
         try:
             if len(stream.read(info.metadata_length)) < info.metadata_length:
@@ -521,9 +539,15 @@ class DbnBarFile:
                 whole = np.frombuffer(data, dtype=dtype, count=len(data) // itemsize)
                 if len(whole):
                     self._check_records(info, whole, itemsize)
-                    out = self._select(whole, resolver)
-                    if len(out):
+                    if trim is not None:
+                        whole, outside = trim.apply(whole)
+                        self.outside_window += outside
+                    out = self._select(whole, resolver) if len(whole) else None
+                    if out is not None and len(out):
                         yield out
+                    if trim is not None and trim.past_end:
+                        self.stopped_early.append(info.path)
+                        return
                 if loose:
                     raise EngineError(
                         f"{info.path} is truncated: it ends with an incomplete {loose}-byte record",
@@ -572,6 +596,36 @@ class DbnBarFile:
             for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
                 name = f"instrument_id={i}"
                 self.ignored[name] = self.ignored.get(name, 0) + c
+
+
+class _WindowTrim:
+    """Drops the records of one file outside a window, and notices when the file is past the window's end."""
+
+    def __init__(self, info: DbnFileInfo, window: tuple[int, int]):
+        self.lo, self.hi = int(window[0]), int(window[1])
+        self.file_lo = info.start_ns
+        self.file_hi = info.end_ns if info.end_ns is not None else np.iinfo(np.int64).max
+        self.last = np.iinfo(np.int64).min  # latest ts in the file's range so far
+        self.ordered = True  # the file's in-range records are in time order so far
+        self.at_or_past_end = 0  # in-range records at or past the window end, while ordered
+        self.past_end = False
+
+    def apply(self, recs: np.ndarray) -> tuple[np.ndarray, int]:
+        """(records to pass on, number dropped as outside the window)."""
+        ts = recs["ts_event"].astype(np.int64)  # u8; an undefined ts becomes -1 and is then out of every range
+        in_file = (ts >= self.file_lo) & (ts < self.file_hi)
+        in_window = (ts >= self.lo) & (ts < self.hi)
+        if self.ordered:
+            seen = ts[in_file]
+            if len(seen):
+                self.ordered = bool(seen[0] >= self.last) and bool(np.all(seen[1:] >= seen[:-1]))
+                self.last = int(seen[-1])
+                if self.ordered:
+                    self.at_or_past_end += int(np.count_nonzero(seen >= self.hi))
+                    self.past_end = self.at_or_past_end >= 2
+        drop = in_file & ~in_window
+        outside = int(np.count_nonzero(drop))
+        return (recs[~drop] if outside else recs), outside
 
 
 def acquire(ctx, progress) -> Landing:

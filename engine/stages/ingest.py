@@ -1,12 +1,18 @@
 """Stage `ingest`: land raw DBN from the configured source, validate every bar, upsert the clean table.
 
 received = inserted + updated + unchanged + skipped, exactly; skipped bars are in the quarantine table
-with their reason. Every ingest leaves a clean_ingest_runs row, on failure too (counts so far).
+with their reason. Every ingest leaves a clean_ingest_runs row, on failure too.
+
+One commit unit = one decoded chunk of `source.batch_size` records: its good bars, its quarantine rows and the
+row's counter increments commit (or roll back) in one transaction, so the row always describes exactly what is
+committed, whatever stops the ingest. Records of a local file outside the window are counted, not received.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import time
 from collections import Counter
 
@@ -16,23 +22,33 @@ from rich.table import Table
 from engine.console import console
 from engine.context import StageContext
 from engine.coverage import IngestCoverage
-from engine.db.bars import CleanBarWriter, write_quarantine
+from engine.db.bars import CleanBarWriter, WriteCounts, write_quarantine
 from engine.db.connect import masked_url
-from engine.db.ingest_runs import claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
+from engine.db.ingest_runs import add_batch_counts, claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.interrupts import is_interruption
 from engine.provenance import redact
 from engine.sources import acquire
 from engine.sources.dbn import DbnBarFile, SymbolFilter
-from engine.validate import REASONS, SeenTimestamps, validate_chunk
+from engine.validate import REASONS, SeenTimestamps, tick_raw, validate_chunk
+
+log = logging.getLogger(__name__)
+
+# Sources whose files are not a request for exactly this window (a chunk of a backfill reads its part of a
+# longer file): records outside the window are counted, not quarantined. A Databento download holding bars
+# outside the window it asked for is an anomaly, so they are validated and quarantined as ts_outside_window.
+LOCAL_SOURCES = frozenset({"dbn_file", "synthetic"})
+# Key of the records-outside-the-window count in clean_ingest_runs.ignored_instruments (no symbol looks like it).
+OUTSIDE_WINDOW_KEY = "(outside window)"
+_UNCHECKED_ROOTS: set[str] = set()  # roots without a tick size already reported by this process
 
 
 def run(ctx: StageContext) -> dict:
     symbol = ctx.symbol
     source = ctx.cfg.source
     _refuse_mixing(ctx)
-    start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
+    tick = _tick(ctx)
     coverage = IngestCoverage(ctx.window.start, ctx.window.end)  # loads the calendar before any bar is written
     ingest_id = start_ingest_run(
         ctx.db,
@@ -45,33 +61,22 @@ def run(ctx: StageContext) -> dict:
     )
     started = time.monotonic()
     tally = _Tally()
-    writer = CleanBarWriter(ctx.db, symbol.internal_symbol, ingest_id, batch_size=source.batch_size)
     try:
         with _progress() as progress:
-            landing = acquire(source.name, ctx, progress)
+            try:
+                landing = acquire(source.name, ctx, progress)
+            except BaseException as exc:
+                tally.retries = _retries_of(exc)
+                raise
             tally.retries, tally.raw_files = landing.retries, landing.raw_files
-            bars = DbnBarFile(landing.paths)
-            seen = SeenTimestamps()
-            task = progress.add_task(f"ingest {symbol.internal_symbol}", total=None, unit="bars")
-            for chunk in bars.iter_chunks(SymbolFilter(symbol.root, symbol.continuous), source.batch_size):
-                tally.received += len(chunk)
-                checked = validate_chunk(chunk, start_ns, end_ns, seen)
-                writer.write(checked.good)
-                if len(checked.bad):
-                    write_quarantine(ctx.db, ingest_id, symbol.internal_symbol, checked.bad, checked.bad_reason)
-                    tally.skipped.update(str(r) for r in checked.bad_reason)
-                progress.update(task, advance=len(chunk))
-            tally.ignored = dict(bars.ignored)
-        counts = writer.flush()
-        coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, seen, landing.paths)
+            accepted = _load(ctx, ingest_id, DbnBarFile(landing.paths), tally, progress, tick)
+        coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, accepted, landing.paths)
     except BaseException as exc:
-        counts = writer.committed
-        tally.retries = getattr(exc, "retries", tally.retries)  # retries made before acquisition failed
         status = "interrupted" if is_interruption(exc) else "failed"
-        _finish(ctx, ingest_id, tally, counts, started, status, _error_text(exc))
+        _finish(ctx, ingest_id, tally, started, status, _error_text(exc))
         raise
-    _finish(ctx, ingest_id, tally, counts, started, "success", None)
-    summary = tally.summary(counts, time.monotonic() - started)
+    _finish(ctx, ingest_id, tally, started, "success", None)
+    summary = tally.summary(time.monotonic() - started)
     summary.update(ingest_run_id=ingest_id, databento_symbol=symbol.continuous)
     _print_summary(symbol.internal_symbol, summary)
     return summary
@@ -79,36 +84,131 @@ def run(ctx: StageContext) -> dict:
 
 def chunk_settings(ctx: StageContext) -> dict:
     """What makes two ingests of the same chunk the same work (for resuming chunked backfills)."""
-    return {"symbol": dataclasses.asdict(ctx.symbol), "source": dataclasses.asdict(ctx.cfg.source)}
+    return {"symbol": dataclasses.asdict(ctx.symbol), "source": dataclasses.asdict(ctx.cfg.source),
+            "tick_size": ctx.cfg.registry.tick_sizes.get(ctx.symbol.root)}
+
+
+def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None
+          ) -> SeenTimestamps:
+    """Decode, validate and commit chunk by chunk; `tally` holds what is committed. Returns the accepted minutes."""
+    symbol, source = ctx.symbol, ctx.cfg.source
+    start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
+    window = (start_ns, end_ns) if source.name in LOCAL_SOURCES else None
+    writer = CleanBarWriter(ctx.db, symbol.internal_symbol, ingest_id, batch_size=source.batch_size)
+    seen = SeenTimestamps()
+    task = progress.add_task(f"ingest {symbol.internal_symbol}", total=None, unit="bars")
+    tally.files = bars
+    for chunk in bars.iter_chunks(SymbolFilter(symbol.root, symbol.continuous), source.batch_size, window):
+        checked = validate_chunk(chunk, start_ns, end_ns, seen, tick)
+        skipped = tally.skipped + Counter(checked.reason_counts())
+        record = functools.partial(_record_batch, ingest_id=ingest_id, symbol=symbol.internal_symbol,
+                                   checked=checked, received=len(chunk), skipped=skipped, tally=tally)
+        tally.add(len(chunk), writer.commit(checked.good, also=record), skipped)
+        progress.update(task, advance=len(chunk))
+    tally.read_all = True
+    return seen
+
+
+def _record_batch(conn, counts: WriteCounts, *, ingest_id: int, symbol: str, checked, received: int,
+                  skipped: Counter[str], tally: _Tally) -> None:
+    """Inside a batch's transaction: its quarantine rows and its counts on the clean_ingest_runs row."""
+    if len(checked.bad):
+        write_quarantine(conn, ingest_id, symbol, checked.bad, checked.bad_reason)
+    add_batch_counts(conn, ingest_id, received=received, counts=counts, skipped=len(checked.bad),
+                     skipped_by_reason=_by_reason(skipped), ignored_instruments=tally.ignored(), retries=tally.retries)
 
 
 class _Tally:
+    """What the committed batches hold (updated only after each commit), plus what the source reported."""
+
     def __init__(self):
         self.received = 0
+        self.counts = WriteCounts()
         self.retries = 0
         self.skipped: Counter[str] = Counter()
-        self.ignored: dict[str, int] = {}
         self.raw_files: list[dict] = []
+        self.files: DbnBarFile | None = None
+        self.read_all = False
 
-    def summary(self, counts, seconds: float) -> dict:
+    def add(self, received: int, counts: WriteCounts, skipped: Counter[str]) -> None:
+        self.received += received
+        self.counts.add(counts)
+        self.skipped = skipped
+
+    def ignored(self) -> dict[str, int]:
+        """Other instruments' records, plus the local files' records outside the window (OUTSIDE_WINDOW_KEY)."""
+        if self.files is None:
+            return {}
+        out = dict(self.files.ignored)
+        if self.files.outside_window:
+            out[OUTSIDE_WINDOW_KEY] = self.files.outside_window
+        return out
+
+    def raw_file_entries(self) -> list[dict]:
+        """The source's raw_files, each marked read_to_end false when reading stopped at the window's end."""
+        stopped = {str(p) for p in self.files.stopped_early} if self.files is not None else set()
+        return [{**entry, "read_to_end": False} if entry.get("path") in stopped else entry
+                for entry in self.raw_files]
+
+    def summary(self, seconds: float) -> dict:
         return {
             "bars_received": self.received,
-            "bars_inserted": counts.inserted,
-            "bars_updated": counts.updated,
-            "bars_unchanged": counts.unchanged,
+            "bars_inserted": self.counts.inserted,
+            "bars_updated": self.counts.updated,
+            "bars_unchanged": self.counts.unchanged,
             "bars_skipped": sum(self.skipped.values()),
-            "skipped_by_reason": {r: self.skipped[r] for r in REASONS if self.skipped[r]},
-            "ignored_instruments": self.ignored,
-            "batch_commits": counts.batch_commits,
+            "skipped_by_reason": _by_reason(self.skipped),
+            "ignored_instruments": dict(self.files.ignored) if self.files is not None else {},
+            "outside_window": self.files.outside_window if self.files is not None else 0,
+            "batch_commits": self.counts.batch_commits,
             "retries": self.retries,
-            "raw_files": self.raw_files,
+            "raw_files": self.raw_file_entries(),
             "duration_seconds": round(seconds, 3),
         }
 
 
-def _finish(ctx, ingest_id, tally, counts, started, status, error) -> None:
-    fields = tally.summary(counts, time.monotonic() - started)
-    finish_ingest_run(ctx.db, ingest_id, status=status, error=error, **fields)
+def _by_reason(skipped: Counter[str]) -> dict[str, int]:
+    return {r: skipped[r] for r in REASONS if skipped[r]}
+
+
+def _finish(ctx, ingest_id, tally: _Tally, started: float, status: str, error: str | None) -> None:
+    """Close the row. The counters are never written here: each batch's transaction already holds them."""
+    fields = {"status": status, "error": error, "duration_seconds": round(time.monotonic() - started, 3),
+              "retries": tally.retries, "raw_files": tally.raw_file_entries()}
+    if tally.read_all:
+        fields["ignored_instruments"] = tally.ignored()
+    if status == "success":
+        finish_ingest_run(ctx.db, ingest_id, **fields)
+        return
+    try:
+        finish_ingest_run(ctx.db, ingest_id, **fields)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the caller must see
+        log.warning("could not record ingest %s as %s: %s", ingest_id, status, exc)
+
+
+def _retries_of(exc: BaseException) -> int:
+    """Retries a failed acquisition made (the source's exception carries them as `.retries`)."""
+    retries = getattr(exc, "retries", 0)
+    return retries if isinstance(retries, int) and not isinstance(retries, bool) and retries > 0 else 0
+
+
+def _tick(ctx: StageContext) -> int | None:
+    """The root's tick in 1e-9 units from registry.tick_sizes; None (said once per process) when it has none."""
+    root = ctx.symbol.root
+    tick = ctx.cfg.registry.tick_sizes.get(root)
+    if tick is None:
+        if root not in _UNCHECKED_ROOTS:
+            _UNCHECKED_ROOTS.add(root)
+            ctx.log.warning("no tick size for %s in registry.tick_sizes: prices are not checked against a tick "
+                            "(add one with +registry.tick_sizes.%s=<tick>)", root, root)
+        return None
+    try:
+        return tick_raw(tick)
+    except ValueError:
+        raise EngineError(
+            f"registry.tick_sizes.{root}={tick!r} is not a tick size",
+            f"set it to the minimum price increment of {root} in points, e.g. registry.tick_sizes.{root}=0.25",
+        ) from None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -160,6 +260,8 @@ def _print_summary(symbol: str, summary: dict) -> None:
         table.add_row(f"  skipped: {reason}", f"{count:,}")
     for other, count in summary["ignored_instruments"].items():
         table.add_row(f"  ignored (other instrument): {other}", f"{count:,}")
+    if summary["outside_window"]:
+        table.add_row("  ignored (outside the window)", f"{summary['outside_window']:,}")
     rate = summary["bars_received"] / summary["duration_seconds"] if summary["duration_seconds"] else 0
     table.add_row("seconds", f"{summary['duration_seconds']:.2f} ({rate:,.0f} bars/s)")
     console.print(table)
