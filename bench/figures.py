@@ -540,9 +540,24 @@ class Bench:
         self.judge("ingest_bookkeeping_pg", share <= 3)
 
     def liveness_pg(self, db) -> list[float] | None:
-        """Hook for the liveness part of the bookkeeping figure: return the times (one per rep) of what a run adds
-        for liveness (a session advisory lock taken and released + one reconciliation query), or None."""
-        return None
+        """The liveness part of the bookkeeping figure, per rep: a run's start with liveness (row + session advisory
+        lock on its own connection), its reconciliation query and its stop, less a plain start and finish of the row."""
+        from engine.db import liveness, runs
+
+        fields = {"symbol": "GLBX.MDP3:NQ", "stages": "[]", "run_dir": "bench", "logic_version": "bench",
+                  "config_sha256": "bench", "overrides": "[]", "data_kind": "market"}
+        added = []
+        for _ in range(self.reps):
+            started = time.perf_counter()
+            live = liveness.start(db, **fields)
+            live.reconcile()
+            runs.finish_run(db, live.id, "success")
+            live.stop()
+            with_liveness = time.perf_counter() - started
+            started = time.perf_counter()
+            runs.finish_run(db, runs.start_run(db, **fields), "success")
+            added.append(max(0.0, with_liveness - (time.perf_counter() - started)))
+        return added
 
     def parallel_headroom(self) -> float:
         """Speed-up of two CPU-bound processes run side by side over one after the other (2.0 = two idle cores)."""

@@ -282,7 +282,9 @@ def test_tick_sizes_are_overridable_and_checked(engine_cli, db_url, tmp_path):
     rows = bars(30)  # on the 0.25 tick, not on a 1.0 tick
     path = write_dbn(tmp_path / "nq.dbn.zst", rows)
     coarse = engine_cli(*ingest_args(db_url, path, T0, T0 + 30 * NS_PER_MINUTE, "registry.tick_sizes.NQ=1.0"))
-    assert coarse.returncode == 0, coarse.output
-    assert coarse.result["stages"]["ingest"]["skipped_by_reason"] == {"off_tick": 30}
+    # Every bar is off a 1.0 tick, so none lands in an open market: not coverage, exit 2 (issue 9 item 4).
+    assert coarse.returncode == 2 and "no NQ bars in" in coarse.output, coarse.output
+    row = ingest_runs(db_url)[-1]
+    assert row["status"] == "failed" and json.loads(row["skipped_by_reason"]) == {"off_tick": 30}
     wrong = engine_cli(*ingest_args(db_url, path, T0, T0 + 30 * NS_PER_MINUTE, "registry.tick_sizes.NQ=0"))
     assert wrong.returncode == 2 and "registry.tick_sizes.NQ" in wrong.output
