@@ -210,7 +210,8 @@ def test_a_terminated_backend_ends_the_run_with_one_line(pg_url, tmp_path):
 @pytest.mark.slow
 def test_a_server_stopped_mid_run_ends_with_one_line_and_result_json(pg_cluster, tmp_path):  # noqa: F811
     """A throwaway server stopped (-m immediate) while a batch is in flight: exit 1, one line naming the masked
-    URL and the stage, result.json written; after a restart the next ordinary run completes."""
+    URL and the stage, result.json written; after a restart the next ordinary run completes and marks the dead
+    run's rows `abandoned`."""
     cluster = pg_cluster()
     url = cluster.create_database("engine")
     code, out = run(tmp_path, url, *SEED)
@@ -235,6 +236,14 @@ def test_a_server_stopped_mid_run_ends_with_one_line_and_result_json(pg_cluster,
 
     cluster.start()
     run_row, ingest = last_rows(url)
-    assert run_row["id"] == result["run_id"] and run_row["status"] != "success"
-    assert ingest["status"] != "success"
+    assert run_row["id"] == result["run_id"] and run_row["status"] == "running", "its end could not be recorded"
+    assert ingest["status"] == "running"
     assert_next_run_completes(tmp_path, url)
+    # The next run proved the dead run gone (its session lock vanished with the server) and closed its rows.
+    engine = sa.create_engine(url)
+    with engine.connect() as db:
+        dead = db.execute(sa.text("SELECT status, error FROM engine_runs WHERE id = :id"), {"id": run_row["id"]}).one()
+        dead_ingest = db.execute(sa.text("SELECT status FROM clean_ingest_runs WHERE id = :id"),
+                                 {"id": ingest["id"]}).scalar()
+    engine.dispose()
+    assert dead.status == "abandoned" and dead.error.startswith("abandoned:") and dead_ingest == "abandoned"
