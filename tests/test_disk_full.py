@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from pg_cluster import pg_cluster  # noqa: F401 - the fixture
+from sql_rows import table_rows
 
 SEED = ("stages=[ingest]", "window.start=2025-09-01", "window.end=2025-09-01T02:00:00Z")
 INGEST = ("stages=[ingest]", "window.start=2025-09-01", "window.end=2025-12-13", "source.batch_size=2000")
@@ -68,28 +68,12 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     return " ".join((proc.stdout + proc.stderr).split())
 
 
-def runs_rows(url: str) -> list[dict]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.text("SELECT * FROM engine_runs ORDER BY id")).mappings()]
-    engine.dispose()
-    return rows
-
-
-def ingest_rows(url: str) -> list[dict]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.text("SELECT * FROM clean_ingest_runs ORDER BY id")).mappings()]
-    engine.dispose()
-    return rows
-
-
 def assert_completes(cwd: Path, url: str, *overrides: str) -> None:
     proc = run(cwd, f"db.url={url}", *INGEST, *overrides)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    row = runs_rows(url)[-1]
+    row = engine_run_rows(url)[-1]
     assert row["status"] == "success"
-    ingest = ingest_rows(url)[-1]
+    ingest = ingest_run_rows(url)[-1]
     assert ingest["status"] == "success" and ingest["bars_received"] > 100_000
 
 
@@ -108,8 +92,8 @@ def test_a_full_sqlite_database_exits_2_naming_the_file_and_the_fix(tmpfs, tmp_p
     result = json.loads(result_file.read_text())
     assert result["status"] == "failed" and result["exit_code"] == 2 and "is full" in result["error"]
     # The full database could not take the run's end either: its rows are not `success` (reconciled later).
-    assert runs_rows(url)[-1]["status"] != "success"
-    assert ingest_rows(url)[-1]["status"] != "success"
+    assert engine_run_rows(url)[-1]["status"] != "success"
+    assert ingest_run_rows(url)[-1]["status"] != "success"
 
     remount(disk, "64m")
     assert_completes(tmp_path, url)
@@ -132,14 +116,14 @@ def test_a_full_run_directory_exits_2_and_leaves_no_partial_file(tmpfs, tmp_path
     assert f"Fix: free space on {disk} or point db.url/hydra.run.dir elsewhere" in text
     assert sorted(p.name for p in run_dir.iterdir()) == ["resolved_config.yaml"]  # no result.json, no temp file
     assert (run_dir / "resolved_config.yaml").stat().st_size > 0
-    [row] = runs_rows(db_url)
+    [row] = engine_run_rows(db_url)
     assert row["status"] == "failed" and "No space left on device" in row["error"]
 
     filler.unlink()
     proc = run(tmp_path, f"db.url={db_url}", "stages=[registry]", f"hydra.run.dir={run_dir}", *hydra_files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((run_dir / "result.json").read_text())["status"] == "success"
-    assert runs_rows(db_url)[-1]["status"] == "success"
+    assert engine_run_rows(db_url)[-1]["status"] == "success"
 
 
 _WRITE_UNDER_LIMIT = """
@@ -185,10 +169,18 @@ def test_a_full_postgresql_server_exits_2_naming_the_server(pg_cluster, tmp_path
     assert "Fix: free space on the server's data volume" in text
     [result_file] = [p for p in (tmp_path / "runs").rglob("result.json") if json.loads(p.read_text())["exit_code"]]
     assert json.loads(result_file.read_text())["exit_code"] == 2
-    row = runs_rows(url)[-1]
+    row = engine_run_rows(url)[-1]
     assert row["status"] == "failed" and "out of disk space" in row["error"]
-    ingest = ingest_rows(url)[-1]
+    ingest = ingest_run_rows(url)[-1]
     assert ingest["status"] == "failed" and ingest["bars_inserted"] > 0  # the batches before the full disk stay
 
     filler.unlink()
     assert_completes(tmp_path, url)
+
+
+def engine_run_rows(url: str) -> list[dict]:
+    return table_rows(url, "engine_runs")
+
+
+def ingest_run_rows(url: str) -> list[dict]:
+    return table_rows(url, "clean_ingest_runs")

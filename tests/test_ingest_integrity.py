@@ -19,6 +19,7 @@ import sqlalchemy as sa
 import zstandard
 from dbn_files import T0, bars, write_dbn
 from fake_databento import GET_RANGE, Reply
+from sql_rows import query
 from test_bar_writer import drop_failing_trigger, install_failing_trigger
 
 from engine.bars import NS_PER_MINUTE
@@ -26,15 +27,6 @@ from engine.sources.dbn import DBN_OHLCV_DTYPE
 
 WINDOW = ["window.start=2025-12-01T14:30:00Z", "window.end=2025-12-01T17:00:00Z"]  # 150 minutes from T0
 ROW_COUNTS = ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped")
-
-
-def query(url: str, sql: str, **params) -> list[dict]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
-    finally:
-        engine.dispose()
 
 
 def ingest_runs(url: str) -> list[dict]:

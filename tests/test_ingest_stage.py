@@ -6,22 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from dbn_files import T0, bars, write_dbn
 from fake_databento import GET_COST, GET_RANGE, Reply
+from sql_rows import query
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE
 from engine.validate import REASONS, UNDEF_PRICE
 
 WINDOW = ["window.start=2025-12-01T14:30:00Z", "window.end=2025-12-01T17:00:00Z"]  # 150 minutes from T0
-
-
-def query(url: str, sql: str, **params) -> list[dict]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
-    engine.dispose()
-    return rows
 
 
 def ingest(engine_cli, db_url, *extra, symbol="NQ", env=None):

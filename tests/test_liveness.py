@@ -16,21 +16,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sql_rows import query
 
 from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, upgrade
 
 SLOW_INGEST = ["stages=[ingest]", "window.start=2019-01-01", "window.end=2025-01-01"]  # ~2.5 s landing, then 2M bars
 HOST = socket.gethostname()
-
-
-def query(url: str, sql: str, **params) -> list[dict]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.text(sql), params).mappings()]
-    finally:
-        engine.dispose()
 
 
 def run_rows(url: str) -> dict[int, dict]:

@@ -9,20 +9,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from omegaconf import OmegaConf
+from sql_rows import table_rows
 from sqlalchemy.engine import make_url
 
 from engine.provenance import REPO_ROOT, code_version, redact
 
 PLANTED_KEY = "db-PLANTEDKEY0123456789abcdef"
 PLANTED_PASSWORD = "Planted-Pw-9876"
-
-
-def runs_rows(url: str) -> list[dict]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.text("SELECT * FROM engine_runs ORDER BY id")).mappings()]
-    engine.dispose()
-    return rows
 
 
 def test_a_run_leaves_config_provenance_and_a_linked_row(engine_cli, db_url):
@@ -44,7 +37,7 @@ def test_a_run_leaves_config_provenance_and_a_linked_row(engine_cli, db_url):
     assert prov["overrides"] == [f"db.url={db_url}", "symbol=ES", "stages=[registry]"]
     assert {"hydra-core", "databento", "sqlalchemy", "alembic"} <= set(prov["packages"])
 
-    [row] = runs_rows(db_url)
+    [row] = engine_run_rows(db_url)
     assert row["id"] == prov["run_id"] == run.result["run_id"]
     assert row["status"] == "success" and row["finished_at"] is not None
     assert row["run_dir"] == str(run_dir.resolve())
@@ -78,7 +71,7 @@ def test_a_failed_run_is_recorded_with_its_error_and_exits_non_zero(engine_cli, 
     run = engine_cli(f"db.url={db_url}", "symbol=ZN")
     assert run.returncode == 2
     assert "unknown symbol 'GLBX.MDP3:ZN'" in run.output
-    [row] = runs_rows(db_url)
+    [row] = engine_run_rows(db_url)
     assert row["status"] == "failed" and "unknown symbol" in row["error"]
     assert run.result["status"] == "failed" and run.result["run_id"] == row["id"]
 
@@ -134,7 +127,7 @@ def test_a_stopped_run_is_recorded_as_interrupted(db_url, tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if (query_runs := runs_rows(db_url)) and query_runs[0]["status"] == "running":
+            if (query_runs := engine_run_rows(db_url)) and query_runs[0]["status"] == "running":
                 break
         except sa.exc.SQLAlchemyError:
             pass  # not created yet
@@ -143,10 +136,14 @@ def test_a_stopped_run_is_recorded_as_interrupted(db_url, tmp_path):
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
-    [row] = runs_rows(db_url)
+    [row] = engine_run_rows(db_url)
     assert row["status"] == "interrupted" and row["finished_at"] is not None
     engine = sa.create_engine(db_url)
     with engine.connect() as conn:
         ingest = conn.execute(sa.text("SELECT status, error FROM clean_ingest_runs")).mappings().all()
     engine.dispose()
     assert [r["status"] for r in ingest] in ([], ["interrupted"])  # issue 9 item 7: interrupted in both tables
+
+
+def engine_run_rows(url: str) -> list[dict]:
+    return table_rows(url, "engine_runs")

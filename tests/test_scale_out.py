@@ -11,16 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from fake_databento import GET_COST, GET_RANGE, Reply
+from sql_rows import query
 
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
-
-
-def query(url: str, sql: str) -> list[dict]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.text(sql)).mappings()]
-    engine.dispose()
-    return rows
 
 
 def table_snapshot(url: str) -> dict[str, list]:

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import zstandard
 from fake_databento import GET_RANGE, GET_RECORD_COUNT, Reply, ohlcv_dbn, zstd_frames
+from sql_rows import query
 
 from engine.errors import EngineError
 from engine.sources.dbn import DbnBarFile, SymbolFilter, count_records
@@ -25,14 +25,6 @@ LANDING = Path("data/raw/GLBX.MDP3/ohlcv-1m/NQ.v.0/20251209T000000Z_20251210T000
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
 KEY = "db-TRUNCATIONTESTKEY000000"
 RECORDS = 50
-
-
-def query(url: str, sql: str) -> list[dict]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.text(sql)).mappings()]
-    engine.dispose()
-    return rows
 
 
 def ingest_rows(url: str) -> list[dict]:

@@ -291,7 +291,7 @@ def _fetch(
             _lock_path(final).unlink()
 
     log.info("Downloaded %s -> %s (%d bytes, %d records, $%.4f)", req.describe(), final, size, records, cost)
-    _report(on_bytes, size)
+    _notify(on_bytes, size)
     return FetchResult(
         path=final, sha256=sha256, reused=False, retries=policy.retries, cost_usd=cost, bytes=size
     )
@@ -378,7 +378,7 @@ def _reuse(
             + (f" (Databento charges again, last time ${last})" if last is not None else ""),
         )
     log.info("Reusing %s (%d bytes, %d records, sha256 %s)", final, size, count, sha256[:12])
-    _report(on_bytes, size)
+    _notify(on_bytes, size)
     return FetchResult(
         path=final, sha256=sha256, reused=True, retries=0, cost_usd=recorded.get("cost_usd"), bytes=size
     )
@@ -564,7 +564,7 @@ class _RetryPolicy:
         text = f"stalled {seconds:.0f} s" if seconds else ""
         if self.current_retry:
             text = f"{text}, retry {self.current_retry}/{self.max_retries}" if text else ""
-        _status(self.on_status, text)
+        _notify(self.on_status, text)
 
     def run(self, action: Callable[[], T], what: str, req: RawRequest) -> T:
         self.started = self.clock()  # each call (get_cost, get_record_count, get_range) has its own budget
@@ -574,7 +574,7 @@ class _RetryPolicy:
                 self.current_retry = attempt_retries
                 try:
                     result = action()
-                    _status(self.on_status, "")
+                    _notify(self.on_status, "")
                     return result
                 except Exception as exc:  # classified below; unknown ones re-raised
                     transient = self._classify(exc, what, req)
@@ -602,7 +602,7 @@ class _RetryPolicy:
                     "Databento %s: %s; retry %d/%d in %.1fs",
                     what, transient.reason, attempt_retries, self.max_retries, delay,
                 )
-                _status(self.on_status, f"{_short(transient.reason)}, retry {attempt_retries}/{self.max_retries}")
+                _notify(self.on_status, f"{_short(transient.reason)}, retry {attempt_retries}/{self.max_retries}")
                 self.sleep(delay)
         finally:
             self.current_retry = 0
@@ -623,13 +623,14 @@ class _RetryPolicy:
         return _classify(exc, what, req, self.timeouts)
 
 
-def _status(on_status: Callable[[str], None] | None, text: str) -> None:
-    if on_status is None:
+def _notify(callback: Callable[[T], object] | None, value: T) -> None:
+    """Tell a progress callback (`on_bytes`, `on_status`); a progress bar must never break a download."""
+    if callback is None:
         return
     try:
-        on_status(text)
-    except Exception:  # a progress bar must never break a download
-        log.debug("on_status callback failed", exc_info=True)
+        callback(value)
+    except Exception:  # noqa: BLE001
+        log.debug("progress callback failed", exc_info=True)
 
 
 def _short(reason: str) -> str:
@@ -803,15 +804,6 @@ def _exclusive(final: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _report(on_bytes: Callable[[int], None] | None, size: int) -> None:
-    if on_bytes is None:
-        return
-    try:
-        on_bytes(size)
-    except Exception:  # a progress bar must never break a download
-        log.debug("on_bytes callback failed", exc_info=True)
-
-
 class _ProgressPoller:
     """Reports the size of the file the client is writing, and how long it has not grown, from a thread."""
 
@@ -858,7 +850,7 @@ class _ProgressPoller:
         if size != self._last:
             self._last, self._since = size, now
             if self._on_bytes is not None:
-                _report(self._on_bytes, size)
+                _notify(self._on_bytes, size)
             if self._shown and self._on_stall is not None:
                 self._shown = 0
                 self._on_stall(0.0)
