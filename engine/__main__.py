@@ -16,7 +16,7 @@ from engine.rerun import expand_sweep_argv
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     from engine.app import report, run_job  # imported here so `--help` and `--cfg` start fast
 
@@ -27,7 +27,8 @@ def main(cfg: DictConfig) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `engine` console script and `python -m engine`."""
     try:
         # `-m` may stand anywhere (`python -m engine symbol=ES,NQ -m hydra/launcher=joblib`): argparse wants it first.
         multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
@@ -44,3 +45,7 @@ if __name__ == "__main__":
     if sweep.last_sweep.get("failed"):
         console.print(f"[red]{sweep.last_sweep['failed']} of {sweep.last_sweep['jobs']} jobs failed[/]")
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

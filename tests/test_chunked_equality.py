@@ -55,7 +55,7 @@ register_configs()
 
 def run_engine(url: str, workdir: Path, *overrides: str) -> dict:
     """One job in this process, as engine/app.py runs it: composed config, a real run row, run_stages."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "engine" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"db.url={url}", f"data_dir={workdir / 'data'}", *overrides])
     typed = to_typed(cfg)
     db = create_db_engine(url)

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from engine.config import EngineConfig, normalize_symbol, parse_utc, register_configs, to_typed
 from engine.errors import EngineError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "engine" / "conf"
 # Keys a group option leaves for the person running it to fill in.
 REQUIRED_FROM_USER = {"source=dbn_file": ["source.paths=[/tmp/some.dbn.zst]"]}
 

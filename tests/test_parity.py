@@ -145,7 +145,7 @@ def test_parity_config_composes_from_conf():
     from pathlib import Path
 
     register_configs()
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = Path(__file__).resolve().parents[1] / "engine" / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         typed = to_typed(compose("config", overrides=["parity.right.csv=/tmp/e.csv", "parity.tolerance=3"]))
     assert typed.parity.right.csv == "/tmp/e.csv" and typed.parity.tolerance == 3

@@ -22,7 +22,7 @@ from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Any constant works; it only has to be the same in every engine process.
 MIGRATION_LOCK_KEY = 0x656E67696E65
 # PostgreSQL application_name of every engine session (engine.db.liveness tells them from other programs' sessions).
