@@ -11,11 +11,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine.config import DbConfig, DetectorConfig, EngineConfig, PolicyConfig, Window, WindowConfig
+from engine.config import DbConfig, DetectorConfig, EngineConfig, PolicyConfig, WindowConfig
 from engine.context import RunRecord, StageContext
 from engine.db import runs
 from engine.db.connect import create_db_engine, upgrade
 from engine.provenance import CodeVersion
+from engine.windows import Window
 
 DEFAULT_PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LOGIC_VERSION = "bench"

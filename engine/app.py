@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engine import interrupts, provenance
-from engine.config import check_stages, parse_window, to_typed
+from engine.config import check_stages, to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
 from engine.db import liveness, runs
@@ -27,6 +27,7 @@ from engine.pipeline import run_stages
 from engine.plan import plan
 from engine.rerun import load_saved
 from engine.stages import STAGES
+from engine.windows import parse_window
 
 log = logging.getLogger("engine")
 

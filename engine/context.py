@@ -9,9 +9,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from engine.config import EngineConfig, Window
+from engine.config import EngineConfig
 from engine.provenance import CodeVersion
 from engine.symbols import ResolvedSymbol, resolve_symbol
+from engine.windows import Window
 
 
 @dataclass

@@ -17,11 +17,11 @@ import json
 from collections import deque
 from datetime import datetime
 
-from engine.config import Window
 from engine.context import StageContext
 from engine.db import chunks
 from engine.provenance import sha256_text
 from engine.stages import STAGES
+from engine.windows import Window
 
 
 def run_stages(ctx: StageContext) -> None:

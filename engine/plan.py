@@ -10,11 +10,12 @@ from rich.table import Table
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from engine.config import EngineConfig, Window, normalize_symbol
+from engine.config import EngineConfig, normalize_symbol
 from engine.console import console
 from engine.db.connect import current_revision, head_revision, masked_url
 from engine.errors import EngineError
 from engine.symbols import ResolvedSymbol, resolve_symbol
+from engine.windows import Window
 
 
 def read_only_engine(url: str):

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
-from engine.config import DetectorConfig, WindowConfig, parse_window, register_configs, to_typed
+from engine.config import DetectorConfig, WindowConfig, register_configs, to_typed
 from engine.context import RunRecord, StageContext
 from engine.db import runs
 from engine.db.connect import create_db_engine, upgrade
@@ -42,6 +42,7 @@ from engine.db.schema import clean_bars, metadata, stage_chunks, triangle_events
 from engine.db.types import datetime_to_ns
 from engine.pipeline import run_stages
 from engine.provenance import CodeVersion, sha256_text
+from engine.windows import parse_window
 
 REPO = Path(__file__).resolve().parents[1]
 SYMBOL = "GLBX.MDP3:NQ"

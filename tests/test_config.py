@@ -7,8 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from engine.config import EngineConfig, normalize_symbol, parse_utc, register_configs, to_typed
+from engine.config import EngineConfig, normalize_symbol, register_configs, to_typed
 from engine.errors import EngineError
+from engine.windows import parse_utc
 
 CONF = Path(__file__).resolve().parents[1] / "engine" / "conf"
 # Keys a group option leaves for the person running it to fill in.

@@ -21,7 +21,6 @@ from engine.config import (
     ParityConfig,
     PolicyConfig,
     SyntheticSourceConfig,
-    Window,
     WindowConfig,
 )
 from engine.context import RunRecord, StageContext
@@ -41,6 +40,7 @@ from engine.errors import EngineError
 from engine.provenance import CodeVersion
 from engine.stages import STAGES, detect
 from engine.symbols import seed_rows
+from engine.windows import Window
 
 SYMBOL = "GLBX.MDP3:NQ"
 T0 = datetime(2025, 12, 1, tzinfo=UTC)

@@ -214,4 +214,5 @@ def test_submitit_and_ray_launcher_recipes_compose(engine_cli):
         run = engine_cli("--cfg", "hydra", f"hydra/launcher={launcher}")
         assert run.returncode == 0, run.output
     assert "cpus_per_task" in engine_cli("--cfg", "hydra", "hydra/launcher=slurm").stdout
-    assert (Path(__file__).resolve().parents[1] / "engine" / "conf" / "hydra" / "launcher" / "ray_cluster.yaml").is_file()
+    launcher_dir = Path(__file__).resolve().parents[1] / "engine" / "conf" / "hydra" / "launcher"
+    assert (launcher_dir / "ray_cluster.yaml").is_file()
