@@ -159,16 +159,20 @@ class EngineConfig:
 
 
 def register_configs() -> None:
+    """Store the schemas outside any group, so `--help` and "no match" errors list only options a user can pick.
+
+    Each option file extends its schema with `- /<name>_schema@_here_` in its defaults list.
+    """
     cs = ConfigStore.instance()
     cs.store(name="engine_schema", node=EngineConfig)
-    cs.store(group="db", name="db_schema", node=DbConfig)
-    cs.store(group="source", name="synthetic_schema", node=SyntheticSourceConfig)
-    cs.store(group="source", name="dbn_file_schema", node=DbnFileSourceConfig)
-    cs.store(group="source", name="databento_schema", node=DatabentoSourceConfig)
-    cs.store(group="window", name="window_schema", node=WindowConfig)
-    cs.store(group="policy", name="policy_schema", node=PolicyConfig)
-    cs.store(group="detector", name="detector_schema", node=DetectorConfig)
-    cs.store(group="parity", name="parity_schema", node=ParityConfig)
+    cs.store(name="db_schema", node=DbConfig)
+    cs.store(name="synthetic_schema", node=SyntheticSourceConfig)
+    cs.store(name="dbn_file_schema", node=DbnFileSourceConfig)
+    cs.store(name="databento_schema", node=DatabentoSourceConfig)
+    cs.store(name="window_schema", node=WindowConfig)
+    cs.store(name="policy_schema", node=PolicyConfig)
+    cs.store(name="detector_schema", node=DetectorConfig)
+    cs.store(name="parity_schema", node=ParityConfig)
 
 
 # ---------------------------------------------------------------------------------------------
