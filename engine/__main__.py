@@ -34,6 +34,8 @@ def cli() -> None:
         multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
         sys.argv[1:] = expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")])
         check_override_keys(sys.argv[1:])
+        # `+job=<name>` fills the `job: null` slot of conf/config.yaml, so conf/local/default.yaml still merges last.
+        sys.argv[1:] = [a[1:] if a.startswith("+job=") else a for a in sys.argv[1:]]
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")
         sys.exit(exc.exit_code)
