@@ -1,6 +1,7 @@
 """`python -m engine`: the Hydra entry point."""
 
 import sys
+import warnings
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -39,6 +40,8 @@ def cli() -> None:
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")
         sys.exit(exc.exit_code)
+    # A working directory without conf/ (no local settings, no job files) is normal: not worth Hydra's warning.
+    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C before a job installed its handlers (imports, Hydra's start-up)
