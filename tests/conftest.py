@@ -23,9 +23,13 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 @pytest.fixture(scope="session")
 def dbn_fixtures() -> Path:
-    """The folder of real Databento files in ../shared/fixtures/dbn (skips when it is absent)."""
+    """The folder of real Databento files (ENGINE_DBN_FIXTURES, default ../shared/fixtures/dbn): skips when it is
+    absent, fails with CI=true."""
     if not SHARED_DBN.is_dir():
-        pytest.skip(f"real DBN fixtures not found at {SHARED_DBN}")
+        message = f"real DBN fixtures not found at {SHARED_DBN} (set ENGINE_DBN_FIXTURES to the folder)"
+        if IN_CI:
+            pytest.fail(f"{message}; CI=true requires them")
+        pytest.skip(message)
     return SHARED_DBN
 
 
