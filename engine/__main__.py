@@ -34,9 +34,11 @@ def cli() -> None:
         # `-m` may stand anywhere (`python -m engine symbol=ES,NQ -m hydra/launcher=joblib`): argparse wants it first.
         multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
         sys.argv[1:] = expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")])
-        check_override_keys(sys.argv[1:])
-        # `+job=<name>` fills the `job: null` slot of conf/config.yaml, so conf/local/default.yaml still merges last.
-        sys.argv[1:] = [a[1:] if a.startswith("+job=") else a for a in sys.argv[1:]]
+        # `+job=<name>` (or `job=<name>`) fills the `job: null` slot of conf/config.yaml, so that
+        # conf/local/default.yaml still merges after the job.
+        jobs = [a for a in sys.argv[1:] if a.startswith(("+job=", "job="))]
+        check_override_keys([a for a in sys.argv[1:] if a not in jobs])
+        sys.argv[1:] = [a.removeprefix("+") if a in jobs else a for a in sys.argv[1:]]
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")
         sys.exit(exc.exit_code)

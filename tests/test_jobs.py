@@ -87,8 +87,9 @@ def test_multi_year_backfill_is_chunked_weekly(hydra_conf):
 
 
 @pytest.mark.parametrize("name", JOBS)
-def test_plus_job_on_the_command_line(tmp_path, name):
-    proc = engine(f"+job={name}", "--cfg", "job", cwd=tmp_path)
+@pytest.mark.parametrize("form", ["+job", "job"])
+def test_job_on_the_command_line(tmp_path, name, form):
+    proc = engine(f"{form}={name}", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     printed = yaml.safe_load(proc.stdout)
     job = yaml.safe_load((CONF / "job" / f"{name}.yaml").read_text())
