@@ -111,3 +111,11 @@ def test_migrations_run_from_the_installed_package(installed, tmp_path):
     with sqlite3.connect(database) as conn:
         [(revision,)] = conn.execute("SELECT version_num FROM alembic_version").fetchall()
     assert revision != head_revision()
+
+
+def test_alembic_cli_in_a_checkout(tmp_path):
+    """`alembic -x db_url=<url> upgrade head` in a checkout ([tool.alembic] names the packaged scripts)."""
+    database = tmp_path / "by_alembic.sqlite"
+    run([sys.executable, "-m", "alembic", "-x", f"db_url=sqlite:///{database}", "upgrade", "head"], REPO)
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
