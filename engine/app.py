@@ -237,26 +237,41 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def report(result: dict) -> None:
-    """The closing summary: what the job did, in one table, and where its record is."""
+    """The closing summary: what the job did, in one table (chunked stages: their totals), and where its record is."""
     from rich.table import Table
 
+    from engine.stages import detect, ingest
+
     ok = result["status"] == "success"
-    table = Table(title=f"run {result.get('run_id')}: [{'green' if ok else 'red'}]{result['status']}[/]",
-                  title_justify="left", show_header=False)
+    status = f"[{'green' if ok else 'red'}]{result['status']}[/]"
+    if result.get("run_id") is not None:
+        title = f"run {result['run_id']}: {status}"
+    elif result.get("dry_run"):
+        title = f"dry run: {status}"
+    else:
+        title = f"job: {status} (before a run was recorded)"
+    table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("symbol", str(result.get("symbol")))
+    if result.get("symbol"):
+        table.add_row("symbol", str(result["symbol"]))
     stages = result.get("stages") or {}
+    for name, summary in stages.items():
+        if "chunks" in summary:
+            table.add_row(f"{name} chunks", _chunk_counts(summary))
     if "ingest" in stages:
-        ingest = stages["ingest"]
-        table.add_row("bars", f"{ingest['bars_received']:,} received: {ingest['bars_inserted']:,} new, "
-                              f"{ingest['bars_updated']:,} updated, {ingest['bars_unchanged']:,} unchanged, "
-                              f"{ingest['bars_skipped']:,} quarantined")
+        table.add_row("bars", ingest.describe(stages["ingest"]))
+        ignored = {**stages["ingest"].get("ignored_instruments", {})}
+        if stages["ingest"].get("outside_window"):
+            ignored["outside the window"] = stages["ingest"]["outside_window"]
+        if ignored:
+            table.add_row("ignored", ", ".join(f"{count:,} {what}" for what, count in ignored.items()))
+        if stages["ingest"].get("retries"):
+            table.add_row("retries", f"{stages['ingest']['retries']:,}")
     if "detect" in stages:
-        detect = stages["detect"]
-        events = ", ".join(f"{count:,} {direction}" for direction, count in detect.get("events", {}).items())
-        table.add_row("events", f"{events or 'none'} from {detect.get('source_table')} "
-                                f"({detect.get('logic_version')})")
+        summary = stages["detect"]
+        source = f" from {summary['source_table']} ({summary['logic_version']})" if "source_table" in summary else ""
+        table.add_row("events", detect.describe(summary) + source)
     if "chart" in stages:
         table.add_row("chart", str(stages["chart"].get("path")))
     if result.get("dry_run"):
@@ -266,3 +281,11 @@ def report(result: dict) -> None:
     table.add_row("run directory", result["run_dir"])
     table.add_row("seconds", f"{result['duration_seconds']:.2f}")
     console.print(table)
+
+
+def _chunk_counts(summary: dict) -> str:
+    """`4 done, 2 skipped, 0 pending (of 6)`."""
+    text = f"{summary['chunks_done']:,} done, {summary['chunks_skipped']:,} skipped"
+    if "chunks_pending" in summary:
+        text += f", {summary['chunks_pending']:,} pending"
+    return f"{text} (of {summary['chunks']:,})"

@@ -9,6 +9,8 @@ writes those bars (ingest), its chunk k waits until the chunks ingested after it
 (usually chunk k+1), and whatever still waits runs after the last ingest; so a chunked backfill gives the
 same bars and events as one unchunked run. A chunk whose summary says `lookahead_complete: false` (the
 data ends inside its look-ahead) is not recorded done: the next run redoes it.
+
+Chunkable stages also declare `describe(summary) -> str`: their counts for the chunk's one console line.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from collections import deque
 from datetime import datetime
 
+from engine.console import CHUNK_LINE, chunk_lines_only, progress_bars
 from engine.context import StageContext
 from engine.db import chunks
 from engine.provenance import sha256_text
@@ -42,8 +45,10 @@ def _run(ctx: StageContext, name: str) -> dict:
 
 
 def _run_chunked(ctx: StageContext, names: list[str]) -> None:
+    """On the console: one line per stage and chunk, and a bar over all of them with an ETA."""
     pieces = ctx.window.chunks()
-    totals: dict[str, dict] = {name: {"chunks_done": 0, "chunks_skipped": 0} for name in names}
+    totals: dict[str, dict] = {name: {"chunks": len(pieces), "chunks_done": 0, "chunks_skipped": 0}
+                               for name in names}
     for name in names:
         if hasattr(STAGES[name], "pending_reason"):  # whether every chunk had its look-ahead, not a sum
             totals[name].update(lookahead_complete=True, chunks_pending=0)
@@ -52,6 +57,7 @@ def _run_chunked(ctx: StageContext, names: list[str]) -> None:
     waiting: dict[str, deque[tuple[int, Window]]] = {
         name: deque() for k, name in enumerate(names) if k and hasattr(STAGES[name], "lookahead_ready")}
     whole = ctx.window
+    ctx.log.info("%s: %d chunks of %s over %s", ", ".join(names), len(pieces), whole.chunk, whole.label)
 
     def chunk(name: str, number: int, piece: Window, through: datetime | None = None) -> bool:
         """Run (or skip) chunk `number` of stage `name`; False when it must wait for more chunks ingested.
@@ -61,43 +67,48 @@ def _run_chunked(ctx: StageContext, names: list[str]) -> None:
         ctx.window = piece
         settings = sha256_text(json.dumps(STAGES[name].chunk_settings(ctx), sort_keys=True, default=str))
         symbol = ctx.symbol.internal_symbol
-        label = f"{name} chunk {number}/{len(pieces)} [{piece.start:%Y-%m-%d %H:%M}, {piece.end:%H:%M %d/%m})"
+        label = f"{name} chunk {number}/{len(pieces)} {piece.label}"
         if not ctx.cfg.force and chunks.is_done(ctx.db, name, symbol, piece.start, piece.end, settings):
-            ctx.log.info("%s: done before with the same settings, skipped (force=true redoes it)", label)
+            ctx.log.info("%s skipped: done before with the same settings (force=true redoes it)", label,
+                         extra=CHUNK_LINE)
             totals[name]["chunks_skipped"] += 1
+            progress.advance(bar)
             return True
         if through is not None and not STAGES[name].lookahead_ready(ctx, through):
             return False
-        ctx.log.info("%s", label)
+        progress.update(bar, description=label)
         summary = STAGES[name].run(ctx)
         total = totals[name]
         _add(total, summary)
         if summary.get("lookahead_complete", True):
             chunks.record_done(ctx.db, ctx.run.id, name, symbol, piece.start, piece.end, settings, summary)
             total["chunks_done"] += 1
-            ctx.log.info("%s: done", label)
+            ctx.log.info("%s done: %s", label, STAGES[name].describe(summary), extra=CHUNK_LINE)
         else:
             total["lookahead_complete"] = False
             total["chunks_pending"] += 1
-            ctx.log.warning("%s: left pending, not recorded done, the next run redoes it: %s", label,
+            ctx.log.warning("%s left pending, not recorded done, the next run redoes it: %s", label,
                             STAGES[name].pending_reason(summary))
+        progress.advance(bar)
         return True
 
-    try:
-        for number, piece in enumerate(pieces, 1):
-            for name in names:
-                if name in waiting:
-                    waiting[name].append((number, piece))
-                else:
-                    chunk(name, number, piece)
-            for name, line in waiting.items():
-                while line and chunk(name, *line[0], through=piece.end):
-                    line.popleft()
-        for name, line in waiting.items():  # every chunk ingested: the rest reads what the table holds after it
-            while line:
-                chunk(name, *line.popleft())
-    finally:
-        ctx.window = whole
+    with chunk_lines_only(), progress_bars() as progress:
+        bar = progress.add_task(", ".join(names), total=len(pieces) * len(names), unit="chunks")
+        try:
+            for number, piece in enumerate(pieces, 1):
+                for name in names:
+                    if name in waiting:
+                        waiting[name].append((number, piece))
+                    else:
+                        chunk(name, number, piece)
+                for name, line in waiting.items():
+                    while line and chunk(name, *line[0], through=piece.end):
+                        line.popleft()
+            for name, line in waiting.items():  # every chunk ingested: the rest reads what the table holds after it
+                while line:
+                    chunk(name, *line.popleft())
+        finally:
+            ctx.window = whole
 
 
 def _add(total: dict, summary: dict) -> None:

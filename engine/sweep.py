@@ -33,32 +33,46 @@ def _job_number(name: str) -> tuple[int, str]:
 def _counts(result: dict) -> str:
     stages = result.get("stages") or {}
     parts = []
+    for name, summary in stages.items():
+        if "chunks" in summary:
+            parts.append(f"{name} chunks {summary['chunks_done']:,} done {summary['chunks_skipped']:,} skipped"
+                         + (f" {summary['chunks_pending']:,} pending" if "chunks_pending" in summary else ""))
     if "ingest" in stages:
-        ingest = stages["ingest"]
-        parts.append(f"bars +{ingest['bars_inserted']:,} ~{ingest['bars_updated']:,} ={ingest['bars_unchanged']:,} "
-                     f"skipped {ingest['bars_skipped']:,}")
+        ingest = {key: stages["ingest"].get(f"bars_{key}", 0) for key in ("inserted", "updated", "unchanged",
+                                                                          "skipped")}
+        parts.append(f"bars +{ingest['inserted']:,} ~{ingest['updated']:,} ={ingest['unchanged']:,} "
+                     f"skipped {ingest['skipped']:,}")
     if "detect" in stages:
-        parts.append("events " + " ".join(f"{k} {v:,}" for k, v in stages["detect"]["events"].items()))
+        parts.append("events " + " ".join(f"{k} {v:,}" for k, v in stages["detect"].get("events", {}).items()))
     return "; ".join(parts)
 
 
 def write_summary(sweep_dir: Path, jobs: list[dict]) -> int:
-    """Print and save the summary; returns the number of jobs that did not succeed."""
+    """Print and save the summary (run directories in full; the .md adds each failed job's error); returns the
+    number of jobs that did not succeed."""
+    sweep_dir = sweep_dir.resolve()
     table = Table(title=f"sweep {sweep_dir}", title_justify="left")
-    for column in ("job", "symbol", "status", "run id", "counts", "run directory"):
+    for column in ("job", "symbol", "status", "run id", "counts"):
         table.add_column(column)
+    widest = max((len(job["run_dir"]) for job in jobs), default=0)
+    table.add_column("run directory", no_wrap=True, min_width=widest)  # whole, never folded: it is copied
     lines = ["| job | symbol | status | run id | counts | run directory |", "|---|---|---|---|---|---|"]
     for job in jobs:
-        row = [job["job"], str(job.get("symbol", "")), job["status"], str(job.get("run_id")), _counts(job),
-               job["run_dir"]]
+        run_id = "" if job.get("run_id") is None else str(job["run_id"])
+        row = [job["job"], str(job.get("symbol") or ""), job["status"], run_id, _counts(job), job["run_dir"]]
         style = "green" if job["status"] == "success" else "red"
         table.add_row(*row[:2], f"[{style}]{row[2]}[/]", *row[3:])
         lines.append("| " + " | ".join(row) + " |")
-    failed = sum(job["status"] != "success" for job in jobs)
+    failed = [job for job in jobs if job["status"] != "success"]
+    lines.append(f"\n{len(jobs)} jobs, {len(failed)} failed")
+    for job in failed:
+        lines += ["", f"## job {job['job']} ({job.get('symbol') or 'no symbol'}): {job['status']}", "",
+                  f"Run directory: `{job['run_dir']}`", "", "```", str(job.get("error") or "no error recorded"),
+                  "```"]
     console.print(table)
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + f"\n\n{len(jobs)} jobs, {failed} failed\n")
+    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(jobs, indent=2, default=str) + "\n")
-    return failed
+    return len(failed)
 
 
 class SweepSummary(Callback):

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,7 +150,7 @@ WINDOW = [f"window.start={T0:%Y-%m-%dT%H:%M:%SZ}", "window.end=2025-12-01T16:30:
 # Minute offsets from T0 of the planted pivots. With 1h chunks ([14:30,15:00), [15:00,16:00), [16:00,16:30)):
 # the BULL at 14:56 lies in the last n bars of chunk 1, the BEAR at 14:59 is its last bar, the BEAR at 15:55 is
 # confirmed by 16:00 (the first bar of chunk 3), the BULL at 15:57 is in chunk 2's last n bars, 15:48 and 16:20
-# need nothing from another chunk, and 16:27 has only 2 bars after it in the file (never a pivot here). With 1m
+# need nothing from another chunk, and 16:27 has only 2 bars after it in the file (never a pivot here). With 1min
 # chunks every pivot is the last bar of its chunk.
 HIGHS = [29, 78, 85, 117]
 LOWS = [26, 87, 110]
@@ -181,7 +182,7 @@ def from_file(path: Path) -> list[str]:
     return ["source=dbn_file", f"source.paths=[{path}]", "stages=[ingest,detect]"]
 
 
-@pytest.mark.parametrize(("chunk", "first", "last"), [("1h", 0, 120), ("7m", 0, 120), ("1m", 15, 40)])
+@pytest.mark.parametrize(("chunk", "first", "last"), [("1h", 0, 120), ("7min", 0, 120), ("1min", 15, 40)])
 def test_chunk_edges_on_pivots_give_the_unchunked_events(db_url, ref_url, tmp_path, planted_file, chunk, first, last,
                                                          caplog):
     start, end = T0 + timedelta(minutes=first), T0 + timedelta(minutes=last)
@@ -206,7 +207,7 @@ def test_chunk_edges_on_pivots_give_the_unchunked_events(db_url, ref_url, tmp_pa
     pieces = parse_window(WindowConfig(start=iso(start), end=iso(end), chunk=chunk)).chunks()
     last_bars = [end - timedelta(minutes=m) for m in range(1, N + 1)]
     waiting = [p for p in pieces if any(p.start <= t < p.end for t in last_bars)]
-    assert len(waiting) == {"1h": 1, "1m": 5, "7m": 2}[chunk]
+    assert len(waiting) == {"1h": 1, "1min": 5, "7min": 2}[chunk]
     assert (detect["chunks_done"], detect["chunks_pending"]) == (len(pieces) - len(waiting), len(waiting))
     assert detect["lookahead_complete"] is False
     assert detect_chunks(db_url) == [(p.start, p.end) for p in pieces if p not in waiting]
@@ -296,15 +297,16 @@ def test_chunks_wrongly_recorded_done_by_the_old_engine_are_healed_by_the_next_r
 # 22:00 to Sunday 23:00 UTC) and the daily 22:00-23:00 UTC break.
 SPAN_START = datetime(2025, 12, 11, tzinfo=UTC)
 SPAN_MINUTES = 5 * 24 * 60
-CHUNK_LENGTHS = ["1m", "2m", "3m", "5m", "7m", "13m", "1h", "2h", "7h", "1d", "1w"]
-CHUNK_MINUTES = {"m": 1, "h": 60, "d": 1440, "w": 10080}
+CHUNK_LENGTHS = ["1min", "2min", "3min", "5min", "7min", "13min", "1h", "2h", "7h", "1d", "1w"]
+CHUNK_MINUTES = {"min": 1, "h": 60, "d": 1440, "w": 10080}
 MAX_CHUNKS = 40
 
 
 @st.composite
 def chunked_windows(draw) -> tuple[datetime, datetime, str]:
     chunk = draw(st.sampled_from(CHUNK_LENGTHS))
-    step = int(chunk[:-1]) * CHUNK_MINUTES[chunk[-1]]
+    number, unit = re.fullmatch(r"(\d+)(\D+)", chunk).groups()
+    step = int(number) * CHUNK_MINUTES[unit]
     length = draw(st.integers(1, min(MAX_CHUNKS * step, 3 * 1440)))
     offset = draw(st.integers(0, SPAN_MINUTES - length))
     start = SPAN_START + timedelta(minutes=offset)
@@ -315,7 +317,7 @@ def chunked_windows(draw) -> tuple[datetime, datetime, str]:
                                                                  HealthCheck.too_slow])
 @given(case=chunked_windows())
 @example(case=(datetime(2025, 12, 12, 20, 0, tzinfo=UTC), datetime(2025, 12, 15, 2, 0, tzinfo=UTC), "1h"))
-@example(case=(datetime(2025, 12, 11, 13, 3, tzinfo=UTC), datetime(2025, 12, 11, 13, 41, tzinfo=UTC), "1m"))
+@example(case=(datetime(2025, 12, 11, 13, 3, tzinfo=UTC), datetime(2025, 12, 11, 13, 41, tzinfo=UTC), "1min"))
 def test_property_chunked_equals_unchunked(db_url, ref_url, tmp_path, case):
     start, end, chunk = case
     wipe_if_migrated(db_url)
@@ -352,9 +354,9 @@ def wipe_if_migrated(url: str) -> None:
 @pytest.mark.slow
 def test_kill_9_mid_backfill_then_resume_ends_identical_to_an_unchunked_run(db_url, ref_url, tmp_path):
     window = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T12:00:00Z"]
-    total = chunk_count(datetime(2025, 12, 9, tzinfo=UTC), datetime(2025, 12, 10, 12, tzinfo=UTC), "10m")
+    total = chunk_count(datetime(2025, 12, 9, tzinfo=UTC), datetime(2025, 12, 10, 12, tzinfo=UTC), "10min")
     command = [sys.executable, "-m", "engine", f"db.url={db_url}", "stages=[ingest,detect]", *window,
-               "window.chunk=10m"]
+               "window.chunk=10min"]
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

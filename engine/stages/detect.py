@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
@@ -29,6 +30,7 @@ from typing import TypeVar
 import numpy as np
 
 from engine.config import EngineConfig
+from engine.console import showing_chunk_lines
 from engine.context import StageContext
 from engine.coverage import open_market_ranges
 from engine.db.bars import read_bars
@@ -120,8 +122,9 @@ def run(ctx: StageContext) -> dict:
     finally:
         reads.close()  # stops the background reader, if any, when the write failed half-way
     seconds = time.perf_counter() - started
-    if not counts["bars_in_window"]:
-        log.warning("detect %s: no bars in %s between %s and %s", symbol, table, _fmt(window.start), _fmt(window.end))
+    if not counts["bars_in_window"]:  # news for a window; a chunk without bars (a weekend) is not
+        log.log(logging.INFO if showing_chunk_lines() else logging.WARNING, "detect %s: no bars in %s between %s "
+                "and %s", symbol, table, _fmt(window.start), _fmt(window.end))
     summary = {
         "symbol": symbol,
         "source_table": table,
@@ -170,6 +173,14 @@ def lookahead_ready(ctx: StageContext, through: datetime) -> bool:
     n = check_detector(ctx.cfg)
     stored = count_bars(ctx.db, bars_table(ctx.cfg), ctx.symbol.internal_symbol, ctx.window.end, through, n)
     return stored >= n
+
+
+def describe(summary: dict) -> str:
+    """The counts of a detection (or of a chunked detection's totals) in one line."""
+    events = summary.get("events") or {}
+    total = sum(events.values())
+    by_direction = ", ".join(f"{count:,} {direction}" for direction, count in events.items())
+    return f"{summary.get('bars_in_window', 0):,} bars, {total:,} events" + (f" ({by_direction})" if total else "")
 
 
 def pending_reason(summary: dict) -> str:

@@ -16,10 +16,7 @@ import logging
 import time
 from collections import Counter
 
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
-from engine.console import console
+from engine.console import progress_bars
 from engine.context import StageContext
 from engine.coverage import IngestCoverage
 from engine.db.bars import CleanBarWriter, WriteCounts, write_quarantine
@@ -62,7 +59,7 @@ def run(ctx: StageContext) -> dict:
     started = time.monotonic()
     tally = _Tally()
     try:
-        with _progress() as progress:
+        with progress_bars() as progress:
             try:
                 landing = acquire(source.name, ctx, progress)
             except BaseException as exc:
@@ -78,7 +75,8 @@ def run(ctx: StageContext) -> dict:
     _finish(ctx, ingest_id, tally, started, "success", None)
     summary = tally.summary(time.monotonic() - started)
     summary.update(ingest_run_id=ingest_id, databento_symbol=symbol.continuous)
-    _print_summary(symbol.internal_symbol, summary)
+    ctx.log.info("ingest %s: %s, %.2f s (%s bars/s)", symbol.internal_symbol, describe(summary),
+                 summary["duration_seconds"], f"{_rate(summary):,.0f}")
     return summary
 
 
@@ -237,32 +235,17 @@ def _refuse_mixing(ctx: StageContext) -> None:
     )
 
 
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f} {task.fields[unit]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+def describe(summary: dict) -> str:
+    """The counts of an ingest (or of a chunked ingest's totals) in one line."""
+    text = (f"{summary.get('bars_received', 0):,} bars: {summary.get('bars_inserted', 0):,} new, "
+            f"{summary.get('bars_updated', 0):,} updated, {summary.get('bars_unchanged', 0):,} unchanged, "
+            f"{summary.get('bars_skipped', 0):,} quarantined")
+    reasons = summary.get("skipped_by_reason") or {}
+    if reasons:
+        text += " (" + ", ".join(f"{count:,} {reason}" for reason, count in reasons.items()) + ")"
+    return text
 
 
-def _print_summary(symbol: str, summary: dict) -> None:
-    table = Table(title=f"ingest {symbol}", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for key in ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped",
-                "batch_commits", "retries"):
-        table.add_row(key, f"{summary[key]:,}")
-    for reason, count in summary["skipped_by_reason"].items():
-        table.add_row(f"  skipped: {reason}", f"{count:,}")
-    for other, count in summary["ignored_instruments"].items():
-        table.add_row(f"  ignored (other instrument): {other}", f"{count:,}")
-    if summary["outside_window"]:
-        table.add_row("  ignored (outside the window)", f"{summary['outside_window']:,}")
-    rate = summary["bars_received"] / summary["duration_seconds"] if summary["duration_seconds"] else 0
-    table.add_row("seconds", f"{summary['duration_seconds']:.2f} ({rate:,.0f} bars/s)")
-    console.print(table)
-
+def _rate(summary: dict) -> float:
+    seconds = summary["duration_seconds"]
+    return summary["bars_received"] / seconds if seconds else 0.0

@@ -79,7 +79,8 @@ def run(ctx: StageContext) -> dict:
         "differences_csv": str(out),
     }
     _print(ctx, summary, differences)
-    ctx.log.info("parity %s: %s", ctx.symbol.internal_symbol, summary)
+    ctx.log.info("parity %s: %d matched, %d only left, %d only right (tolerance %d), differences in %s",
+                 summary["symbol"], len(matched), len(only_left), len(only_right), cfg.tolerance, out)
     if mismatches > cfg.tolerance:
         raise EngineError(
             f"parity: {mismatches} mismatched events (only_left {len(only_left)}, only_right {len(only_right)}) "
