@@ -8,7 +8,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from engine import sweep
-from engine.config import check_override_keys, register_configs
+from engine.config import check_override_keys, expand_dry_run_argv, register_configs
 from engine.console import console
 from engine.errors import EngineError
 from engine.rerun import expand_sweep_argv
@@ -32,7 +32,8 @@ def cli() -> None:
     try:
         # `-m` may stand anywhere (`python -m engine symbol=ES,NQ -m hydra/launcher=joblib`): argparse wants it first.
         multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
-        sys.argv[1:] = expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")])
+        sys.argv[1:] = expand_dry_run_argv(
+            expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]))
         check_override_keys(sys.argv[1:])
     except EngineError as exc:
         console.print(f"[red]ERROR[/] {exc}")
