@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from engine.config import EngineConfig, normalize_symbol
 from engine.console import console
+from engine.db import registry
 from engine.db.connect import current_revision, head_revision, masked_url
 from engine.errors import EngineError
 from engine.symbols import ResolvedSymbol, resolve_symbol
@@ -78,7 +79,7 @@ def plan(cfg: EngineConfig, window: Window, log: logging.Logger, resolved_yaml: 
         revision = current_revision(db) if db is not None else None
         head = head_revision()
         at_head = revision == head
-        symbol = resolve_symbol(db, cfg, log) if at_head else _symbol_from_conf(cfg)
+        symbol = resolve_symbol(db, cfg, log) if at_head and not _seeded_first(db, cfg) else _symbol_from_conf(cfg)
     finally:
         if db is not None:
             db.dispose()
@@ -105,6 +106,12 @@ def plan(cfg: EngineConfig, window: Window, log: logging.Logger, resolved_yaml: 
         text += _changes(cfg.dry_run.compare, earlier or "", text)
     _print(steps, symbol)
     return steps, text
+
+
+def _seeded_first(db, cfg: EngineConfig) -> bool:
+    """Whether the registry stage of this job will add the symbol's row before anything reads it."""
+    internal = normalize_symbol(cfg.symbol, cfg.registry.defaults.dataset)
+    return "registry" in cfg.stages and registry.registry_row(db, internal) is None
 
 
 def _symbol_from_conf(cfg: EngineConfig) -> ResolvedSymbol:
@@ -280,7 +287,7 @@ def _without_changes(text: str) -> str:
 def _diff_lines(earlier: str, text: str) -> int:
     """How many lines differ (added plus removed) between two plans."""
     diff = difflib.unified_diff(earlier.splitlines(), text.splitlines(), lineterm="", n=0)
-    return sum(1 for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---")))
+    return sum(1 for line in diff if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
 
 
 def _changes(label: str, earlier: str, text: str) -> str:
