@@ -152,6 +152,7 @@ def test_a_compare_path_that_holds_no_plan_is_refused(engine_cli, tmp_path, targ
 # -------------------------------------------------------------------------------------------------- cost
 
 
+@pytest.mark.slow
 def test_offline_cost_is_unknown_and_a_landed_raw_file_is_reused_at_no_cost(engine_cli, tmp_path, monkeypatch):
     monkeypatch.delenv("DATABENTO_API_KEY", raising=False)
     job = ["source=databento", "stages=[registry,ingest,detect]", *THREE_DAYS]
@@ -182,3 +183,31 @@ def test_a_long_plan_lists_its_first_and_last_chunks_with_a_count(engine_cli):
     assert len(rows) == 21 and rows[10] == "| … | 70 more chunks | |"
     assert rows[0].startswith("| 1 | 2025-09-01T00:00:00Z ") and rows[-1].startswith("| 90 | 2025-11-29T00:00:00Z ")
     assert "| chunks | 90 (window.chunk=1d) |" in text
+
+
+@pytest.mark.slow
+def test_a_rerun_can_be_planned_also_from_a_run_saved_when_dry_run_was_a_bool(engine_cli, tmp_path):
+    first = engine_cli(f"db.url=sqlite:///{tmp_path / 'engine.sqlite'}", "stages=[registry]")
+    assert first.returncode == 0, first.output
+    saved = first.run_dir / "resolved_config.yaml"
+    text = saved.read_text()
+    assert "dry_run:\n  enabled: false\n  compare: null\n" in text
+    saved.write_text(text.replace("dry_run:\n  enabled: false\n  compare: null\n", "dry_run: false\n"))
+
+    _, plan_md, result = dry_run(engine_cli, f"rerun={first.run_dir}", run_dir="plans/rerun")
+    assert result["status"] == "success" and result["dry_run"] is True
+    assert "| stages | registry |" in plan_md and f"rerun: {first.run_dir}" in plan_md
+
+
+@pytest.mark.slow
+def test_the_tables_a_plan_says_a_run_writes_are_the_tables_it_writes(engine_cli, tmp_path):
+    url = f"sqlite:///{tmp_path / 'engine.sqlite'}"
+    job = [f"db.url={url}", "stages=[registry,ingest,detect]", *THREE_DAYS]
+    _, _, result = dry_run(engine_cli, *job, run_dir="plans/tables")
+    declared = {t for used in result["plan"]["tables"].values() for t in used["writes"]}
+
+    run = engine_cli(*job)
+    assert run.returncode == 0, run.output
+    written = {name for name, rows in table_snapshot(url).items() if rows}
+    assert written <= declared
+    assert declared - written == {"clean_ingest_quarantine"}, "no bar of the demo data is quarantined"
