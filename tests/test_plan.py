@@ -211,3 +211,16 @@ def test_the_tables_a_plan_says_a_run_writes_are_the_tables_it_writes(engine_cli
     written = {name for name, rows in table_snapshot(url).items() if rows}
     assert written <= declared
     assert declared - written == {"clean_ingest_quarantine"}, "no bar of the demo data is quarantined"
+
+
+@pytest.mark.slow
+def test_with_a_key_each_request_not_landed_shows_its_quote(engine_cli, fake_databento, tmp_path):
+    fake = fake_databento("db-PLANTESTKEY0000000000000", records=50, stride=29, subprocess=True)
+    land(tmp_path / "data", dt.datetime(2025, 12, 10, tzinfo=UTC), dt.datetime(2025, 12, 11, tzinfo=UTC))
+    _, text, result = dry_run(engine_cli, "source=databento", f"source.gateway={fake.gateway}",
+                              "stages=[registry,ingest]", *THREE_DAYS, run_dir="plans/online")
+    assert "| Databento cost | $0.5000 for 2 of 3 requests; 1 landed raw file reused at $0 |" in text
+    assert "| 1 | 2025-12-09T00:00:00Z | 2025-12-10T00:00:00Z | to download | $0.2500 |" in text
+    assert "| 2 | 2025-12-10T00:00:00Z | 2025-12-11T00:00:00Z | landed: reused | $0.0000 |" in text
+    assert result["plan"]["cost_usd"] == pytest.approx(0.5)
+    assert "db-PLANTESTKEY" not in text
