@@ -143,7 +143,7 @@ def _tables(cfg: EngineConfig, symbol: str) -> dict[str, dict[str, list[str]]]:
     raw = ["raw files under data_dir/raw"] if cfg.source.name == "databento" else []
     known = {
         "registry": (["symbol_registry"], ["symbol_registry"]),
-        "ingest": (["engine_database", "symbol_registry", *chunked],
+        "ingest": (["engine_database", "market_bars_ohlcv_1m_clean", "symbol_registry", *chunked],
                    ["clean_coverage", "clean_ingest_quarantine", "clean_ingest_runs", "engine_database",
                     "market_bars_ohlcv_1m_clean", *chunked, *raw]),
         "detect": ([bars, *coverage, *chunked], ["triangle_events_v1", *chunked]),
