@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from engine import sweep
-from engine.config import check_override_keys, register_configs
+from engine.config import check_override_keys, expand_dry_run_argv, register_configs
 from engine.console import console
 from engine.errors import EngineError
 from engine.rerun import expand_sweep_argv
@@ -33,7 +33,8 @@ def cli() -> None:
     try:
         # `-m` may stand anywhere (`python -m engine symbol=ES,NQ -m hydra/launcher=joblib`): argparse wants it first.
         multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
-        sys.argv[1:] = expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")])
+        sys.argv[1:] = expand_dry_run_argv(
+            expand_sweep_argv(multirun + [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]))
         # `+job=<name>` (or `job=<name>`) fills the `job: null` slot of conf/config.yaml, so that
         # conf/local/default.yaml still merges after the job.
         jobs = [a for a in sys.argv[1:] if a.startswith(("+job=", "job="))]

@@ -24,7 +24,7 @@ from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, lost_server, masked_url, mount_point, storage_full, upgrade
 from engine.errors import EngineError
 from engine.pipeline import run_stages
-from engine.plan import plan
+from engine.plan import PLAN_FILE, plan, read_earlier
 from engine.rerun import load_saved
 from engine.stages import STAGES
 from engine.windows import parse_window
@@ -60,8 +60,12 @@ def run_job(cfg: DictConfig) -> dict:
         code = provenance.code_version()
         config_sha = provenance.sha256_text(resolved_yaml)
         _write_text(run_dir / "resolved_config.yaml", resolved_yaml)
-        if typed.dry_run:
-            result.update(status="success", dry_run=True, plan=plan(typed, window, log))
+        if typed.dry_run.active:
+            earlier = read_earlier(typed.dry_run.compare)  # a bad dry_run.compare fails before plan.md is written
+            steps, text = plan(typed, window, log, resolved_yaml, earlier)
+            _write_text(run_dir / PLAN_FILE, text)
+            result.update(status="success", dry_run=True, plan=steps, plan_file=str(run_dir / PLAN_FILE),
+                          compare=typed.dry_run.compare)
             return result
         if rerun_of is not None:
             result["rerun_of"] = rerun_of.run_id
@@ -275,7 +279,11 @@ def report(result: dict) -> None:
     if "chart" in stages:
         table.add_row("chart", str(stages["chart"].get("path")))
     if result.get("dry_run"):
-        table.add_row("dry run", "plan only, nothing written")
+        table.add_row("dry run", f"plan only, nothing run: {result['plan_file']}")
+        if result.get("compare") is not None:
+            changed = result["plan"]["changes"]
+            table.add_row("changes", f"{changed} lines since {result['compare']}" if changed
+                          else f"none since {result['compare']}")
     if not ok:
         table.add_row("error", str(result.get("error")))
     table.add_row("run directory", result["run_dir"])

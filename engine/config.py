@@ -140,6 +140,19 @@ class RegistryConfig:
 
 
 @dataclass
+class DryRunConfig:
+    """`dry_run=true` (short for dry_run.enabled=true) writes plan.md and runs nothing; `dry_run.compare=<run dir
+    or plan.md>` adds the diff against that earlier plan and implies a dry run."""
+
+    enabled: bool = False
+    compare: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self.compare is not None
+
+
+@dataclass
 class EngineConfig:
     db: DbConfig = MISSING
     source: Any = MISSING
@@ -153,9 +166,19 @@ class EngineConfig:
     stages: list[str] = field(default_factory=lambda: ["registry"])
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     data_dir: str = "data"
-    dry_run: bool = False  # print the plan (symbol, windows, chunks, tables, cost) and write nothing
+    dry_run: DryRunConfig = field(default_factory=DryRunConfig)
     force: bool = False  # redo chunks already done with the same settings
     rerun: str | None = None  # a run directory (or sweep directory) to run again from its saved config
+
+
+def expand_dry_run_argv(args: list[str]) -> list[str]:
+    """`dry_run=true` (or `=false`, or a sweep `=true,false`) sets `dry_run.enabled`: Hydra cannot replace a config
+    node with a bool, and `dry_run` is a node so that `dry_run.compare=...` can sit beside it."""
+    out = []
+    for arg in args:
+        head, sep, value = arg.partition("=")
+        out.append(f"{head}.enabled={value}" if sep and head in ("dry_run", "++dry_run") else arg)
+    return out
 
 
 def register_configs() -> None:

@@ -62,6 +62,7 @@ def load_saved(current: DictConfig) -> tuple[DictConfig, RerunOf]:
     if source_name not in schemas:
         raise EngineError(f"{saved_file} names an unknown source {source_name!r}",
                           f"known sources: {', '.join(schemas)}")
+    saved.pop("dry_run", None)  # this command's replaces it; runs saved before dry_run was a node hold a bool
     config = OmegaConf.merge(OmegaConf.structured(EngineConfig), saved)
     with open_dict(config):
         config.source = OmegaConf.merge(OmegaConf.structured(schemas[source_name]), saved.source)
