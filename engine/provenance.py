@@ -83,7 +83,7 @@ def redact(text: str) -> str:
 def redact_tree(folder: Path) -> None:
     """Rewrite every text file below `folder` with secrets masked (Hydra saves overrides verbatim)."""
     for path in folder.rglob("*"):
-        if path.is_file() and path.suffix in {".yaml", ".yml", ".json", ".log", ".txt", ".csv", ".md"}:
+        if path.is_file() and path.suffix in {".yaml", ".yml", ".json", ".log", ".txt", ".csv", ".md", ".out", ".err"}:
             try:
                 original = path.read_text()
             except (UnicodeDecodeError, OSError):
@@ -102,3 +102,22 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+class RedactingStream:
+    """A console stream (stdout/stderr) that masks secrets in everything written to it: what Hydra prints for
+    `--cfg`/`--info`, argparse errors, tracebacks. Everything but `write` is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

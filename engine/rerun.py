@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from engine.config import SOURCE_SCHEMAS, EngineConfig
 from engine.errors import EngineError
 from engine.provenance import redact
 
 SAVED_CONFIG = "resolved_config.yaml"
+# Keys a rerun takes from its own command as before, not as overrides of the saved config.
+_COMMAND_KEYS = ("rerun", "force", "dry_run")
+_MASKED_PASSWORD = re.compile(r"(?P<head>://[^:/@]*):\*\*\*@")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class RerunOf:
     git_hash: str | None
     logic_version: str | None
     run_dir: Path
+    overrides: list[str]  # this command's key overrides applied on top of the saved config
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -47,8 +53,10 @@ def expand_sweep_argv(argv: list[str]) -> list[str]:
     return ["--multirun", *out] if multirun else out
 
 
-def load_saved(current: DictConfig) -> tuple[DictConfig, RerunOf]:
-    """The saved resolved config of `current.rerun`, schema-checked, with this command's rerun/force/dry_run."""
+def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> tuple[DictConfig, RerunOf]:
+    """The saved resolved config of `current.rerun`, schema-checked, with this command's rerun/force/dry_run and
+    its other key overrides (`overrides`, Hydra's task overrides) applied on top. `groups` are the config groups
+    of this composition: selecting one (`source=databento`) would need a new composition, so it is refused."""
     run_dir = Path(current.rerun)
     saved_file = run_dir / SAVED_CONFIG
     if not saved_file.is_file():
@@ -67,16 +75,40 @@ def load_saved(current: DictConfig) -> tuple[DictConfig, RerunOf]:
         config.source = OmegaConf.merge(OmegaConf.structured(schemas[source_name]), saved.source)
     config.rerun = str(run_dir)
     config.force = current.force
-    config.dry_run = current.dry_run
-    if "***" in config.db.url:
-        # The password was masked when the run was saved: take it from this machine's config if it is the same URL.
-        if redact(current.db.url) != config.db.url:
-            raise EngineError(
-                f"the saved db.url {config.db.url} had its password masked and this machine's db.url differs",
-                "give the password via ~/.pgpass or PGPASSWORD, or set db.url in conf/local/default.yaml",
-            )
-        config.db.url = current.db.url
+    config.dry_run = current.dry_run  # the whole node, whatever its shape
+    applied = _apply_overrides(config, current, overrides, groups)
+    # A password masked (***, older runs) or left out when the run was saved comes from PGPASSWORD or ~/.pgpass.
+    config.db.url = _MASKED_PASSWORD.sub(r"\g<head>@", config.db.url)
     provenance_file = run_dir / "provenance.json"
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     return config, RerunOf(provenance.get("run_id"), provenance.get("git_hash"), provenance.get("logic_version"),
-                           run_dir)
+                           run_dir, applied)
+
+
+def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[str], groups: list[str]) -> list[str]:
+    """Copy the value of every key this command overrode from `current` (where Hydra already applied and typed
+    it) into the saved `config`; refuse group selections and deletions. Returns the overrides applied."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    applied = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.split(".")[0] in _COMMAND_KEYS:
+            continue
+        text = redact(override.input_line)
+        if key.split("@")[0] in groups or override.is_delete():
+            raise EngineError(
+                f"rerun= cannot take {text!r}: it selects or removes a config group, which would compose a new "
+                "config instead of replaying the saved one",
+                f"drop {text!r} and set the keys it would change (e.g. source.path=...), or run without rerun=",
+            )
+        value = OmegaConf.select(current, key, throw_on_missing=False)
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        try:
+            OmegaConf.update(config, key, value, merge=False, force_add=override.is_add() or override.is_force_add())
+        except OmegaConfBaseException as exc:
+            raise EngineError(f"rerun= cannot apply {text!r} to the saved config: {exc.msg}",
+                              f"check {key!r} against the saved {SAVED_CONFIG}") from None
+        applied.append(text)
+    return applied
