@@ -4,7 +4,6 @@ form writes or prints, nor in the database, while every run really connects with
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -59,10 +58,7 @@ def dump(cluster) -> str:
     return cluster._pg("pg_dump", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "market").stdout
 
 
-def assert_nothing_leaked(runs, tree: Path, cluster, planted: set[Path]) -> None:
-    for run in runs:
-        for secret in (PASSWORD, KEY):
-            assert secret not in run.output, run.output
+def assert_nothing_written(tree: Path, cluster, planted: set[Path]) -> None:
     files = [p for p in tree.rglob("*") if p.is_file() and p not in planted]
     assert any(".submitit" in p.parts and p.suffix == ".pkl" for p in files)  # the pickles are among them
     for path in files:
@@ -90,44 +86,43 @@ def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, tmp_
         local.write_text(f"db:\n  url: {with_password(url)}\n")
         planted.add(local)
 
-    def engine(*more: str, extra_env: dict | None = None):
-        return engine_cli(*args, *more, env={**env, **(extra_env or {})})
+    def engine(*more: str, command_args: list[str] = args, run_env: dict = env, cwd: Path | None = None):
+        run = engine_cli(*command_args, *more, env=run_env, cwd=cwd)
+        for secret in (PASSWORD, KEY):
+            assert secret not in run.output, run.output
+        return run
 
-    runs = []
     single = engine(*DAY)
-    runs.append(single)
     assert single.returncode == 0, single.output
     assert single.result["status"] == "success" and single.result["stages"]["ingest"]["bars_inserted"] > 1000
     failing = engine(*DAY, "symbol=ZN")
-    runs.append(failing)
     assert failing.returncode == 2 and "unknown symbol" in failing.output
     dry = engine(*DAY, "dry_run=true")
-    runs.append(dry)
     assert dry.returncode == 0 and "at head" in dry.output, dry.output
 
     for shown in (["--cfg", "job"], ["--cfg", "hydra"], ["--cfg", "all"], ["--cfg", "job", "--resolve"],
                   ["--info", "config"]):
         printed = engine(*DAY, *shown)
-        runs.append(printed)
         assert printed.returncode == 0, printed.output
-    resolved = runs[-2].stdout
+    resolved = engine(*DAY, "--cfg", "job", "--resolve").stdout
     assert f"ingest:***@127.0.0.1:{cluster.port}" in resolved or f"ingest@127.0.0.1:{cluster.port}" in resolved
     refused = engine(*DAY, "--no-such-flag")
-    runs.append(refused)
     assert refused.returncode == 2 and "unrecognized arguments" in refused.output
 
     for launcher, options in LAUNCHERS.items():
         sweep = engine(*DAY, "symbol=ES,NQ", "-m", *options)
-        runs.append(sweep)
         assert sweep.returncode == 0, (launcher, sweep.output)
         jobs = [json.loads((d / "result.json").read_text()) for d in sweep.run_dirs]
         assert sorted(j["status"] for j in jobs) == ["success", "success"], launcher
 
-    # Reruns: the saved URL holds no password; it comes from PGPASSWORD, then from ~/.pgpass.
+    # Reruns, from a folder without conf/local/: the saved URL holds no password; it comes from PGPASSWORD, then
+    # from ~/.pgpass.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     saved = (single.run_dir / "resolved_config.yaml").read_text()
     assert f"url: {url}\n" in saved
-    by_env = engine_cli(f"rerun={single.run_dir}", env={"DATABENTO_API_KEY": KEY, "PGPASSWORD": PASSWORD})
-    runs.append(by_env)
+    by_env = engine(f"rerun={single.run_dir}", command_args=[], run_env={"DATABENTO_API_KEY": KEY,
+                                                                         "PGPASSWORD": PASSWORD}, cwd=elsewhere)
     assert by_env.returncode == 0, by_env.output
     home = tmp_path / "home"
     home.mkdir()
@@ -135,22 +130,21 @@ def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, tmp_
     pgpass.write_text(f"127.0.0.1:{cluster.port}:market:ingest:{PASSWORD}\n")
     pgpass.chmod(0o600)
     planted.add(pgpass)
-    by_pgpass = engine_cli(f"rerun={single.run_dir}", env={"DATABENTO_API_KEY": KEY, "HOME": str(home)})
-    runs.append(by_pgpass)
+    by_pgpass = engine(f"rerun={single.run_dir}", command_args=[], run_env={"DATABENTO_API_KEY": KEY,
+                                                                            "HOME": str(home)}, cwd=elsewhere)
     assert by_pgpass.returncode == 0, by_pgpass.output
     # A run saved by an older version, its password masked as ***
     older = tmp_path / "runs" / "older"
     shutil.copytree(single.run_dir, older)
     (older / "resolved_config.yaml").write_text(saved.replace("ingest@", "ingest:***@"))
-    masked = engine_cli(f"rerun={older}", env={"DATABENTO_API_KEY": KEY, "PGPASSWORD": PASSWORD})
-    runs.append(masked)
+    masked = engine(f"rerun={older}", command_args=[], run_env={"DATABENTO_API_KEY": KEY, "PGPASSWORD": PASSWORD},
+                    cwd=elsewhere)
     assert masked.returncode == 0, masked.output
     for rerun in (by_env, by_pgpass, masked):
         assert rerun.result["status"] == "success" and rerun.result["rerun_of"] == single.result["run_id"]
 
-    assert_nothing_leaked(runs, tmp_path, cluster, planted)
+    assert_nothing_written(tmp_path, cluster, planted)
     admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{cluster.port}/market"
     statuses = query(admin_url, "SELECT status, count(*) AS n FROM engine_runs GROUP BY status ORDER BY status")
     # single, 3 x 2 sweep jobs, 3 reruns; the unknown symbol
     assert statuses == [{"status": "failed", "n": 1}, {"status": "success", "n": 10}]
-    assert not os.environ.get("PGPASSWORD")
