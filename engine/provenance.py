@@ -76,7 +76,9 @@ def redact(text: str) -> str:
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:
-            text = text.replace(value, "***")
+            # Not inside a longer word nor as a URL's user: PGPASSWORD=postgres must leave
+            # postgresql://postgres@host as it is.
+            text = re.sub(rf"(?<![A-Za-z0-9])(?<!://){re.escape(value)}(?![A-Za-z0-9])", "***", text)
     return text
 
 

@@ -100,7 +100,8 @@ def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[st
             raise EngineError(
                 f"rerun= cannot take {text!r}: it selects or removes a config group, which would compose a new "
                 "config instead of replaying the saved one",
-                f"drop {text!r} and set the keys it would change (e.g. source.path=...), or run without rerun=",
+                f"drop {text!r} and change single keys instead (e.g. window.start=2025-01-02), or run without "
+                "rerun= to compose a new config",
             )
         value = OmegaConf.select(current, key, throw_on_missing=False)
         if isinstance(value, DictConfig | ListConfig):

@@ -13,6 +13,9 @@ import sqlalchemy as sa
 from pg_cluster import pg_cluster  # noqa: F401 - the fixture
 from sql_rows import query
 
+from engine.provenance import redact
+from engine.secrets import split_password
+
 PASSWORD = "Zq7-planted-PW-4xK"
 KEY = "db-PLANTEDSECRETKEY0123456789ab"
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z", "stages=[registry,ingest]"]
@@ -21,8 +24,6 @@ LAUNCHERS = {
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
 }
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -70,6 +71,7 @@ def assert_nothing_written(tree: Path, cluster, planted: set[Path]) -> None:
     assert PASSWORD not in database and KEY not in database
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["override", "env", "yaml"])
 def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, tmp_path, where):
     cluster, url = password_db
@@ -148,3 +150,25 @@ def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, tmp_
     statuses = query(admin_url, "SELECT status, count(*) AS n FROM engine_runs GROUP BY status ORDER BY status")
     # single, 3 x 2 sweep jobs, 3 reruns; the unknown symbol
     assert statuses == [{"status": "failed", "n": 1}, {"status": "success", "n": 10}]
+
+
+def test_passwords_are_split_off_every_url_form():
+    assert split_password("db.url=postgresql+psycopg://ingest:p%40ss@h:5432/m") == (
+        "db.url=postgresql+psycopg://ingest@h:5432/m", {"p@ss"})
+    assert split_password(r"db.url=postgresql\://ingest\:pw1@h/m,postgresql://u@h2/m") == (
+        r"db.url=postgresql\://ingest@h/m,postgresql://u@h2/m", {"pw1"})
+    assert split_password("hydra.searchpath=[file://conf] window.start=2025-12-09T00:00:00Z") == (
+        "hydra.searchpath=[file://conf] window.start=2025-12-09T00:00:00Z", set())
+
+
+def test_a_common_password_masks_only_itself(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "postgres")
+    assert redact("url: postgresql+psycopg://postgres@h/db pw=postgres") == (
+        "url: postgresql+psycopg://postgres@h/db pw=***")
+
+
+def test_two_different_passwords_on_one_command_line_are_refused(engine_cli, tmp_path):
+    run = engine_cli("db.url=postgresql://u:first1@h/a,postgresql://u:second2@h/b", "-m")
+    assert run.returncode == 2 and "2 different database passwords" in run.output and "Fix:" in run.output
+    assert "first1" not in run.output and "second2" not in run.output
+    assert not (tmp_path / "runs").exists()
