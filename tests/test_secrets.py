@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import sqlalchemy as sa
+from fake_databento import GET_RANGE
 from pg_cluster import pg_cluster  # noqa: F401 - the fixture
 from sql_rows import query
 
@@ -17,7 +18,7 @@ from engine.provenance import redact
 from engine.secrets import split_password
 
 PASSWORD = "Zq7-planted-PW-4xK"
-KEY = "db-PLANTEDSECRETKEY0123456789ab"
+KEY = "db-PLANTEDSECRETKEY0123456789abc"  # the shape of a real key
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z", "stages=[registry,ingest]"]
 LAUNCHERS = {
     "basic": [],
@@ -43,6 +44,7 @@ def password_db(pg_cluster, monkeypatch, tmp_path):  # noqa: F811
         conn.execute(sa.text("SET password_encryption = 'scram-sha-256'"))
         conn.execute(sa.text(f"CREATE ROLE ingest LOGIN PASSWORD '{PASSWORD}'"))
         conn.execute(sa.text("CREATE DATABASE market OWNER ingest"))
+        conn.execute(sa.text("CREATE DATABASE paid OWNER ingest"))  # market data, kept apart from demo data
         conn.execute(sa.text("SELECT pg_reload_conf()"))
     admin.dispose()
     url = f"postgresql+psycopg://ingest@127.0.0.1:{cluster.port}/market"
@@ -55,8 +57,8 @@ def with_password(url: str) -> str:
     return url.replace("ingest@", f"ingest:{PASSWORD}@")
 
 
-def dump(cluster) -> str:
-    return cluster._pg("pg_dump", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "market").stdout
+def dump(cluster, database: str) -> str:
+    return cluster._pg("pg_dump", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", database).stdout
 
 
 def assert_nothing_written(tree: Path, cluster, planted: set[Path]) -> None:
@@ -66,14 +68,15 @@ def assert_nothing_written(tree: Path, cluster, planted: set[Path]) -> None:
         content = path.read_bytes()
         assert PASSWORD.encode() not in content, path
         assert KEY.encode() not in content, path
-    database = dump(cluster)
-    assert "engine_runs" in database
-    assert PASSWORD not in database and KEY not in database
+    for name in ("market", "paid"):
+        database = dump(cluster, name)
+        assert PASSWORD not in database and KEY not in database
+    assert "engine_runs" in dump(cluster, "market")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["override", "env", "yaml"])
-def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, tmp_path, where):
+def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, fake_databento, tmp_path, where):
     cluster, url = password_db
     env = {"DATABENTO_API_KEY": KEY}
     planted = set()
@@ -97,6 +100,13 @@ def test_a_planted_password_and_key_leave_no_trace(engine_cli, password_db, tmp_
     single = engine(*DAY)
     assert single.returncode == 0, single.output
     assert single.result["status"] == "success" and single.result["stages"]["ingest"]["bars_inserted"] > 1000
+    if where == "override":  # once, a run that sends the key to (a local fake of) Databento's API
+        fake = fake_databento(KEY, records=50, stride=29, subprocess=True)
+        paid_url = with_password(url.replace("/market", "/paid"))
+        paid = engine(*DAY, "source=databento", f"source.gateway={fake.gateway}",
+                      command_args=["db=postgres", f"db.url={paid_url}"])
+        assert paid.returncode == 0, paid.output
+        assert paid.result["stages"]["ingest"]["bars_inserted"] == 50 and fake.seen(GET_RANGE)
     failing = engine(*DAY, "symbol=ZN")
     assert failing.returncode == 2 and "unknown symbol" in failing.output
     dry = engine(*DAY, "dry_run=true")
