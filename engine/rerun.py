@@ -36,9 +36,11 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def expand_sweep_argv(argv: list[str]) -> list[str]:
-    """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories."""
+    """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories. A rerun is composed with the
+    saved runs' source (`source=dbn_file`), so that overrides of that source's own keys (`source.path=`) apply."""
     out: list[str] = []
     multirun = False
+    saved: list[Path] = []
     for arg in argv:
         key, _, value = arg.partition("=")
         path = Path(value)
@@ -48,8 +50,15 @@ def expand_sweep_argv(argv: list[str]) -> list[str]:
                 raise EngineError(f"sweep directory {path} holds no saved job configs", "rerun a run directory")
             out.append("rerun=" + ",".join(str(j) for j in jobs))
             multirun = "-m" not in argv and "--multirun" not in argv
+            saved += jobs
         else:
             out.append(arg)
+            if key == "rerun" and (path / SAVED_CONFIG).is_file():
+                saved.append(path)
+    sources = {OmegaConf.load(run / SAVED_CONFIG).get("source", {}).get("name") for run in saved}
+    if len(sources) == 1 and None not in sources and not any(a.partition("=")[0] == "source" for a in argv):
+        at = next(i for i, a in enumerate(out) if a.startswith("rerun=")) + 1
+        out.insert(at, f"source={sources.pop()}")
     return ["--multirun", *out] if multirun else out
 
 
@@ -76,7 +85,7 @@ def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> 
     config.rerun = str(run_dir)
     config.force = current.force
     config.dry_run = current.dry_run  # the whole node, whatever its shape
-    applied = _apply_overrides(config, current, overrides, groups)
+    applied = _apply_overrides(config, current, overrides, groups, source_name)
     # A password masked (***, older runs) or left out when the run was saved comes from PGPASSWORD or ~/.pgpass.
     config.db.url = _MASKED_PASSWORD.sub(r"\g<head>@", config.db.url)
     provenance_file = run_dir / "provenance.json"
@@ -85,17 +94,22 @@ def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> 
                            run_dir, applied)
 
 
-def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[str], groups: list[str]) -> list[str]:
+def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[str], groups: list[str],
+                     saved_source: str) -> list[str]:
     """Copy the value of every key this command overrode from `current` (where Hydra already applied and typed
-    it) into the saved `config`; refuse group selections and deletions. Returns the overrides applied."""
+    it) into the saved `config`; refuse group selections (but the saved source's own) and deletions. Returns the
+    overrides applied."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    groups = [group.split("@")[0] for group in groups]  # `local@_global_` is the group `local`
     applied = []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if key.split(".")[0] in _COMMAND_KEYS:
             continue
         text = redact(override.input_line)
+        if key == "source" and override.value() == saved_source:
+            continue  # composed with the saved run's source (expand_sweep_argv): no change
         if key.split("@")[0] in groups or override.is_delete():
             raise EngineError(
                 f"rerun= cannot take {text!r}: it selects or removes a config group, which would compose a new "
@@ -109,7 +123,7 @@ def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[st
         try:
             OmegaConf.update(config, key, value, merge=False, force_add=override.is_add() or override.is_force_add())
         except OmegaConfBaseException as exc:
-            raise EngineError(f"rerun= cannot apply {text!r} to the saved config: {exc.msg}",
+            raise EngineError(f"rerun= cannot apply {text!r} to the saved config: {getattr(exc, 'msg', exc)}",
                               f"check {key!r} against the saved {SAVED_CONFIG}") from None
         applied.append(text)
     return applied

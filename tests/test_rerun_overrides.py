@@ -66,3 +66,15 @@ def test_a_group_selection_on_a_rerun_is_refused_before_anything_is_written(engi
     assert "ERROR" in rerun.output and selection in rerun.output and "Fix:" in rerun.output
     assert "Traceback" not in rerun.output
     assert snapshot(db_url) == before
+
+
+def test_a_rerun_takes_overrides_of_its_saved_sources_own_keys(engine_cli, db_url, dbn_fixtures):
+    one, other = sorted(dbn_fixtures.glob("*.ohlcv-1m.dbn.zst"))[:2]
+    first = engine_cli(f"db.url={db_url}", "source=dbn_file", f"source.paths=[{one}]", "stages=[registry]")
+    assert first.returncode == 0, first.output
+    # today's default source (synthetic) has no `paths`: the rerun is composed with the saved run's source
+    rerun = engine_cli(f"rerun={first.run_dir}", f"source.paths=[{other}]")
+    assert rerun.returncode == 0, rerun.output
+    resolved = yaml.safe_load((rerun.run_dir / "resolved_config.yaml").read_text())
+    assert (resolved["source"]["name"], resolved["source"]["paths"]) == ("dbn_file", [str(other)])
+    assert rerun.result["rerun_overrides"] == [f"source.paths=[{other}]"]
