@@ -85,7 +85,7 @@ def redact(text: str) -> str:
 def redact_tree(folder: Path) -> None:
     """Rewrite every text file below `folder` with secrets masked (Hydra saves overrides verbatim)."""
     for path in folder.rglob("*"):
-        if path.is_file() and path.suffix in {".yaml", ".yml", ".json", ".log", ".txt", ".csv", ".md", ".out", ".err"}:
+        if path.is_file() and path.suffix in {".yaml", ".yml", ".json", ".log", ".txt", ".csv", ".md"}:
             try:
                 original = path.read_text()
             except (UnicodeDecodeError, OSError):

@@ -24,7 +24,7 @@ from engine.provenance import RedactingStream
 PASSWORD_ENV = "PGPASSWORD"
 URL_ENV = "ENGINE_PG_URL"
 # scheme://user:password@ — also as Hydra escapes overrides (`scheme\://user\:password@`)
-_USER_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*\\?://[^:/@\s\\,\[\]]*)\\?:(?P<password>[^@\s]*)@")
+_USER_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*\\?://[^:/@\s\\,\[\]]*)\\?:(?P<password>[^@\s/?#]*)@")
 
 
 def split_password(text: str) -> tuple[str, set[str]]:

@@ -182,3 +182,8 @@ def test_two_different_passwords_on_one_command_line_are_refused(engine_cli, tmp
     assert run.returncode == 2 and "2 different database passwords" in run.output and "Fix:" in run.output
     assert "first1" not in run.output and "second2" not in run.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_url_without_a_password_is_left_alone():
+    text = "db.url=postgresql://127.0.0.1:5432/market?application_name=a@b"
+    assert split_password(text) == (text, set())
