@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from engine import sweep
+from engine import secrets, sweep
 from engine.config import check_override_keys, expand_dry_run_argv, register_configs
 from engine.console import console
 from engine.errors import EngineError
@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> dict:
 def cli() -> None:
     """The `engine` console script and `python -m engine`."""
     try:
+        sys.argv[1:] = secrets.take_secrets(sys.argv[1:])  # passwords out of argv and ENGINE_PG_URL, masked output
         # `-m` may stand anywhere (`python -m engine symbol=ES,NQ -m hydra/launcher=joblib`): argparse wants it first.
         multirun = [a for a in sys.argv[1:] if a in ("-m", "--multirun")]
         sys.argv[1:] = expand_dry_run_argv(

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engine import interrupts, provenance
+from engine import interrupts, provenance, secrets
 from engine.config import check_stages, to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
@@ -39,6 +39,7 @@ _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; always leaves result.json (and, once the database is open, a closed run row)."""
+    secrets.take_from_config(cfg)  # a password from a YAML file: into PGPASSWORD, out of what Hydra keeps
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = [provenance.redact(o) for o in hydra_cfg.overrides.task]
@@ -54,7 +55,8 @@ def run_job(cfg: DictConfig) -> dict:
         interrupts.install()
         rerun_of = None
         if cfg.rerun:
-            cfg, rerun_of = load_saved(cfg)
+            cfg, rerun_of = load_saved(cfg, list(hydra_cfg.overrides.task), list(hydra_cfg.runtime.choices))
+            result["rerun_overrides"] = rerun_of.overrides
         typed, window, resolved_yaml = _validated(cfg)
         result["symbol"] = typed.symbol
         code = provenance.code_version()
@@ -69,8 +71,8 @@ def run_job(cfg: DictConfig) -> dict:
             return result
         if rerun_of is not None:
             result["rerun_of"] = rerun_of.run_id
-            log.info("rerun of run %s from %s (its saved config, not today's conf/)", rerun_of.run_id,
-                     rerun_of.run_dir)
+            log.info("rerun of run %s from %s (its saved config, not today's conf/)%s", rerun_of.run_id,
+                     rerun_of.run_dir, f" with {' '.join(rerun_of.overrides)}" if rerun_of.overrides else "")
             if rerun_of.git_hash != code.git_hash:
                 log.warning("rerun: the code changed since run %s (git %s then, %s now)", rerun_of.run_id,
                             rerun_of.git_hash, code.git_hash)
@@ -106,6 +108,7 @@ def run_job(cfg: DictConfig) -> dict:
                 "command": provenance.redact(" ".join(sys.argv)),
                 "rerun_of": None if rerun_of is None else {"run_id": rerun_of.run_id, "git_hash": rerun_of.git_hash,
                                                            "run_dir": str(rerun_of.run_dir)},
+                "rerun_overrides": None if rerun_of is None else rerun_of.overrides,
             },
         )
         log.info("run %s: %s on %s, logic version %s, dir %s", run_id, typed.symbol, masked_url(typed.db.url),

@@ -76,7 +76,9 @@ def redact(text: str) -> str:
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:
-            text = text.replace(value, "***")
+            # Not inside a longer word nor as a URL's user: PGPASSWORD=postgres must leave
+            # postgresql://postgres@host as it is.
+            text = re.sub(rf"(?<![A-Za-z0-9])(?<!://){re.escape(value)}(?![A-Za-z0-9])", "***", text)
     return text
 
 
@@ -102,3 +104,22 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True
+
+
+class RedactingStream:
+    """A console stream (stdout/stderr) that masks secrets in everything written to it: what Hydra prints for
+    `--cfg`/`--info`, argparse errors, tracebacks. Everything but `write` is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from engine.config import SOURCE_SCHEMAS, EngineConfig
 from engine.errors import EngineError
 from engine.provenance import redact
 
 SAVED_CONFIG = "resolved_config.yaml"
+# Keys a rerun takes from its own command as before, not as overrides of the saved config.
+_COMMAND_KEYS = ("rerun", "force", "dry_run")
+_MASKED_PASSWORD = re.compile(r"(?P<head>://[^:/@]*):\*\*\*@")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class RerunOf:
     git_hash: str | None
     logic_version: str | None
     run_dir: Path
+    overrides: list[str]  # this command's key overrides applied on top of the saved config
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -30,9 +36,11 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def expand_sweep_argv(argv: list[str]) -> list[str]:
-    """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories."""
+    """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories. A rerun is composed with the
+    saved runs' source (`source=dbn_file`), so that overrides of that source's own keys (`source.path=`) apply."""
     out: list[str] = []
     multirun = False
+    saved: list[Path] = []
     for arg in argv:
         key, _, value = arg.partition("=")
         path = Path(value)
@@ -42,13 +50,22 @@ def expand_sweep_argv(argv: list[str]) -> list[str]:
                 raise EngineError(f"sweep directory {path} holds no saved job configs", "rerun a run directory")
             out.append("rerun=" + ",".join(str(j) for j in jobs))
             multirun = "-m" not in argv and "--multirun" not in argv
+            saved += jobs
         else:
             out.append(arg)
+            if key == "rerun" and (path / SAVED_CONFIG).is_file():
+                saved.append(path)
+    sources = {OmegaConf.load(run / SAVED_CONFIG).get("source", {}).get("name") for run in saved}
+    if len(sources) == 1 and None not in sources and not any(a.partition("=")[0] == "source" for a in argv):
+        at = next(i for i, a in enumerate(out) if a.startswith("rerun=")) + 1
+        out.insert(at, f"source={sources.pop()}")
     return ["--multirun", *out] if multirun else out
 
 
-def load_saved(current: DictConfig) -> tuple[DictConfig, RerunOf]:
-    """The saved resolved config of `current.rerun`, schema-checked, with this command's rerun/force/dry_run."""
+def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> tuple[DictConfig, RerunOf]:
+    """The saved resolved config of `current.rerun`, schema-checked, with this command's rerun/force/dry_run and
+    its other key overrides (`overrides`, Hydra's task overrides) applied on top. `groups` are the config groups
+    of this composition: selecting one (`source=databento`) would need a new composition, so it is refused."""
     run_dir = Path(current.rerun)
     saved_file = run_dir / SAVED_CONFIG
     if not saved_file.is_file():
@@ -68,16 +85,46 @@ def load_saved(current: DictConfig) -> tuple[DictConfig, RerunOf]:
         config.source = OmegaConf.merge(OmegaConf.structured(schemas[source_name]), saved.source)
     config.rerun = str(run_dir)
     config.force = current.force
-    config.dry_run = current.dry_run
-    if "***" in config.db.url:
-        # The password was masked when the run was saved: take it from this machine's config if it is the same URL.
-        if redact(current.db.url) != config.db.url:
-            raise EngineError(
-                f"the saved db.url {config.db.url} had its password masked and this machine's db.url differs",
-                "give the password via ~/.pgpass or PGPASSWORD, or set db.url in conf/local/default.yaml",
-            )
-        config.db.url = current.db.url
+    config.dry_run = current.dry_run  # the whole node, whatever its shape
+    applied = _apply_overrides(config, current, overrides, groups, source_name)
+    # A password masked (***, older runs) or left out when the run was saved comes from PGPASSWORD or ~/.pgpass.
+    config.db.url = _MASKED_PASSWORD.sub(r"\g<head>@", config.db.url)
     provenance_file = run_dir / "provenance.json"
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     return config, RerunOf(provenance.get("run_id"), provenance.get("git_hash"), provenance.get("logic_version"),
-                           run_dir)
+                           run_dir, applied)
+
+
+def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[str], groups: list[str],
+                     saved_source: str) -> list[str]:
+    """Copy the value of every key this command overrode from `current` (where Hydra already applied and typed
+    it) into the saved `config`; refuse group selections (but the saved source's own) and deletions. Returns the
+    overrides applied."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = [group.split("@")[0] for group in groups]  # `local@_global_` is the group `local`
+    applied = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if key.split(".")[0] in _COMMAND_KEYS:
+            continue
+        text = redact(override.input_line)
+        if key == "source" and override.value() == saved_source:
+            continue  # composed with the saved run's source (expand_sweep_argv): no change
+        if key.split("@")[0] in groups or override.is_delete():
+            raise EngineError(
+                f"rerun= cannot take {text!r}: it selects or removes a config group, which would compose a new "
+                "config instead of replaying the saved one",
+                f"drop {text!r} and change single keys instead (e.g. window.start=2025-01-02), or run without "
+                "rerun= to compose a new config",
+            )
+        value = OmegaConf.select(current, key, throw_on_missing=False)
+        if isinstance(value, DictConfig | ListConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        try:
+            OmegaConf.update(config, key, value, merge=False, force_add=override.is_add() or override.is_force_add())
+        except OmegaConfBaseException as exc:
+            raise EngineError(f"rerun= cannot apply {text!r} to the saved config: {getattr(exc, 'msg', exc)}",
+                              f"check {key!r} against the saved {SAVED_CONFIG}") from None
+        applied.append(text)
+    return applied

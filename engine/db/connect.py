@@ -213,8 +213,8 @@ def _reachable(engine: Engine) -> str | None:
     try:
         return current_revision(engine)
     except OperationalError as exc:
-        raise EngineError(
-            f"cannot open the database {masked_url(str(engine.url))}: {str(exc.orig).strip()}",
-            "check db.url, that the server is running and that the database exists "
-            "(PostgreSQL: createdb <name>)",
-        ) from None
+        reason = str(exc.orig).strip()
+        fix = ("give the password in PGPASSWORD or ~/.pgpass (host:port:database:user:password), or type it into "
+               "db.url= (it is moved out of the URL before anything is written)" if "password" in reason else
+               "check db.url, that the server is running and that the database exists (PostgreSQL: createdb <name>)")
+        raise EngineError(f"cannot open the database {masked_url(str(engine.url))}: {reason}", fix) from None
