@@ -50,7 +50,7 @@ def cli() -> None:
         console.print("[red]interrupted[/]")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - sorted into the user's problem (2) or an internal failure (1)
-        user_error = from_startup(exc, argv)
+        user_error = from_startup(exc)
         if user_error is not None:
             _refuse(user_error)
         log = _startup_log(exc)

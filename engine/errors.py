@@ -29,7 +29,7 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def from_startup(exc: BaseException, argv: list[str]) -> EngineError | None:
+def from_startup(exc: BaseException) -> EngineError | None:
     """What Hydra, OmegaConf, YAML or the file system refused before a job ran, as an EngineError; None when
     it is not a problem in what was asked (an internal failure)."""
     import yaml
@@ -63,7 +63,7 @@ def from_startup(exc: BaseException, argv: list[str]) -> EngineError | None:
         if isinstance(err, ConfigKeyError):
             return _bad_key(err, where.group(1) if where else None)
         if isinstance(err, ValidationError):
-            return _bad_value(err, text, argv)
+            return _bad_value(err, text, where.group(1) if where else None)
     return None
 
 
@@ -72,9 +72,11 @@ def _missing_option(err) -> EngineError:
     group = re.search(r"Could not find '([^']+)'", str(err))
     asked = group.group(1) if group else (err.missing_cfg_file or "a config")
     name, _, option = asked.rpartition("/")
-    return EngineError(f"{name}={option}: no such option for {name}" if options else f"cannot find the config {asked!r}",
-                       f"pick one of: {', '.join(f'{name}={o}' for o in options)}" if options
-                       else "check the name and that its YAML file is on the search path (engine/conf, ./conf)")
+    if not options:
+        return EngineError(f"cannot find the config {asked!r}",
+                           "check the name and that its YAML file is on the search path (engine/conf, ./conf)")
+    return EngineError(f"{name}={option}: no such option for {name}",
+                       f"pick one of: {', '.join(f'{name}={o}' for o in options)}")
 
 
 def _yaml_error(err) -> EngineError:
@@ -112,7 +114,7 @@ def _bad_key(err, where: str | None) -> EngineError:
                        f"check the spelling{in_file}; `python -m engine --cfg job` prints every key")
 
 
-def _bad_value(err, text: str, argv: list[str]) -> EngineError:
+def _bad_value(err, text: str, where: str | None) -> EngineError:
     from engine.config import _field_type
 
     override = re.search(r"Error merging override (\S+)", text)
@@ -133,7 +135,9 @@ def _bad_value(err, text: str, argv: list[str]) -> EngineError:
     base = next((a for a in args if a is not type(None)), kind)
     expected = _TYPE_WORDS.get(base) or (f"one of {', '.join(m.value for m in base)}" if isinstance(base, type)
                                          and hasattr(base, "__members__") else str(err.msg))
-    return EngineError(f"{given or key}: {key} takes {expected}, not {_value(given)!r}",
+    value = _value(given) if given else next(iter(re.findall(r"Value '([^']*)'", str(err.msg))), "")
+    origin = given or (f"{key} in conf/{where}.yaml" if where else key)
+    return EngineError(f"{origin}: {key} takes {expected}, not {value!r}",
                        f"set {key} to {expected}, e.g. {key}={_example(base)}")
 
 

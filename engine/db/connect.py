@@ -213,8 +213,8 @@ def _reachable(engine: Engine) -> str | None:
     try:
         return current_revision(engine)
     except OperationalError as exc:
+        fix = ("check db.url, that the server is running and that the database exists (PostgreSQL: createdb <name>)"
+               if engine.dialect.name != "sqlite" else
+               f"check db.url and the file permissions of {engine.url.database} and its directory")
         raise EngineError(
-            f"cannot open the database {masked_url(str(engine.url))}: {str(exc.orig).strip()}",
-            "check db.url, that the server is running and that the database exists "
-            "(PostgreSQL: createdb <name>)",
-        ) from None
+            f"cannot open the database {masked_url(str(engine.url))}: {str(exc.orig).strip()}", fix) from None
