@@ -45,8 +45,11 @@ def from_startup(exc: BaseException) -> EngineError | None:
             return _missing_option(err)
         if isinstance(err, yaml.MarkedYAMLError):
             return _yaml_error(err)
-        if isinstance(err, OSError) and err.filename and err.errno in _NO_SPACE | _CANNOT_CREATE:
-            return _os_error(err)
+        if isinstance(err, OSError) and err.errno in _NO_SPACE | _CANNOT_CREATE:
+            if err.filename is None and err.errno in _NO_SPACE:
+                err.filename = _file_written(err)
+            if err.filename is not None:
+                return _os_error(err)
     top = next((e for e in _chain(exc) if isinstance(e, ConfigCompositionException)), None)
     if top is None:
         return None
@@ -64,6 +67,18 @@ def from_startup(exc: BaseException) -> EngineError | None:
             return _bad_key(err, where.group(1) if where else None)
         if isinstance(err, ValidationError):
             return _bad_value(err, text, where.group(1) if where else None)
+    return None
+
+
+def _file_written(err: OSError) -> str | None:
+    """The file being written where `err` was raised (Python names none when a flush or close fails)."""
+    import traceback
+
+    frames = [frame for frame, _line in traceback.walk_tb(err.__traceback__)]
+    for frame in reversed(frames):
+        handle = frame.f_locals.get("file") or frame.f_locals.get("handle") or frame.f_locals.get("f")
+        if isinstance(getattr(handle, "name", None), str):
+            return handle.name
     return None
 
 
