@@ -16,8 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engine import interrupts, provenance, secrets
-from engine.config import check_stages, to_typed
+from engine import interrupts, preflight, provenance, secrets
+from engine.config import to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
 from engine.db import liveness, runs
@@ -26,8 +26,6 @@ from engine.errors import EngineError
 from engine.pipeline import run_stages
 from engine.plan import PLAN_FILE, plan, read_earlier
 from engine.rerun import load_saved
-from engine.stages import STAGES
-from engine.windows import parse_window
 
 log = logging.getLogger("engine")
 
@@ -211,9 +209,7 @@ def _validated(cfg: DictConfig):
         key = getattr(exc, "full_key", None) or "config"
         raise EngineError(f"config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}",
                           f"set {key}=<value> on the command line or in conf/") from None
-    check_stages(list(typed.stages), list(STAGES))
-    window = parse_window(typed.window)
-    return typed, window, resolved_yaml
+    return typed, preflight.check(typed), resolved_yaml
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -245,6 +241,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def report(result: dict) -> None:
     """The closing summary: what the job did, in one table (chunked stages: their totals), and where its record is."""
+    from rich.markup import escape
     from rich.table import Table
 
     from engine.stages import detect, ingest
@@ -288,7 +285,7 @@ def report(result: dict) -> None:
             table.add_row("changes", f"{changed} lines since {result['compare']}" if changed
                           else f"none since {result['compare']}")
     if not ok:
-        table.add_row("error", str(result.get("error")))
+        table.add_row("error", escape(str(result.get("error"))))
     table.add_row("run directory", result["run_dir"])
     table.add_row("seconds", f"{result['duration_seconds']:.2f}")
     console.print(table)

@@ -74,12 +74,6 @@ class DatabentoSourceConfig(SourceConfig):
     retry_budget_seconds: float = 600.0
     gateway: str | None = None
 
-    def __post_init__(self) -> None:
-        for key in ("connect_timeout_seconds", "read_timeout_seconds", "retry_budget_seconds"):
-            if not getattr(self, key) > 0:
-                raise EngineError(f"source.{key}={getattr(self, key)} is not a positive number of seconds",
-                                  f"set source.{key} to a number of seconds above 0")
-
 
 @dataclass
 class WindowConfig:
@@ -87,6 +81,7 @@ class WindowConfig:
     end: str = MISSING
     warmup_start: str | None = None
     chunk: str | None = None  # e.g. 1d, 7d, 12h: process a long window chunk by chunk, resumably
+    max_chunks: int = 10_000  # a chunk plan longer than this is refused unless raised here deliberately
 
 
 @dataclass

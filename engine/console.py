@@ -40,9 +40,14 @@ class RichLogHandler(RichHandler):
         super().__init__(console=console, show_path=False, **kwargs)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """A traceback goes to engine.log only: the console gets the message and where to find it. Inside
+        `chunk_lines_only()`, records below WARNING show only when they are chunk lines."""
         if _state["chunk_lines_only"] and record.levelno < logging.WARNING and not getattr(record, "chunk_line",
                                                                                           False):
             return
+        if record.exc_info:
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "args": None,
+                                            "msg": f"{record.getMessage()} (traceback in engine.log)"})
         super().emit(record)
 
 

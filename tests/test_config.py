@@ -99,7 +99,7 @@ BAD_INPUT = [
     (["windw.start=2025-01-01"], "unknown config key 'windw.start' (did you mean 'window.start'?)"),
     (["detector.nn=3"], "unknown config key 'detector.nn' (did you mean 'detector.n'?)"),
     (["detector.n=abc"], "detector.n"),
-    (["detector.swing_high=UP"], "expected one of [BULL, BEAR]"),
+    (["detector.swing_high=UP"], "detector.swing_high takes one of BULL, BEAR"),
     (["policy=allow_legacyy"], "allow_legacyy"),
     (["window.start=2025-12-02", "window.end=2025-12-01"], "window.end (2025-12-01T00:00:00Z) is not after"),
     (["window.start=yesterday"], "window.start='yesterday' is not a date"),

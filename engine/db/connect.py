@@ -214,7 +214,11 @@ def _reachable(engine: Engine) -> str | None:
         return current_revision(engine)
     except OperationalError as exc:
         reason = str(exc.orig).strip()
-        fix = ("give the password in PGPASSWORD or ~/.pgpass (host:port:database:user:password), or type it into "
-               "db.url= (it is moved out of the URL before anything is written)" if "password" in reason else
-               "check db.url, that the server is running and that the database exists (PostgreSQL: createdb <name>)")
+        if engine.dialect.name == "sqlite":
+            fix = f"check db.url and the file permissions of {engine.url.database} and its directory"
+        elif "password" in reason:
+            fix = ("give the password in PGPASSWORD or ~/.pgpass (host:port:database:user:password), or type it "
+                   "into db.url= (it is moved out of the URL before anything is written)")
+        else:
+            fix = "check db.url, that the server is running and that the database exists (PostgreSQL: createdb <name>)"
         raise EngineError(f"cannot open the database {masked_url(str(engine.url))}: {reason}", fix) from None

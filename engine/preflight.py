@@ -1,0 +1,205 @@
+"""Every check of a job before it runs, in one place: real and dry runs call `check` alike, before any
+database or file is opened for writing, so a refused job never leaves half a run.
+
+Each check raises EngineError naming the key or input and the fix (exit 2). The checks only read: a file's
+header, a directory listing, the environment.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from engine.config import EngineConfig, check_stages, normalize_symbol
+from engine.errors import EngineError
+from engine.windows import Window, parse_utc, parse_window
+
+# First day of each dataset's history (Databento's dataset start dates); a window before it has no data.
+DATASET_START = {
+    "GLBX.MDP3": datetime(2010, 6, 6, tzinfo=UTC),
+    "XNAS.ITCH": datetime(2018, 5, 1, tzinfo=UTC),
+}
+# A fractal needs n bars on each side of its pivot: beyond a day of minutes on each side the detector would
+# confirm an event a day late, which no chart setting means.
+MAX_DETECTOR_N = 1440
+ROLL_RULES = {"c": "calendar", "n": "open interest", "v": "volume"}
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Databento keys are `db-` and letters/digits (32 characters in all); a key of another shape would only earn
+# 401s after the retries, so it is refused before any request.
+DATABENTO_KEY = re.compile(r"db-[A-Za-z0-9]{20,40}")
+
+
+def check(cfg: EngineConfig, now: datetime | None = None) -> Window:
+    """All checks of a typed config; the parsed window."""
+    stages = list(cfg.stages)
+    from engine.stages import STAGES
+
+    check_stages(stages, list(STAGES))
+    repeated = sorted({s for s in stages if stages.count(s) > 1})
+    if repeated:
+        raise EngineError(f"stages=[{','.join(stages)}] names {', '.join(repeated)} more than once",
+                          "name each stage once; stages run in the order given")
+    _ranges(cfg)
+    window = _window(cfg, now or datetime.now(UTC))
+    if "ingest" in stages:
+        _source_inputs(cfg)
+    if "parity" in stages:
+        for side in ("left", "right"):
+            path = getattr(cfg.parity, side).csv
+            if path is not None:
+                check_events_csv(Path(path).expanduser(), f"parity.{side}.csv")
+    _database(cfg.db.url)
+    return window
+
+
+def _at_least(key: str, value, low, what: str) -> None:
+    if value is not None and not value >= low:
+        raise EngineError(f"{key}={value} is below {low}: {what}", f"set {key} to {low} or more")
+
+
+def _ranges(cfg: EngineConfig) -> None:
+    n = cfg.detector.n
+    if not 2 <= n <= MAX_DETECTOR_N:
+        raise EngineError(
+            f"detector.n={n} is outside 2…{MAX_DETECTOR_N}: a fractal needs at least 2 bars on each side of "
+            f"its pivot, and more than {MAX_DETECTOR_N} (a day of minutes) would confirm events a day late",
+            "set detector.n between 2 and 1440; TradingView's Williams Fractals use 2, the engine's default is 5")
+    source = cfg.source
+    _at_least("source.batch_size", source.batch_size, 1, "each batch of rows is one transaction")
+    for key, low, what in (("max_cost_usd", 0, "the most a download may cost"),
+                           ("max_retries", 0, "retries of a failed call"),
+                           ("backoff_seconds", 0, "the wait before a retry")):
+        if hasattr(source, key):
+            _at_least(f"source.{key}", getattr(source, key), low, what)
+    for key in ("connect_timeout_seconds", "read_timeout_seconds", "retry_budget_seconds"):
+        if hasattr(source, key) and not getattr(source, key) > 0:
+            raise EngineError(f"source.{key}={getattr(source, key)} is not a positive number of seconds",
+                              f"set source.{key} to a number of seconds above 0")
+    for key, rule, rank in (("", cfg.roll_rule, cfg.rank),
+                            ("registry.defaults.", cfg.registry.defaults.roll_rule, cfg.registry.defaults.rank)):
+        if rule is not None and rule not in ROLL_RULES:
+            raise EngineError(f"{key}roll_rule={rule!r} is not a roll rule",
+                              f"use {key}roll_rule=" + " or ".join(f"{k} ({v})" for k, v in ROLL_RULES.items()))
+        _at_least(f"{key}rank", rank, 0, "0 is the front month, 1 the next")
+    _at_least("window.max_chunks", cfg.window.max_chunks, 1, "the longest chunk plan accepted")
+
+
+def _window(cfg: EngineConfig, now: datetime) -> Window:
+    for key in ("start", "end", "warmup_start"):
+        value = getattr(cfg.window, key)
+        if value is None:
+            continue
+        try:
+            instant = parse_utc(value, f"window.{key}")
+            instant + timedelta(weeks=520)  # room for warm-up, look-ahead and chunk edges
+            instant - timedelta(weeks=520)
+        except OverflowError:
+            raise EngineError(f"window.{key}={value!r} is outside the dates the engine can compute with",
+                              f"set window.{key} to a date within the dataset's history, e.g. 2024-01-02") from None
+    window = parse_window(cfg.window)
+    dataset = normalize_symbol(cfg.symbol, cfg.registry.defaults.dataset).partition(":")[0]
+    first = DATASET_START.get(dataset)
+    if first is not None and window.start < first:
+        raise EngineError(f"window.start={window.start:%Y-%m-%dT%H:%M:%SZ} is before {dataset}'s history, which "
+                          f"starts {first:%Y-%m-%d}", f"set window.start to {first:%Y-%m-%d} or later")
+    latest = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    if window.end > latest:
+        raise EngineError(
+            f"window.end={window.end:%Y-%m-%dT%H:%M:%SZ} is in the future (the latest possible end now is "
+            f"{latest:%Y-%m-%dT%H:%M}Z)",
+            f"set window.end to {latest:%Y-%m-%dT%H:%M}Z or earlier; bars exist only for minutes that have begun")
+    _chunk_count(window, cfg.window.max_chunks, cfg.window.chunk)
+    return window
+
+
+def _chunk_count(window: Window, limit: int, chunk: str | None) -> None:
+    if window.chunk is None:
+        return
+    try:  # a plan far over the limit is refused without listing its millions of chunks
+        estimate = (window.end - window.start) // window.chunk + 1
+    except TypeError:  # a calendar unit (months) has no fixed length
+        estimate = None
+    count = estimate if estimate is not None and estimate > 10 * limit else len(window.chunks())
+    if count > limit:
+        raise EngineError(
+            f"window.chunk={chunk} cuts the window into {count:,} chunks, more than window.max_chunks={limit:,}",
+            f"use a longer window.chunk (e.g. 1d or 1w), or confirm the plan with window.max_chunks={count}")
+
+
+def _source_inputs(cfg: EngineConfig) -> None:
+    source = cfg.source
+    if source.name == "dbn_file":
+        for entry in source.paths:
+            _dbn_path(str(entry))
+    if source.name == "databento":
+        key = os.environ.get("DATABENTO_API_KEY", "")
+        if key.strip() and not DATABENTO_KEY.fullmatch(key.strip()):
+            shown = f"{len(key.strip())} characters" + ("" if key.strip().startswith("db-") else ", not starting db-")
+            raise EngineError(
+                f"DATABENTO_API_KEY is not a Databento API key ({shown})",
+                "export DATABENTO_API_KEY=db-… exactly as https://databento.com/portal/keys shows it "
+                "(no quotes, spaces or line breaks)")
+
+
+def _dbn_path(entry: str) -> None:
+    from engine.sources.dbn import expand_paths
+
+    path = Path(os.path.expanduser(entry))
+    if path.is_dir() and not (any(path.glob("*.dbn")) or any(path.glob("*.dbn.zst"))):
+        raise EngineError(f"source.paths entry {entry!r} is a directory without .dbn or .dbn.zst files",
+                          f"give the files or a glob, e.g. 'source.paths=[{entry.rstrip('/')}/**/*.dbn.zst]'")
+    expand_paths([entry])  # names an entry that matches no file
+
+
+def check_events_csv(path: Path, key: str) -> None:
+    """A CSV of events: an existing text file whose header names ts and direction."""
+    if not path.is_file():
+        raise EngineError(f"{key}: no such file {str(path)!r}", f"set {key} to an existing CSV file of events")
+    data = path.read_bytes()
+    try:
+        if b"\x00" in data[:65536]:
+            raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "NUL byte")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise EngineError(f"{key} {str(path)!r} is not a text CSV file (not UTF-8: a binary or spreadsheet file?)",
+                          "export the events as CSV (UTF-8) with the columns ts,direction") from None
+    header = next(csv.reader(text.splitlines()[:1]), [])
+    missing = [c for c in ("ts", "direction") if c not in {name.strip().lower() for name in header}]
+    if missing:
+        raise EngineError(f"{key} {str(path)!r}: no column {' or '.join(missing)} in the header {header}",
+                          "the first line must name the columns, with at least: ts,direction")
+
+
+def _database(url: str) -> None:
+    """A SQLite file must be a SQLite database in a writable place; a server is checked when it is opened."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return  # create_db_engine names the bad URL
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if path.is_dir():
+        raise EngineError(f"db.url names {str(path)!r}, which is a directory",
+                          "point db.url at a SQLite file, e.g. db.url=sqlite:///data/market.sqlite")
+    if path.exists():
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        if header and header != SQLITE_HEADER:
+            raise EngineError(f"db.url names {str(path)!r}, which is not a SQLite database (its header is not "
+                              "'SQLite format 3')", "point db.url at a SQLite database file, or at a new file name")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise EngineError(f"the SQLite database {str(path)!r} cannot be written by this user",
+                              f"check the file permissions of {path} (or its file system is mounted read-only)")
+    directory = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise EngineError(f"the SQLite database's directory {str(directory)!r} is not writable (SQLite writes its "
+                          "journal and lock files beside the database)",
+                          f"check the permissions of {directory} (or its file system is mounted read-only), or "
+                          "point db.url at a writable place")
