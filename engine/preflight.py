@@ -116,13 +116,7 @@ def _window(cfg: EngineConfig, now: datetime) -> Window:
 
 
 def _chunk_count(window: Window, limit: int, chunk: str | None) -> None:
-    if window.chunk is None:
-        return
-    try:  # a plan far over the limit is refused without listing its millions of chunks
-        estimate = (window.end - window.start) // window.chunk + 1
-    except TypeError:  # a calendar unit (months) has no fixed length
-        estimate = None
-    count = estimate if estimate is not None and estimate > 10 * limit else len(window.chunks())
+    count = window.chunk_count()  # counted, never listed: a 1min plan over years has millions
     if count > limit:
         raise EngineError(
             f"window.chunk={chunk} cuts the window into {count:,} chunks, more than window.max_chunks={limit:,}",
