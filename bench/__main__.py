@@ -23,7 +23,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="small N, one run per figure, targets not enforced (CI; well under a minute)")
     parser.add_argument("--n", type=int, default=None, help="bars per figure (default 1,000,000; smoke 20,000)")
     parser.add_argument("--mem-n", type=int, default=None,
-                        help="bars of the peak-memory ingest (default 10,000,000; smoke 100,000)")
+                        help="bars of the peak-memory ingest (default 5,000,000, from 2010-06-06; smoke 100,000)")
     parser.add_argument("--reps", type=int, default=None, help="runs per engine figure, median reported (3)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench",
                         help="parent of the timestamped run directory (default runs/bench)")
@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     smoke = args.smoke
     args.n = args.n or (20_000 if smoke else 1_000_000)
-    args.mem_n = args.mem_n or (100_000 if smoke else 10_000_000)
+    args.mem_n = args.mem_n or (100_000 if smoke else 5_000_000)
     args.reps = args.reps or (1 if smoke else 3)
     if args.only:
         args.only = {g.strip() for g in args.only.split(",")}

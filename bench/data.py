@@ -13,8 +13,9 @@ from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
 from engine.sources.dbn import DBN_OHLCV_DTYPE, DbnBarFile, SymbolFilter
 from engine.sources.synthetic import iter_synthetic_records, tick_size, write_synthetic_dbn
 
-# Sunday 17:00 Chicago: a Globex week opens. 1M NQ bars reach into 2008, 10M into 2034.
-START = datetime(2005, 1, 2, 23, 0, tzinfo=UTC)
+# Sunday 17:00 Chicago (CDT): a Globex week opens on the first day of GLBX.MDP3's history (the pre-run checks
+# refuse earlier windows and future ones). 1M NQ bars reach into 2013, 5M into 2024.
+START = datetime(2010, 6, 6, 22, 0, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NS_PER_DAY = 86_400 * 1_000_000_000
 

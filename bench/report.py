@@ -36,6 +36,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("peak_rss_pg", "peak RSS, {mem_n} ingest", "PostgreSQL"),
     ("peak_rss_sqlite", "peak RSS, {mem_n} ingest", "SQLite"),
     ("help_time", "`python -m engine --help`", "—"),
+    ("refusal_time", "bad input refused before any run (`detector.n=-1`, exit 2)", "SQLite"),
+    ("plan_time", "dry run writing plan.md, 5-year weekly backfill (261 chunks), offline", "SQLite"),
 )
 ROW_KEYS = tuple(key for key, _, _ in ROWS)
 

@@ -38,6 +38,8 @@ FIGURE_ROWS = {
     "peak_rss_pg": ("peak RSS, 100k-bar ingest", "PostgreSQL"),
     "peak_rss_sqlite": ("peak RSS, 100k-bar ingest", "SQLite"),
     "help_time": ("`python -m engine --help`", "—"),
+    "refusal_time": ("bad input refused before any run (`detector.n=-1`, exit 2)", "SQLite"),
+    "plan_time": ("dry run writing plan.md, 5-year weekly backfill (261 chunks), offline", "SQLite"),
 }
 PG_ROWS = {key for key, (_, db) in FIGURE_ROWS.items() if db == "PostgreSQL"}
 

@@ -122,7 +122,7 @@ def test_team_job_from_its_own_config_dir_dry_run(tmp_path, monkeypatch):
     resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
     assert resolved["source"]["name"] == "databento" and resolved["source"]["max_cost_usd"] == 5.0  # packaged
     assert resolved["window"] == {"start": "2024-01-01T00:00:00Z", "end": "2024-03-01T00:00:00Z",
-                                  "warmup_start": None, "chunk": "1w"}  # the team's job
+                                  "warmup_start": None, "chunk": "1w", "max_chunks": 10_000}  # the team's job
     assert resolved["detector"]["n"] == 7  # conf/local/default.yaml merges last
     assert resolved["db"]["url"] == "sqlite:///team_data/market.sqlite"
     assert not (tmp_path / "team_data").exists()  # a dry run writes no database

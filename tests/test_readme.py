@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 CI = (REPO / ".ci" / "run").read_text()
 TEST_COMMAND = "pip install -e '.[test]' && pytest"
-RUN_COMMAND = "pip install -e . && python -m engine"
+RUN_COMMAND = "pip install . && engine"
 
 
 def code_blocks() -> list[str]:
