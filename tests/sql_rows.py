@@ -17,3 +17,14 @@ def query(url: str, sql: str, **params) -> list[dict]:
 def table_rows(url: str, table: str) -> list[dict]:
     """Every row of `table` in id order."""
     return query(url, f"SELECT * FROM {table} ORDER BY id")
+
+
+def all_tables(url: str) -> dict[str, list[str]]:
+    """Every table's rows, sorted as text: a snapshot to compare before and after a command."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sorted(sa.inspect(conn).get_table_names())
+            return {name: sorted(map(str, conn.execute(sa.text(f'SELECT * FROM "{name}"')).all())) for name in names}
+    finally:
+        engine.dispose()

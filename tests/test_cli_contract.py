@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sql_rows import all_tables
 
 pytestmark = pytest.mark.slow
 
@@ -182,14 +183,6 @@ def _sqlite_rows(root: Path) -> dict[str, list]:
     return rows
 
 
-def _pg_rows(url: str) -> dict[str, list]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            tables = conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname='public' ORDER BY 1"))
-            return {t: sorted(map(repr, conn.execute(sa.text(f'SELECT * FROM "{t}"')))) for (t,) in tables.all()}
-    finally:
-        engine.dispose()
 
 
 def _mount(where: Path, options: str) -> None:
@@ -225,7 +218,7 @@ def outcomes(tmp_path_factory, pg_admin):
         places = {"ro": str(mounts[0]), "full": str(mounts[1]), "pg": pg,
                   **{name: str(template / file) for name, file in
                      (("empty", "empty"), ("notes", "notes.txt"), ("binary", "binary.csv"), ("nocols", "nocols.csv"))}}
-        pg_before = _pg_rows(pg)
+        pg_before = all_tables(pg)
 
         def one(case: Case) -> dict:
             cwd = base / case.id
@@ -241,7 +234,7 @@ def outcomes(tmp_path_factory, pg_admin):
 
         with ThreadPoolExecutor(max_workers=3) as pool:
             results = dict(zip([k.id for k in CASES], pool.map(one, CASES), strict=True))
-        results["_pg"] = (pg_before, _pg_rows(pg))
+        results["_pg"] = (pg_before, all_tables(pg))
         yield results
     finally:
         for where in mounts:

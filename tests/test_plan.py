@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fake_databento import ohlcv_dbn
 from hydra import compose, initialize_config_dir
+from sql_rows import all_tables
 
 import engine
 from engine.config import expand_dry_run_argv, register_configs
@@ -18,15 +18,6 @@ from engine.sources.databento_api import RawRequest
 
 THREE_DAYS = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-12T00:00:00Z", "window.chunk=1d"]
 UTC = dt.UTC
-
-
-def table_snapshot(url: str) -> dict[str, list]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        names = sorted(sa.inspect(conn).get_table_names())
-        snapshot = {name: sorted(map(str, conn.execute(sa.text(f'SELECT * FROM "{name}"')).all())) for name in names}
-    engine.dispose()
-    return snapshot
 
 
 def files_under(folder: Path) -> dict[str, str]:
@@ -83,13 +74,13 @@ def test_the_same_config_gives_the_same_plan_bytes_and_writes_nothing_else(engin
     job = [f"db.url={db_url}", "stages=[registry,ingest,detect]", *THREE_DAYS]
     seeded = engine_cli(f"db.url={db_url}", "stages=[registry]")
     assert seeded.returncode == 0, seeded.output
-    before, files = table_snapshot(db_url), files_under(tmp_path)
+    before, files = all_tables(db_url), files_under(tmp_path)
 
     first, text, result = dry_run(engine_cli, *job, run_dir="plans/a")
     _, again, _ = dry_run(engine_cli, *job, run_dir="plans/b")
 
     assert text == again
-    assert table_snapshot(db_url) == before, "a dry run writes nothing to the database"
+    assert all_tables(db_url) == before, "a dry run writes nothing to the database"
     after = files_under(tmp_path)
     assert {f for f in after if not f.startswith(("plans/a/", "plans/b/"))} == set(files)
     assert all(after[f] == digest for f, digest in files.items()), "nothing outside its run directory changes"
@@ -208,7 +199,7 @@ def test_the_tables_a_plan_says_a_run_writes_are_the_tables_it_writes(engine_cli
 
     run = engine_cli(*job)
     assert run.returncode == 0, run.output
-    written = {name for name, rows in table_snapshot(url).items() if rows}
+    written = {name for name, rows in all_tables(url).items() if rows}
     assert written <= declared
     assert declared - written == {"clean_ingest_quarantine"}, "no bar of the demo data is quarantined"
 

@@ -6,22 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import sqlalchemy as sa
 import yaml
-from sql_rows import query
+from sql_rows import all_tables, query
 
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
 
 pytestmark = pytest.mark.slow
 
 
-def snapshot(url: str) -> dict[str, list]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        names = sorted(sa.inspect(conn).get_table_names())
-        tables = {name: sorted(map(str, conn.execute(sa.text(f'SELECT * FROM "{name}"')).all())) for name in names}
-    engine.dispose()
-    return tables
 
 
 @pytest.fixture
@@ -60,12 +52,12 @@ def test_a_plain_rerun_records_no_overrides(engine_cli, saved_nq_run):
 @pytest.mark.parametrize("selection", ["source=databento", "window=demo", "~detector"])
 def test_a_group_selection_on_a_rerun_is_refused_before_anything_is_written(engine_cli, db_url, saved_nq_run,
                                                                             selection):
-    before = snapshot(db_url)
+    before = all_tables(db_url)
     rerun = engine_cli(f"rerun={saved_nq_run.run_dir}", "symbol=ES", selection)
     assert rerun.returncode == 2, rerun.output
     assert "ERROR" in rerun.output and selection in rerun.output and "Fix:" in rerun.output
     assert "Traceback" not in rerun.output
-    assert snapshot(db_url) == before
+    assert all_tables(db_url) == before
 
 
 def test_a_rerun_takes_overrides_of_its_saved_sources_own_keys(engine_cli, db_url, dbn_fixtures):

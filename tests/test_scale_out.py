@@ -9,20 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fake_databento import GET_COST, GET_RANGE, Reply
-from sql_rows import query
+from sql_rows import all_tables, query
 
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
 
 
-def table_snapshot(url: str) -> dict[str, list]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        names = sorted(sa.inspect(conn).get_table_names())
-        snapshot = {name: sorted(map(str, conn.execute(sa.text(f'SELECT * FROM "{name}"')).all())) for name in names}
-    engine.dispose()
-    return snapshot
 
 
 def events(url: str) -> list[tuple]:
@@ -184,7 +176,7 @@ def test_dry_run_prints_the_plan_and_leaves_the_database_untouched(engine_cli, d
     fake.script(GET_RANGE, Reply())
     first_day = engine_cli(*source, "window.start=2025-12-09", "window.end=2025-12-10")
     assert first_day.returncode == 0, first_day.output
-    before = table_snapshot(db_url)
+    before = all_tables(db_url)
     sqlite_file = Path(db_url.removeprefix("sqlite:///")) if db_url.startswith("sqlite") else None
     digest = hashlib.sha256(sqlite_file.read_bytes()).hexdigest() if sqlite_file else None
     requests = len(fake.seen(GET_RANGE))
@@ -195,7 +187,7 @@ def test_dry_run_prints_the_plan_and_leaves_the_database_untouched(engine_cli, d
     assert len(steps["chunks"]) == 3 and steps["databento_symbol"] == "NQ.v.0"
     assert steps["cost_usd"] == pytest.approx(0.5), "two chunks to buy, the landed one is free"
     assert steps["bars_table"] == "market_bars_ohlcv_1m_clean" and "dry run" in plan.output
-    assert table_snapshot(db_url) == before
+    assert all_tables(db_url) == before
     if sqlite_file:
         assert hashlib.sha256(sqlite_file.read_bytes()).hexdigest() == digest
     assert len(fake.seen(GET_RANGE)) == requests and len(fake.seen(GET_COST)) >= 2
