@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from sql_rows import query
 
 from engine.db.connect import head_revision
 
@@ -90,6 +91,20 @@ def test_demo_runs_from_an_empty_directory(installed, tmp_path, command):
         [(events,)] = conn.execute("SELECT count(*) FROM triangle_events_v1").fetchall()
         [(revision,)] = conn.execute("SELECT version_num FROM alembic_version").fetchall()
     assert events > 0 and revision == head_revision()
+
+
+def test_installed_engine_on_postgresql(installed, tmp_path, pg_url):
+    """The same installed copy against a PostgreSQL scratch database: migrations, then the demo job."""
+    migrate = run([str(installed["bin"] / "engine-migrate"), "upgrade", "head", "--url", pg_url], tmp_path,
+                  installed["env"])
+    assert f"-> {head_revision()} (head)" in migrate.stdout
+    proc = run([str(installed["bin"] / "engine"), "db=postgres", f"db.url={pg_url}"], tmp_path, installed["env"])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    [(events,)] = [tuple(r.values()) for r in query(pg_url, "SELECT count(*) AS n FROM triangle_events_v1")]
+    [run_row] = query(pg_url, "SELECT status FROM engine_runs")
+    assert events > 0 and run_row["status"] == "success"
+    current = run([str(installed["bin"] / "engine-migrate"), "current", "--url", pg_url], tmp_path, installed["env"])
+    assert head_revision() in current.stdout
 
 
 def test_help_of_the_installed_engine(installed, tmp_path):
