@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from engine.console import console
 from engine.context import RunRecord, StageContext
 from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, lost_server, masked_url, mount_point, storage_full, upgrade
-from engine.errors import EngineError
+from engine.errors import NO_SPACE, EngineError, error_chain
 from engine.pipeline import run_stages
 from engine.plan import PLAN_FILE, plan, read_earlier
 from engine.rerun import load_saved
@@ -31,8 +30,6 @@ log = logging.getLogger("engine")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-# Writing a file failed because its file system is full (or the file hit the size limit).
-_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -162,8 +159,8 @@ def _user_error(exc: BaseException, db_url: str | None) -> EngineError | None:
     full = storage_full(exc, db_url) if db_url is not None else None
     if full is not None:
         return full
-    for err in interrupts.error_chain(exc):
-        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+    for err in error_chain(exc):
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
             where = err.filename or "a file of this run"
             return EngineError(f"cannot write {where}: {err.strerror}",
                                f"free space on {mount_point(err.filename or '.')} or point db.url/hydra.run.dir "

@@ -18,15 +18,23 @@ class EngineError(Exception):
         super().__init__(problem if fix is None else f"{problem}\n  Fix: {fix}")
 
 
-_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# Writing a file failed because its file system is full (or the file hit the size limit).
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _CANNOT_CREATE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST}
 _TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
-def _chain(exc: BaseException):
-    while exc is not None:
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+def error_chain(exc: BaseException):
+    """`exc`, the DBAPI error a SQLAlchemy error wraps, and their causes and contexts."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
 
 
 def from_startup(exc: BaseException) -> EngineError | None:
@@ -36,7 +44,7 @@ def from_startup(exc: BaseException) -> EngineError | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigKeyError, ValidationError
 
-    for err in _chain(exc):
+    for err in error_chain(exc):
         if isinstance(err, OverrideParseException):
             return EngineError(f"cannot parse the override {err.override!r}: {err.message.splitlines()[0]}",
                                "write overrides as key=value, lists as key=[a,b], and quote values with spaces "
@@ -45,12 +53,12 @@ def from_startup(exc: BaseException) -> EngineError | None:
             return _missing_option(err)
         if isinstance(err, yaml.MarkedYAMLError):
             return _yaml_error(err)
-        if isinstance(err, OSError) and err.errno in _NO_SPACE | _CANNOT_CREATE:
-            if err.filename is None and err.errno in _NO_SPACE:
+        if isinstance(err, OSError) and err.errno in NO_SPACE | _CANNOT_CREATE:
+            if err.filename is None and err.errno in NO_SPACE:
                 err.filename = _file_written(err)
             if err.filename is not None:
                 return _os_error(err)
-    top = next((e for e in _chain(exc) if isinstance(e, ConfigCompositionException)), None)
+    top = next((e for e in error_chain(exc) if isinstance(e, ConfigCompositionException)), None)
     if top is None:
         return None
     text = str(top)
@@ -62,7 +70,7 @@ def from_startup(exc: BaseException) -> EngineError | None:
                            f"add -m to run one job per value (python -m engine {given} -m), or write a list as "
                            f"{key}=[…] or quote it as {key}='…'")
     where = re.match(r"In '([^']+)'", text)
-    for err in _chain(exc):
+    for err in error_chain(exc):
         if isinstance(err, ConfigKeyError):
             return _bad_key(err, where.group(1) if where else None)
         if isinstance(err, ValidationError):
@@ -167,7 +175,7 @@ def _example(kind) -> str:
 
 def _os_error(err: OSError) -> EngineError:
     where = err.filename or "a file Hydra writes (hydra.run.dir)"
-    if err.errno in _NO_SPACE:
+    if err.errno in NO_SPACE:
         return EngineError(f"cannot write {where}: {err.strerror}",
                            "free space there or point hydra.run.dir elsewhere")
     return EngineError(f"cannot create {where}: {err.strerror}",

@@ -19,6 +19,8 @@ import sqlite3
 import threading
 from types import FrameType
 
+from engine.errors import error_chain
+
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -105,19 +107,6 @@ def cancelled_statement(exc: BaseException) -> bool:
         if isinstance(err, sqlite3.OperationalError) and str(err) == "interrupted":
             return True
     return False
-
-
-def error_chain(exc: BaseException):
-    """`exc`, the DBAPI error a SQLAlchemy error wraps, and their causes and contexts."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        yield err
-        todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
 
 
 def connection_in_use(dbapi_conn, record) -> None:

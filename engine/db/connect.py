@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
 from engine import interrupts
-from engine.errors import EngineError
+from engine.errors import EngineError, error_chain
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def lost_server(exc: BaseException) -> str | None:
     import psycopg
 
     reasons = []
-    for err in interrupts.error_chain(exc):
+    for err in error_chain(exc):
         if isinstance(err, psycopg.OperationalError):
             state = err.sqlstate
             if state is None or state.startswith("08") or state in _SERVER_GONE:
@@ -134,7 +134,7 @@ def _first_line(err: BaseException) -> str:
 
 def storage_full(exc: BaseException, url: str) -> EngineError | None:
     """A user error for a full database (SQLite: its file's file system; PostgreSQL: the server's disk)."""
-    for err in interrupts.error_chain(exc):
+    for err in error_chain(exc):
         if isinstance(err, sqlite3.OperationalError) and "database or disk is full" in str(err):
             database = make_url(url).database or ""
             return EngineError(f"the SQLite database {database} is full ({err})",
