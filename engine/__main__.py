@@ -13,7 +13,12 @@ from omegaconf import DictConfig
 from rich.markup import escape
 
 from engine import provenance, secrets, sweep
-from engine.config import check_override_keys, expand_dry_run_argv, register_configs
+from engine.config import (
+    check_override_keys,
+    expand_dry_run_argv,
+    plugin_parameter_overrides,
+    register_configs,
+)
 from engine.console import console
 from engine.errors import EngineError, from_startup
 from engine.rerun import expand_sweep_argv
@@ -63,13 +68,14 @@ def _prepared_argv(argv: list[str]) -> list[str]:
     """The command line as Hydra should see it: no passwords (taken out of argv and ENGINE_PG_URL, output masked),
     `-m` first (argparse wants it there; users put it anywhere), a sweep directory's rerun expanded, `dry_run=`
     meaning `dry_run.enabled=`, `+job=` filling the `job: null` slot of config.yaml (so conf/local/default.yaml
-    still merges after the job), and misspelt keys refused with a suggestion."""
+    still merges after the job), misspelt keys refused with a suggestion, and a plugin's parameters set with `++`
+    (checked against its class when the job starts)."""
     argv = secrets.take_secrets(argv)
     multirun = [a for a in argv if a in ("-m", "--multirun")]
     argv = expand_dry_run_argv(expand_sweep_argv(multirun + [a for a in argv if a not in ("-m", "--multirun")]))
     jobs = [a for a in argv if a.startswith(("+job=", "job="))]
     check_override_keys([a for a in argv if a not in jobs])
-    return [a.removeprefix("+") if a in jobs else a for a in argv]
+    return plugin_parameter_overrides([a.removeprefix("+") if a in jobs else a for a in argv])
 
 
 def _refuse(exc: EngineError) -> None:

@@ -12,16 +12,17 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from engine import interrupts, preflight, provenance, secrets
-from engine.config import to_typed
+from engine.config import as_typed, to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
 from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, lost_server, masked_url, mount_point, storage_full, upgrade
 from engine.errors import NO_SPACE, EngineError, error_chain
+from engine.job_plugins import add_stage_nodes, load_plugins
 from engine.pipeline import run_stages
 from engine.plan import PLAN_FILE, plan, read_earlier
 from engine.rerun import load_saved
@@ -37,7 +38,7 @@ def run_job(cfg: DictConfig) -> dict:
     secrets.take_from_config(cfg)  # a password from a YAML file: into PGPASSWORD, out of what Hydra keeps
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = [provenance.redact(o) for o in hydra_cfg.overrides.task]
+    overrides = [provenance.redact(as_typed(o)) for o in hydra_cfg.overrides.task]
     provenance.redact_tree(run_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         provenance.redact_tree(Path(hydra_cfg.sweep.dir))
@@ -52,14 +53,16 @@ def run_job(cfg: DictConfig) -> dict:
         if cfg.rerun:
             cfg, rerun_of = load_saved(cfg, list(hydra_cfg.overrides.task), list(hydra_cfg.runtime.choices))
             result["rerun_overrides"] = rerun_of.overrides
-        typed, window, resolved_yaml = _validated(cfg)
+        _record_choices(cfg, hydra_cfg.runtime.choices)
+        add_stage_nodes(cfg)
+        typed, plugins, window, resolved_yaml = _validated(cfg)
         result["symbol"] = typed.symbol
         code = provenance.code_version()
         config_sha = provenance.sha256_text(resolved_yaml)
         _write_text(run_dir / "resolved_config.yaml", resolved_yaml)
         if typed.dry_run.active:
             earlier = read_earlier(typed.dry_run.compare)  # a bad dry_run.compare fails before plan.md is written
-            steps, text = plan(typed, window, log, resolved_yaml, earlier)
+            steps, text = plan(typed, plugins, window, log, resolved_yaml, earlier)
             _write_text(run_dir / PLAN_FILE, text)
             result.update(status="success", dry_run=True, plan=steps, plan_file=str(run_dir / PLAN_FILE),
                           compare=typed.dry_run.compare)
@@ -84,7 +87,7 @@ def run_job(cfg: DictConfig) -> dict:
             logic_version=code.logic_version,
             config_sha256=config_sha,
             overrides=runs.dumps(overrides),
-            data_kind=typed.source.data_kind.value,
+            data_kind=plugins.source.obj.data_kind.value,
             rerun_of=rerun_of.run_id if rerun_of else None,
             rerun_of_git_hash=rerun_of.git_hash if rerun_of else None,
         )
@@ -108,10 +111,11 @@ def run_job(cfg: DictConfig) -> dict:
         )
         log.info("run %s: %s on %s, logic version %s, dir %s", run_id, typed.symbol, masked_url(typed.db.url),
                  code.logic_version, run_dir)
-        ctx = StageContext(cfg=typed, window=window, db=db, run=RunRecord(run_id, run_dir, code), log=log)
+        ctx = StageContext(cfg=typed, window=window, db=db, run=RunRecord(run_id, run_dir, code), log=log,
+                           plugins=plugins)
         run_stages(ctx)
         interrupts.check()  # a signal that arrived during the last statement ends the run as interrupted
-        result.update(status="success", stages=ctx.run.summary)
+        result.update(status="success", stages={name: r.as_json() for name, r in ctx.run.results.items()})
     except BaseException as exc:
         if not (isinstance(exc, Exception) or interrupts.is_interruption(exc)):
             raise  # SystemExit and the like
@@ -198,7 +202,17 @@ def _write_result(path: Path, result: dict) -> None:
         result["exit_code"] = result["exit_code"] or (EXIT_USER_ERROR if error else EXIT_FAILED)
 
 
+def _record_choices(cfg: DictConfig, choices) -> None:
+    """Which options selected the source and detector (`detector=williams_fractals`), into the config, so that the
+    resolved config (and a rerun of it) holds them. A rerun keeps the ones its saved config recorded."""
+    with open_dict(cfg):
+        for group in ("source", "detector"):
+            if group not in cfg.choices and choices.get(group):
+                cfg.choices[group] = choices[group]
+
+
 def _validated(cfg: DictConfig):
+    """The typed config, its plugins (created and checked), the window, and the resolved YAML to record."""
     try:
         typed = to_typed(cfg)
         resolved_yaml = provenance.redact(OmegaConf.to_yaml(cfg, resolve=True))
@@ -206,7 +220,8 @@ def _validated(cfg: DictConfig):
         key = getattr(exc, "full_key", None) or "config"
         raise EngineError(f"config key {key!r}: {exc.msg if hasattr(exc, 'msg') else exc}",
                           f"set {key}=<value> on the command line or in conf/") from None
-    return typed, preflight.check(typed), resolved_yaml
+    plugins = load_plugins(typed)
+    return typed, plugins, preflight.check(typed, plugins), resolved_yaml
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -241,7 +256,7 @@ def report(result: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from engine.stages import detect, ingest
+    from engine.results import from_json
 
     ok = result["status"] == "success"
     status = f"[{'green' if ok else 'red'}]{result['status']}[/]"
@@ -256,25 +271,10 @@ def report(result: dict) -> None:
     table.add_column("value")
     if result.get("symbol"):
         table.add_row("symbol", str(result["symbol"]))
-    stages = result.get("stages") or {}
-    for name, summary in stages.items():
-        if "chunks" in summary:
-            table.add_row(f"{name} chunks", _chunk_counts(summary))
-    if "ingest" in stages:
-        table.add_row("bars", ingest.describe(stages["ingest"]))
-        ignored = {**stages["ingest"].get("ignored_instruments", {})}
-        if stages["ingest"].get("outside_window"):
-            ignored["outside the window"] = stages["ingest"]["outside_window"]
-        if ignored:
-            table.add_row("ignored", ", ".join(f"{count:,} {what}" for what, count in ignored.items()))
-        if stages["ingest"].get("retries"):
-            table.add_row("retries", f"{stages['ingest']['retries']:,}")
-    if "detect" in stages:
-        summary = stages["detect"]
-        source = f" from {summary['source_table']} ({summary['logic_version']})" if "source_table" in summary else ""
-        table.add_row("events", detect.describe(summary) + source)
-    if "chart" in stages:
-        table.add_row("chart", str(stages["chart"].get("path")))
+    for name, data in (result.get("stages") or {}).items():
+        stage_result = from_json(data)
+        for what, value in stage_result.rows(name) if stage_result is not None else []:
+            table.add_row(what, escape(value))
     if result.get("dry_run"):
         table.add_row("dry run", f"plan only, nothing run: {result['plan_file']}")
         if result.get("compare") is not None:
@@ -286,11 +286,3 @@ def report(result: dict) -> None:
     table.add_row("run directory", result["run_dir"])
     table.add_row("seconds", f"{result['duration_seconds']:.2f}")
     console.print(table)
-
-
-def _chunk_counts(summary: dict) -> str:
-    """`4 done, 2 skipped, 0 pending (of 6)`."""
-    text = f"{summary['chunks_done']:,} done, {summary['chunks_skipped']:,} skipped"
-    if "chunks_pending" in summary:
-        text += f", {summary['chunks_pending']:,} pending"
-    return f"{text} (of {summary['chunks']:,})"

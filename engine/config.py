@@ -18,6 +18,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from engine.errors import EngineError
 
+# A plugin's config node: `_target_` (the class) and its parameters.
+PluginNode = dict[str, Any]
+
 
 class DataKind(StrEnum):
     """Demo data must never share a database with market data."""
@@ -43,39 +46,6 @@ class DbConfig:
 
 
 @dataclass
-class SourceConfig:
-    name: str = MISSING
-    data_kind: DataKind = DataKind.market
-    batch_size: int = 50_000
-
-
-@dataclass
-class SyntheticSourceConfig(SourceConfig):
-    name: str = "synthetic"
-    data_kind: DataKind = DataKind.demo
-    seed: int = 7
-    missing_rate: float = 0.002
-
-
-@dataclass
-class DbnFileSourceConfig(SourceConfig):
-    name: str = "dbn_file"
-    paths: list[str] = MISSING
-
-
-@dataclass
-class DatabentoSourceConfig(SourceConfig):
-    name: str = "databento"
-    max_cost_usd: float = 5.0
-    max_retries: int = 5
-    backoff_seconds: float = 1.0
-    connect_timeout_seconds: float = 10.0
-    read_timeout_seconds: float = 60.0
-    retry_budget_seconds: float = 600.0
-    gateway: str | None = None
-
-
-@dataclass
 class WindowConfig:
     start: str = MISSING
     end: str = MISSING
@@ -88,14 +58,6 @@ class WindowConfig:
 class PolicyConfig:
     name: str = MISSING
     allow_legacy: bool = False
-
-
-@dataclass
-class DetectorConfig:
-    name: str = "williams_fractals"
-    n: int = 5
-    swing_high: Direction = Direction.BEAR
-    swing_low: Direction = Direction.BULL
 
 
 @dataclass
@@ -150,20 +112,28 @@ class DryRunConfig:
 @dataclass
 class EngineConfig:
     db: DbConfig = MISSING
-    source: Any = MISSING
+    # Plugins (engine/plugins.py): each node names its class with `_target_` and holds its parameters, which
+    # are checked against that class when the job starts.
+    source: PluginNode = MISSING
+    detector: PluginNode = MISSING
     window: WindowConfig = MISSING
     policy: PolicyConfig = MISSING
-    detector: DetectorConfig = MISSING
     parity: ParityConfig = field(default_factory=ParityConfig)
+    stages: list[str] = field(default_factory=lambda: ["registry"])  # run in this order
+    # Each stage's plugin node, from conf/stage/<name>.yaml when the job starts (`stage.<name>.<key>=` sets one of
+    # its parameters); the resolved config records them, so a rerun runs the same stages.
+    stage: dict[str, PluginNode] = field(default_factory=dict)
     symbol: str = "NQ"
     roll_rule: str | None = None
     rank: int | None = None
-    stages: list[str] = field(default_factory=lambda: ["registry"])
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     data_dir: str = "data"
     dry_run: DryRunConfig = field(default_factory=DryRunConfig)
     force: bool = False  # redo chunks already done with the same settings
     rerun: str | None = None  # a run directory (or sweep directory) to run again from its saved config
+    # The config options that selected the source and detector (source=dbn_file): recorded by the engine when a
+    # job starts, so that a rerun keeps them.
+    choices: dict[str, str] = field(default_factory=dict)
 
 
 def expand_dry_run_argv(args: list[str]) -> list[str]:
@@ -184,12 +154,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="engine_schema", node=EngineConfig)
     cs.store(name="db_schema", node=DbConfig)
-    cs.store(name="synthetic_schema", node=SyntheticSourceConfig)
-    cs.store(name="dbn_file_schema", node=DbnFileSourceConfig)
-    cs.store(name="databento_schema", node=DatabentoSourceConfig)
     cs.store(name="window_schema", node=WindowConfig)
     cs.store(name="policy_schema", node=PolicyConfig)
-    cs.store(name="detector_schema", node=DetectorConfig)
     cs.store(name="parity_schema", node=ParityConfig)
 
 
@@ -214,17 +180,6 @@ def suggest(word: str, known: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_stages(stages: list[str], known: list[str]) -> None:
-    for stage in stages:
-        if stage not in known:
-            raise EngineError(
-                f"unknown stage {stage!r} in stages={list(stages)}{suggest(stage, known)}",
-                f"use stages from: {', '.join(known)}",
-            )
-    if not stages:
-        raise EngineError("stages is empty", f"name at least one of: {', '.join(known)}")
-
-
 def to_typed(cfg: DictConfig) -> EngineConfig:
     """Resolve every interpolation and convert to dataclass instances (raises on MISSING values)."""
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
@@ -233,9 +188,6 @@ def to_typed(cfg: DictConfig) -> EngineConfig:
 # ---------------------------------------------------------------------------------------------
 # Misspelt override keys: caught before Hydra composes, with a suggestion
 
-SOURCE_SCHEMAS = (SyntheticSourceConfig, DbnFileSourceConfig, DatabentoSourceConfig)
-
-
 def known_keys(schema: type = EngineConfig, prefix: str = "") -> set[str]:
     """Every dotted key the schema accepts (a group's keys are the union over its options)."""
     keys: set[str] = set()
@@ -243,10 +195,8 @@ def known_keys(schema: type = EngineConfig, prefix: str = "") -> set[str]:
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         keys.add(key)
-        kinds = SOURCE_SCHEMAS if key == "source" else (hints[f.name],)
-        for kind in kinds:
-            if dataclasses.is_dataclass(kind):
-                keys |= known_keys(kind, f"{key}.")
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys |= known_keys(hints[f.name], f"{key}.")
     return keys
 
 
@@ -260,16 +210,38 @@ def _field_type(key: str):
     return kind
 
 
-def check_override_keys(args: list[str]) -> None:
-    """Refuse `windw.start=…` with 'did you mean window.start?' instead of Hydra's struct error."""
+def _parsed(args: list[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     candidates = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))]
     try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
+        return OverridesParser.create().parse_overrides(candidates)
     except OverrideParseException:
-        return  # Hydra reports syntax errors itself
+        return []  # Hydra reports syntax errors itself
+
+
+def plugin_parameter_overrides(args: list[str]) -> list[str]:
+    """`source.seed=3` becomes `++source.seed=3`: a plugin's parameters are checked against its class when the job
+    starts (engine/plugins.py), so one its YAML leaves out (a default of the class) can be set too."""
+    out = []
+    for arg in args:
+        key = arg.partition("=")[0]
+        plugin_key = "=" in arg and not arg.startswith(("-", "+", "~")) and (
+            key.startswith(("source.", "detector.")) or (key.startswith("stage.") and key.count(".") >= 2))
+        out.append(f"++{arg}" if plugin_key else arg)
+    return out
+
+
+def as_typed(override: str) -> str:
+    """An override as the user typed it: `source.seed=3`, not the `++source.seed=3` it was rewritten to."""
+    bare = override.removeprefix("++")
+    return bare if plugin_parameter_overrides([bare]) == [override] else override
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Refuse `windw.start=…` with 'did you mean window.start?' instead of Hydra's struct error."""
+    overrides = _parsed(args)
     known = sorted(known_keys())
     # Keys under a mapping field (registry.tick_sizes.CL) are the user's own names.
     maps = tuple(f"{key}." for key in known if typing.get_origin(_field_type(key)) is dict)

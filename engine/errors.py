@@ -21,7 +21,7 @@ class EngineError(Exception):
 # Writing a file failed because its file system is full (or the file hit the size limit).
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _CANNOT_CREATE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST}
-_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
 def error_chain(exc: BaseException):
@@ -98,7 +98,9 @@ def _missing_option(err) -> EngineError:
     if not options:
         return EngineError(f"cannot find the config {asked!r}",
                            "check the name and that its YAML file is on the search path (engine/conf, ./conf)")
-    return EngineError(f"{name}={option}: no such option for {name}",
+    from engine.config import suggest
+
+    return EngineError(f"{name}={option}: no such option for {name}{suggest(option, options)}",
                        f"pick one of: {', '.join(f'{name}={o}' for o in options)}")
 
 
@@ -144,19 +146,11 @@ def _bad_value(err, text: str, where: str | None) -> EngineError:
     given = override.group(1) if override else None
     key = given.split("=", 1)[0].lstrip("+~") if given else (getattr(err, "full_key", None) or "config")
     kind = _field_type(key)
-    if kind is None and key.startswith("source."):  # `source` holds one of several option schemas
-        import typing
-
-        from engine.config import SOURCE_SCHEMAS
-
-        name = key.split(".", 1)[1]
-        kind = next((typing.get_type_hints(s)[name] for s in SOURCE_SCHEMAS if name in typing.get_type_hints(s)),
-                    None)
     args = getattr(kind, "__args__", None) or ()
     if getattr(kind, "__origin__", None) is list or kind is list:
         return EngineError(f"{given or key}: {key} is a list", f"write it in brackets: {key}=[{_value(given)}]")
     base = next((a for a in args if a is not type(None)), kind)
-    expected = _TYPE_WORDS.get(base) or (f"one of {', '.join(m.value for m in base)}" if isinstance(base, type)
+    expected = TYPE_WORDS.get(base) or (f"one of {', '.join(m.value for m in base)}" if isinstance(base, type)
                                          and hasattr(base, "__members__") else str(err.msg))
     value = _value(given) if given else next(iter(re.findall(r"Value '([^']*)'", str(err.msg))), "")
     origin = given or (f"{key} in conf/{where}.yaml" if where else key)

@@ -1,16 +1,15 @@
-"""The pipeline: the configured stages in order, each a plain function of the stage context.
+"""The pipeline: the configured stages (plugins, engine/stages/__init__.py) in order, each given the stage context.
 
 Stages that declare `chunk_settings(ctx)` (ingest, detect) run chunk by chunk when `window.chunk` is
-set; a chunk already done with the same settings is skipped unless `force=true`.
+set; a chunk already done with the same settings is skipped unless `force=true`; the results of the chunks
+run are combined with their `merge`.
 
 A chunkable stage that also declares `lookahead_ready(ctx, through)` (detect) reads bars after its chunk
 (the n bars that confirm the pivots among the chunk's last bars). When an earlier stage of the same group
 writes those bars (ingest), its chunk k waits until the chunks ingested after it hold that look-ahead
 (usually chunk k+1), and whatever still waits runs after the last ingest; so a chunked backfill gives the
-same bars and events as one unchunked run. A chunk whose summary says `lookahead_complete: false` (the
+same bars and events as one unchunked run. A chunk whose result says `lookahead_complete` false (the
 data ends inside its look-ahead) is not recorded done: the next run redoes it.
-
-Chunkable stages also declare `describe(summary) -> str`: their counts for the chunk's one console line.
 """
 
 from __future__ import annotations
@@ -23,39 +22,44 @@ from engine.console import CHUNK_LINE, chunk_lines_only, progress_bars
 from engine.context import StageContext
 from engine.db import chunks
 from engine.provenance import sha256_text
-from engine.stages import STAGES
+from engine.results import ChunkedResult, StageResult
 from engine.windows import Window
 
 
 def run_stages(ctx: StageContext) -> None:
-    for group in _groups(ctx.cfg.stages):
-        if _chunked(group[0]) and ctx.window.chunk is not None:
-            _run_chunked(ctx, group)
+    stages = {name: plugin.obj for name, plugin in ctx.plugins.stages.items()}
+    for group in _groups(stages):
+        if hasattr(stages[group[0]], "chunk_settings") and ctx.window.chunk is not None:
+            _run_chunked(ctx, {name: stages[name] for name in group})
         else:
             for name in group:
-                _run(ctx, name)
+                _run(ctx, name, stages[name])
 
 
-def _run(ctx: StageContext, name: str) -> dict:
+def _run(ctx: StageContext, name: str, stage) -> StageResult:
     ctx.log.info("stage %s: start", name)
-    summary = STAGES[name].run(ctx)
-    ctx.run.summary[name] = summary
+    result = _checked(name, stage.run(ctx))
+    ctx.run.results[name] = result
     ctx.log.info("stage %s: done", name)
-    return summary
+    return result
 
 
-def _run_chunked(ctx: StageContext, names: list[str]) -> None:
+def _checked(name: str, result: object) -> StageResult:
+    if not isinstance(result, StageResult):
+        raise TypeError(f"stage {name} returned {type(result).__name__}, not a StageResult (engine/results.py)")
+    return result
+
+
+def _run_chunked(ctx: StageContext, stages: dict) -> None:
     """On the console: one line per stage and chunk, and a bar over all of them with an ETA."""
+    names = list(stages)
     pieces = ctx.window.chunks()
-    totals: dict[str, dict] = {name: {"chunks": len(pieces), "chunks_done": 0, "chunks_skipped": 0}
-                               for name in names}
-    for name in names:
-        if hasattr(STAGES[name], "pending_reason"):  # whether every chunk had its look-ahead, not a sum
-            totals[name].update(lookahead_complete=True, chunks_pending=0)
-        ctx.run.summary[name] = totals[name]
+    totals = {name: ChunkedResult(chunks=len(pieces), waits_for_lookahead=hasattr(stage, "lookahead_ready"))
+              for name, stage in stages.items()}
+    ctx.run.results.update(totals)
     # Stages that read look-ahead bars an earlier stage of this group writes: their chunks wait in line.
     waiting: dict[str, deque[tuple[int, Window]]] = {
-        name: deque() for k, name in enumerate(names) if k and hasattr(STAGES[name], "lookahead_ready")}
+        name: deque() for k, name in enumerate(names) if k and hasattr(stages[name], "lookahead_ready")}
     whole = ctx.window
     ctx.log.info("%s: %d chunks of %s over %s", ", ".join(names), len(pieces), whole.chunk, whole.label)
 
@@ -64,31 +68,31 @@ def _run_chunked(ctx: StageContext, names: list[str]) -> None:
 
         `through`: the end of the chunks the earlier stages have done so far (None: all of them).
         """
+        stage, total = stages[name], totals[name]
         ctx.window = piece
-        settings = sha256_text(json.dumps(STAGES[name].chunk_settings(ctx), sort_keys=True, default=str))
+        settings = sha256_text(json.dumps(stage.chunk_settings(ctx), sort_keys=True, default=str))
         symbol = ctx.symbol.internal_symbol
         label = f"{name} chunk {number}/{len(pieces)} {piece.label}"
         if not ctx.cfg.force and chunks.is_done(ctx.db, name, symbol, piece.start, piece.end, settings):
             ctx.log.info("%s skipped: done before with the same settings (force=true redoes it)", label,
                          extra=CHUNK_LINE)
-            totals[name]["chunks_skipped"] += 1
+            total.chunks_skipped += 1
             progress.advance(bar)
             return True
-        if through is not None and not STAGES[name].lookahead_ready(ctx, through):
+        if through is not None and not stage.lookahead_ready(ctx, through):
             return False
         progress.update(bar, description=label)
-        summary = STAGES[name].run(ctx)
-        total = totals[name]
-        _add(total, summary)
-        if summary.get("lookahead_complete", True):
-            chunks.record_done(ctx.db, ctx.run.id, name, symbol, piece.start, piece.end, settings, summary)
-            total["chunks_done"] += 1
-            ctx.log.info("%s done: %s", label, STAGES[name].describe(summary), extra=CHUNK_LINE)
+        result = _checked(name, stage.run(ctx))
+        total.add(result)
+        if getattr(result, "lookahead_complete", True):
+            chunks.record_done(ctx.db, ctx.run.id, name, symbol, piece.start, piece.end, settings, result.as_json())
+            total.chunks_done += 1
+            ctx.log.info("%s done: %s", label, result.describe(), extra=CHUNK_LINE)
         else:
-            total["lookahead_complete"] = False
-            total["chunks_pending"] += 1
+            total.lookahead_complete = False
+            total.chunks_pending += 1
             ctx.log.warning("%s left pending, not recorded done, the next run redoes it: %s", label,
-                            STAGES[name].pending_reason(summary))
+                            result.pending_reason())
         progress.advance(bar)
         return True
 
@@ -111,28 +115,11 @@ def _run_chunked(ctx: StageContext, names: list[str]) -> None:
             ctx.window = whole
 
 
-def _add(total: dict, summary: dict) -> None:
-    """Sum the numeric counts of chunk summaries (nested dicts such as events by direction too)."""
-    for key, value in summary.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            total[key] = total.get(key, 0) + value
-        elif isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values()):
-            _add(total.setdefault(key, {}), value)
-        else:
-            total.setdefault(key, value)
-
-
-def _chunked(name: str) -> bool:
-    return hasattr(STAGES[name], "chunk_settings")
-
-
-def _groups(names: list[str]) -> list[list[str]]:
+def _groups(stages: dict) -> list[list[str]]:
     """Consecutive chunkable stages run together per chunk: [registry], [ingest, detect], [chart]."""
     groups: list[list[str]] = []
-    for name in names:
-        if groups and _chunked(name) and _chunked(groups[-1][-1]):
+    for name, stage in stages.items():
+        if groups and hasattr(stage, "chunk_settings") and hasattr(stages[groups[-1][-1]], "chunk_settings"):
             groups[-1].append(name)
         else:
             groups.append([name])

@@ -23,6 +23,8 @@ from engine.console import console
 from engine.db import registry
 from engine.db.connect import current_revision, head_revision, masked_url
 from engine.errors import EngineError
+from engine.job_plugins import JobPlugins
+from engine.sources.databento import DatabentoSource
 from engine.symbols import ResolvedSymbol, resolve_symbol
 from engine.windows import Window
 
@@ -71,7 +73,7 @@ def read_earlier(compare: str | None) -> str | None:
     return _without_changes(text)
 
 
-def plan(cfg: EngineConfig, window: Window, log: logging.Logger, resolved_yaml: str,
+def plan(cfg: EngineConfig, plugins: JobPlugins, window: Window, log: logging.Logger, resolved_yaml: str,
          earlier: str | None = None) -> tuple[dict, str]:
     """The plan as a dict (for result.json) and as the text of plan.md; prints it as a table."""
     db = read_only_engine(cfg.db.url)
@@ -84,7 +86,8 @@ def plan(cfg: EngineConfig, window: Window, log: logging.Logger, resolved_yaml: 
         if db is not None:
             db.dispose()
     pieces = window.chunks()
-    requests = _requests(cfg, symbol, pieces)
+    source = plugins.source.obj
+    requests = _requests(cfg, source, symbol, pieces)
     steps = {
         "database": masked_url(cfg.db.url),
         "schema": f"at head ({head})" if at_head else f"would be migrated from {revision or 'empty'} to {head}",
@@ -92,11 +95,12 @@ def plan(cfg: EngineConfig, window: Window, log: logging.Logger, resolved_yaml: 
         "databento_symbol": symbol.continuous,
         "resolved_from": symbol.origin,
         "stages": list(cfg.stages),
-        "source": cfg.source.name,
+        "source": plugins.source.name,
+        "detector": f"{plugins.detector.name} ({_params(plugins.detector.params)})",
         "window": [_iso(window.start), _iso(window.end)],
         "chunks": [[_iso(p.start), _iso(p.end)] for p in pieces],
         "bars_table": _bars_table(cfg),
-        "tables": _tables(cfg, symbol.internal_symbol),
+        "tables": _tables(cfg, isinstance(source, DatabentoSource), symbol.internal_symbol),
         "raw_files": requests,
         "cost_usd": _total(requests),
     }
@@ -132,7 +136,11 @@ def _bars_table(cfg: EngineConfig) -> str:
     return "market_bars_ohlcv_1m" if cfg.policy.allow_legacy else "market_bars_ohlcv_1m_clean"
 
 
-def _tables(cfg: EngineConfig, symbol: str) -> dict[str, dict[str, list[str]]]:
+def _params(params: dict) -> str:
+    return ", ".join(f"{key}={getattr(value, 'value', value)}" for key, value in params.items())
+
+
+def _tables(cfg: EngineConfig, downloads: bool, symbol: str) -> dict[str, dict[str, list[str]]]:
     """What each stage reads and writes (tables, and files outside the database), in stage order."""
     bars = _bars_table(cfg)
     chunked = ["stage_chunks"] if cfg.window.chunk is not None else []
@@ -140,7 +148,7 @@ def _tables(cfg: EngineConfig, symbol: str) -> dict[str, dict[str, list[str]]]:
     parity_reads = sorted({f"{side.csv} (csv)" if side.csv is not None else "triangle_events_v1"
                            for side in (cfg.parity.left, cfg.parity.right)})
     chart_file = f"chart_{re.sub(r'[^A-Za-z0-9._-]', '_', symbol)}.png (run directory)"
-    raw = ["raw files under data_dir/raw"] if cfg.source.name == "databento" else []
+    raw = ["raw files under data_dir/raw"] if downloads else []
     known = {
         "registry": (["symbol_registry"], ["symbol_registry"]),
         "ingest": (["engine_database", "market_bars_ohlcv_1m_clean", "symbol_registry", *chunked],
@@ -153,14 +161,14 @@ def _tables(cfg: EngineConfig, symbol: str) -> dict[str, dict[str, list[str]]]:
     tables = {"(every run)": {"reads": ["alembic_version", "engine_runs"], "writes": ["alembic_version",
                                                                                       "engine_runs"]}}
     for stage in cfg.stages:
-        reads, writes = known[stage]
+        reads, writes = known.get(stage, (["(a plugin's own: not declared)"], ["(a plugin's own: not declared)"]))
         tables[stage] = {"reads": reads, "writes": writes}
     return tables
 
 
-def _requests(cfg: EngineConfig, symbol: ResolvedSymbol, pieces: list[Window]) -> list[dict]:
+def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Window]) -> list[dict]:
     """The Databento request of each chunk: its landing file, whether it is there already, and its cost."""
-    if cfg.source.name != "databento" or "ingest" not in cfg.stages:
+    if not isinstance(source, DatabentoSource) or "ingest" not in cfg.stages:
         return []
     from engine.sources.databento_api import RawRequest, estimate_cost, timeouts
 
@@ -172,8 +180,8 @@ def _requests(cfg: EngineConfig, symbol: ResolvedSymbol, pieces: list[Window]) -
         landed = path.is_file()
         cost: float | None = 0.0
         if not landed:  # a landed file is reused, never paid again
-            cost = round(estimate_cost(req, gateway=cfg.source.gateway, max_retries=cfg.source.max_retries,
-                                       backoff_seconds=cfg.source.backoff_seconds, timeouts=timeouts(cfg.source)),
+            cost = round(estimate_cost(req, gateway=source.gateway, max_retries=source.max_retries,
+                                       backoff_seconds=source.backoff_seconds, timeouts=timeouts(source)),
                          4) if online else None
         out.append({"chunk": [_iso(piece.start), _iso(piece.end)], "path": path.as_posix(), "landed": landed,
                     "cost_usd": cost})
@@ -222,7 +230,7 @@ def _render(cfg: EngineConfig, window: Window, symbol: ResolvedSymbol, steps: di
         f"| chunks | {chunk_note} |",
         f"| stages | {', '.join(steps['stages'])} |",
         f"| source | {steps['source']} |",
-        f"| detector | {cfg.detector.name} (n={cfg.detector.n}) |",
+        f"| detector | {steps['detector']} |",
         f"| database | {_cell(steps['database'])} |",
         f"| schema | {steps['schema']} |",
         f"| Databento cost | {_cost_line(steps)} |",

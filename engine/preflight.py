@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from engine.config import EngineConfig, check_stages, normalize_symbol
+from engine.config import EngineConfig, normalize_symbol
 from engine.errors import EngineError
+from engine.job_plugins import JobPlugins
 from engine.windows import Window, parse_utc, parse_window
 
 # First day of each dataset's history (Databento's dataset start dates); a window before it has no data.
@@ -22,30 +22,17 @@ DATASET_START = {
     "GLBX.MDP3": datetime(2010, 6, 6, tzinfo=UTC),
     "XNAS.ITCH": datetime(2018, 5, 1, tzinfo=UTC),
 }
-# A fractal needs n bars on each side of its pivot: beyond a day of minutes on each side the detector would
-# confirm an event a day late, which no chart setting means.
-MAX_DETECTOR_N = 1440
 ROLL_RULES = {"c": "calendar", "n": "open interest", "v": "volume"}
 SQLITE_HEADER = b"SQLite format 3\x00"
-# Databento keys are `db-` and letters/digits (32 characters in all); a key of another shape would only earn
-# 401s after the retries, so it is refused before any request.
-DATABENTO_KEY = re.compile(r"db-[A-Za-z0-9]{20,40}")
 
 
-def check(cfg: EngineConfig, now: datetime | None = None) -> Window:
-    """All checks of a typed config; the parsed window."""
+def check(cfg: EngineConfig, plugins: JobPlugins, now: datetime | None = None) -> Window:
+    """All checks of a typed config and its created plugins; the parsed window."""
     stages = list(cfg.stages)
-    from engine.stages import STAGES
-
-    check_stages(stages, list(STAGES))
-    repeated = sorted({s for s in stages if stages.count(s) > 1})
-    if repeated:
-        raise EngineError(f"stages=[{','.join(stages)}] names {', '.join(repeated)} more than once",
-                          "name each stage once; stages run in the order given")
-    _ranges(cfg)
+    _ranges(cfg, plugins.source.obj)
     window = _window(cfg, now or datetime.now(UTC))
-    if "ingest" in stages:
-        _source_inputs(cfg)
+    if "ingest" in stages and hasattr(plugins.source.obj, "check"):
+        plugins.source.obj.check()  # e.g. the files exist, the key has the right shape
     if "parity" in stages:
         for side in ("left", "right"):
             path = getattr(cfg.parity, side).csv
@@ -60,14 +47,7 @@ def _at_least(key: str, value, low, what: str) -> None:
         raise EngineError(f"{key}={value} is below {low}: {what}", f"set {key} to {low} or more")
 
 
-def _ranges(cfg: EngineConfig) -> None:
-    n = cfg.detector.n
-    if not 2 <= n <= MAX_DETECTOR_N:
-        raise EngineError(
-            f"detector.n={n} is outside 2…{MAX_DETECTOR_N}: a fractal needs at least 2 bars on each side of "
-            f"its pivot, and more than {MAX_DETECTOR_N} (a day of minutes) would confirm events a day late",
-            "set detector.n between 2 and 1440; TradingView's Williams Fractals use 2, the engine's default is 5")
-    source = cfg.source
+def _ranges(cfg: EngineConfig, source) -> None:
     _at_least("source.batch_size", source.batch_size, 1, "each batch of rows is one transaction")
     for key, low, what in (("max_cost_usd", 0, "the most a download may cost"),
                            ("max_retries", 0, "retries of a failed call"),
@@ -121,31 +101,6 @@ def _chunk_count(window: Window, limit: int, chunk: str | None) -> None:
         raise EngineError(
             f"window.chunk={chunk} cuts the window into {count:,} chunks, more than window.max_chunks={limit:,}",
             f"use a longer window.chunk (e.g. 1d or 1w), or confirm the plan with window.max_chunks={count}")
-
-
-def _source_inputs(cfg: EngineConfig) -> None:
-    source = cfg.source
-    if source.name == "dbn_file":
-        for entry in source.paths:
-            _dbn_path(str(entry))
-    if source.name == "databento":
-        key = os.environ.get("DATABENTO_API_KEY", "")
-        if key.strip() and not DATABENTO_KEY.fullmatch(key.strip()):
-            shown = f"{len(key.strip())} characters" + ("" if key.strip().startswith("db-") else ", not starting db-")
-            raise EngineError(
-                f"DATABENTO_API_KEY is not a Databento API key ({shown})",
-                "export DATABENTO_API_KEY=db-… exactly as https://databento.com/portal/keys shows it "
-                "(no quotes, spaces or line breaks)")
-
-
-def _dbn_path(entry: str) -> None:
-    from engine.sources.dbn import expand_paths
-
-    path = Path(os.path.expanduser(entry))
-    if path.is_dir() and not (any(path.glob("*.dbn")) or any(path.glob("*.dbn.zst"))):
-        raise EngineError(f"source.paths entry {entry!r} is a directory without .dbn or .dbn.zst files",
-                          f"give the files or a glob, e.g. 'source.paths=[{entry.rstrip('/')}/**/*.dbn.zst]'")
-    expand_paths([entry])  # names an entry that matches no file
 
 
 def check_events_csv(path: Path, key: str) -> None:

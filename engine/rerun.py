@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from engine.config import SOURCE_SCHEMAS, EngineConfig
+from engine.config import EngineConfig, as_typed
 from engine.errors import EngineError
 from engine.provenance import redact
 
@@ -36,11 +36,9 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def expand_sweep_argv(argv: list[str]) -> list[str]:
-    """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories. A rerun is composed with the
-    saved runs' source (`source=dbn_file`), so that overrides of that source's own keys (`source.path=`) apply."""
+    """`rerun=<sweep dir>` becomes a multirun over the sweep's job directories."""
     out: list[str] = []
     multirun = False
-    saved: list[Path] = []
     for arg in argv:
         key, _, value = arg.partition("=")
         path = Path(value)
@@ -50,15 +48,8 @@ def expand_sweep_argv(argv: list[str]) -> list[str]:
                 raise EngineError(f"sweep directory {path} holds no saved job configs", "rerun a run directory")
             out.append("rerun=" + ",".join(str(j) for j in jobs))
             multirun = "-m" not in argv and "--multirun" not in argv
-            saved += jobs
         else:
             out.append(arg)
-            if key == "rerun" and (path / SAVED_CONFIG).is_file():
-                saved.append(path)
-    sources = {OmegaConf.load(run / SAVED_CONFIG).get("source", {}).get("name") for run in saved}
-    if len(sources) == 1 and None not in sources and not any(a.partition("=")[0] == "source" for a in argv):
-        at = next(i for i, a in enumerate(out) if a.startswith("rerun=")) + 1
-        out.insert(at, f"source={sources.pop()}")
     return ["--multirun", *out] if multirun else out
 
 
@@ -73,16 +64,14 @@ def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> 
             f"rerun={run_dir} is not a run directory (no {SAVED_CONFIG} in it)",
             "point rerun= at a folder under runs/ that a finished job wrote, or at a sweep folder",
         )
-    saved = OmegaConf.load(saved_file)
-    source_name = saved.get("source", {}).get("name")
-    schemas = {schema.name: schema for schema in SOURCE_SCHEMAS}
-    if source_name not in schemas:
-        raise EngineError(f"{saved_file} names an unknown source {source_name!r}",
-                          f"known sources: {', '.join(schemas)}")
+    saved = _as_plugins(OmegaConf.load(saved_file), saved_file)
     saved.pop("dry_run", None)  # this command's replaces it; runs saved before dry_run was a node hold a bool
-    config = OmegaConf.merge(OmegaConf.structured(EngineConfig), saved)
-    with open_dict(config):
-        config.source = OmegaConf.merge(OmegaConf.structured(schemas[source_name]), saved.source)
+    try:
+        config = OmegaConf.merge(OmegaConf.structured(EngineConfig), saved)
+    except OmegaConfBaseException as exc:
+        raise EngineError(f"{saved_file} is not a config this engine can rerun: {getattr(exc, 'msg', exc)}",
+                          "run the job again without rerun= (compose it from conf/)") from None
+    source_name = config.choices.get("source")
     config.rerun = str(run_dir)
     config.force = current.force
     config.dry_run = current.dry_run  # the whole node, whatever its shape
@@ -93,6 +82,22 @@ def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> 
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     return config, RerunOf(provenance.get("run_id"), provenance.get("git_hash"), provenance.get("logic_version"),
                            run_dir, applied)
+
+
+def _as_plugins(saved: DictConfig, saved_file: Path) -> DictConfig:
+    """A config saved before sources and detectors were plugins (`source.name: dbn_file`): each named option
+    becomes the packaged plugin node it was, with its saved parameters (its stages load from conf/stage/)."""
+    from engine.job_plugins import packaged_node, packaged_options
+
+    with open_dict(saved):
+        saved.setdefault("choices", {})
+        for group in ("source", "detector"):
+            node = saved.get(group)
+            if isinstance(node, DictConfig) and "_target_" not in node and node.get("name") in packaged_options(group):
+                name = node.pop("name")
+                saved[group] = {**packaged_node(group, name), **OmegaConf.to_container(node)}
+                saved.choices.setdefault(group, name)
+    return saved
 
 
 def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[str], groups: list[str],
@@ -108,7 +113,7 @@ def _apply_overrides(config: DictConfig, current: DictConfig, overrides: list[st
         key = override.key_or_group
         if key.split(".")[0] in _COMMAND_KEYS:
             continue
-        text = redact(override.input_line)
+        text = redact(as_typed(override.input_line))
         if key == "source" and override.value() == saved_source:
             continue  # composed with the saved run's source (expand_sweep_argv): no change
         if key.split("@")[0] in groups or override.is_delete():

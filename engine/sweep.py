@@ -31,20 +31,12 @@ def _job_number(name: str) -> tuple[int, str]:
 
 
 def _counts(result: dict) -> str:
-    stages = result.get("stages") or {}
-    parts = []
-    for name, summary in stages.items():
-        if "chunks" in summary:
-            parts.append(f"{name} chunks {summary['chunks_done']:,} done {summary['chunks_skipped']:,} skipped"
-                         + (f" {summary['chunks_pending']:,} pending" if "chunks_pending" in summary else ""))
-    if "ingest" in stages:
-        ingest = {key: stages["ingest"].get(f"bars_{key}", 0) for key in ("inserted", "updated", "unchanged",
-                                                                          "skipped")}
-        parts.append(f"bars +{ingest['inserted']:,} ~{ingest['updated']:,} ={ingest['unchanged']:,} "
-                     f"skipped {ingest['skipped']:,}")
-    if "detect" in stages:
-        parts.append("events " + " ".join(f"{k} {v:,}" for k, v in stages["detect"].get("events", {}).items()))
-    return "; ".join(parts)
+    """The job's counts for its row of the sweep summary, from its typed stage results."""
+    from engine.results import from_json
+
+    parts = [from_json(data).brief(name) for name, data in (result.get("stages") or {}).items()
+             if from_json(data) is not None]
+    return "; ".join(part for part in parts if part)
 
 
 def write_summary(sweep_dir: Path, jobs: list[dict]) -> int:

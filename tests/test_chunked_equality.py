@@ -13,7 +13,6 @@ the kill -9 test, which kills a real `python -m engine`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -35,12 +34,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
-from engine.config import DetectorConfig, WindowConfig, register_configs, to_typed
+from engine.config import WindowConfig, register_configs, to_typed
 from engine.context import RunRecord, StageContext
 from engine.db import runs
 from engine.db.connect import create_db_engine, upgrade
 from engine.db.schema import clean_bars, metadata, stage_chunks, triangle_events
 from engine.db.types import datetime_to_ns
+from engine.job_plugins import load_plugins
 from engine.pipeline import run_stages
 from engine.provenance import CodeVersion, sha256_text
 from engine.windows import parse_window
@@ -63,15 +63,16 @@ def run_engine(url: str, workdir: Path, *overrides: str) -> dict:
     db = create_db_engine(url)
     try:
         upgrade(db)
+        plugins = load_plugins(typed)
         run_id = runs.start_run(db, symbol=typed.symbol, stages=runs.dumps(list(typed.stages)), run_dir=str(workdir),
                                 git_hash=None, git_dirty=None, logic_version=LOGIC, config_sha256="0" * 64,
-                                overrides=runs.dumps(list(overrides)), data_kind=typed.source.data_kind.value)
+                                overrides=runs.dumps(list(overrides)), data_kind=plugins.source.obj.data_kind.value)
         ctx = StageContext(cfg=typed, window=parse_window(typed.window), db=db,
                            run=RunRecord(run_id, workdir, CodeVersion(None, None, LOGIC)),
-                           log=logging.getLogger("engine"))
+                           log=logging.getLogger("engine"), plugins=plugins)
         run_stages(ctx)
         runs.finish_run(db, run_id, "success")
-        return ctx.run.summary
+        return {name: result.as_json() for name, result in ctx.run.results.items()}
     finally:
         db.dispose()
 
@@ -254,7 +255,7 @@ def test_a_pending_chunk_is_redone_by_the_next_run_and_completes_once_later_bars
 def old_detect_digest(n: int = N) -> str:
     """The detect chunk-settings digest exactly as the engine before issue 9 computed it (commit 101d073)."""
     settings = {"symbol": SYMBOL, "source_table": "market_bars_ohlcv_1m_clean", "logic_version": LOGIC,
-                "detector": dataclasses.asdict(DetectorConfig(n=n))}
+                "detector": {"name": "williams_fractals", "n": n, "swing_high": "BEAR", "swing_low": "BULL"}}
     return sha256_text(json.dumps(settings, sort_keys=True, default=str))
 
 

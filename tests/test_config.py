@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from engine.config import EngineConfig, normalize_symbol, register_configs, to_typed
 from engine.errors import EngineError
+from engine.job_plugins import load_plugins
 from engine.windows import parse_utc
 
 CONF = Path(__file__).resolve().parents[1] / "engine" / "conf"
@@ -19,7 +20,8 @@ REQUIRED_FROM_USER = {"source=dbn_file": ["source.paths=[/tmp/some.dbn.zst]"]}
 def group_options():
     for group_dir in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "local"}):
         for option in sorted(group_dir.glob("*.yaml")):
-            yield f"{group_dir.name}={option.stem}"
+            # A stage option is selected by naming it in the list of stages.
+            yield f"stages=[{option.stem}]" if group_dir.name == "stage" else f"{group_dir.name}={option.stem}"
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +44,15 @@ def test_every_config_file_composes_and_validates(hydra_conf, option):
     typed = to_typed(cfg)
     assert isinstance(typed, EngineConfig)
     assert "${" not in OmegaConf.to_yaml(cfg, resolve=True)
+    load_plugins(typed)  # every plugin of the composition is created from its YAML
 
 
 def test_default_config_is_demo_sqlite_clean_only(hydra_conf):
     typed = to_typed(compose("config"))
     assert typed.db.url.startswith("sqlite:///") and typed.db.url.endswith("demo.sqlite")
-    assert typed.source.name == "synthetic" and typed.policy.allow_legacy is False
-    assert typed.detector.n == 5
+    plugins = load_plugins(typed)
+    assert plugins.source.name == "synthetic" and typed.policy.allow_legacy is False
+    assert plugins.detector.obj.n == 5
 
 
 def test_market_sources_use_another_sqlite_file_than_demo(hydra_conf):

@@ -13,8 +13,8 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from engine.config import check_stages, register_configs, to_typed
-from engine.stages import STAGES
+from engine.config import register_configs, to_typed
+from engine.job_plugins import load_plugins
 from engine.windows import parse_window
 
 CONF = Path(__file__).resolve().parents[1] / "engine" / "conf"
@@ -70,14 +70,14 @@ def test_shipped_job_composes_and_validates(hydra_conf, name):
     # `+job=<name>` on the command line fills the `job: null` slot, i.e. composes as `job=<name>`.
     cfg = compose("config", overrides=[f"job={name}"])
     typed = to_typed(cfg)
-    check_stages(list(typed.stages), list(STAGES))
+    plugins = load_plugins(typed)
     window = parse_window(typed.window)
     assert window.start < window.end
     job = OmegaConf.to_container(OmegaConf.load(CONF / "job" / f"{name}.yaml"))
     for key, value in leaves(job):
         assert OmegaConf.select(cfg, key) == value, key
     if name != "parity_check":
-        assert typed.source.name == "databento" and "ingest" in typed.stages
+        assert plugins.source.name == "databento" and "ingest" in typed.stages
 
 
 def test_multi_year_backfill_is_chunked_weekly(hydra_conf):
@@ -120,7 +120,7 @@ def test_team_job_from_its_own_config_dir_dry_run(tmp_path, monkeypatch):
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "success" and result["dry_run"] is True
     resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
-    assert resolved["source"]["name"] == "databento" and resolved["source"]["max_cost_usd"] == 5.0  # packaged
+    assert resolved["choices"]["source"] == "databento" and resolved["source"]["max_cost_usd"] == 5.0  # packaged
     assert resolved["window"] == {"start": "2024-01-01T00:00:00Z", "end": "2024-03-01T00:00:00Z",
                                   "warmup_start": None, "chunk": "1w", "max_chunks": 10_000}  # the team's job
     assert resolved["detector"]["n"] == 7  # conf/local/default.yaml merges last

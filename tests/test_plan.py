@@ -99,7 +99,8 @@ def test_compare_shows_exactly_the_changed_lines(engine_cli):
 
     _, n7, _ = dry_run(engine_cli, *THREE_DAYS, "detector.n=7", "dry_run.compare=plans/base", run_dir="plans/n7")
     assert "\n## Changes since plans/base\n" in n7
-    assert changes(n7) == ["-| detector | williams_fractals (n=5) |", "+| detector | williams_fractals (n=7) |",
+    assert changes(n7) == ["-| detector | williams_fractals (n=5, swing_high=BEAR, swing_low=BULL) |",
+                             "+| detector | williams_fractals (n=7, swing_high=BEAR, swing_low=BULL) |",
                            "-  'n': 5", "+  'n': 7"]
 
     longer = ["window.end=2025-12-13T00:00:00Z" if o.startswith("window.end=") else o for o in THREE_DAYS]

@@ -19,8 +19,12 @@ false, so a NaN bar is never a pivot and blocks any pivot whose required bars in
 
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from engine.config import Direction
+from engine.errors import EngineError
 
 MAX_LEFT_TIES = 4
 
@@ -146,3 +150,40 @@ def _mark_chunk(x: np.ndarray, n: int, start: int, stop: int, ops: _Ops, out: np
         np.logical_and(c, t, out=c)
         np.logical_or(left[first:], c, out=left[first:])
     np.logical_and(result, left, out=result)
+
+
+# A fractal needs n bars on each side of its pivot: beyond a day of minutes on each side the detector would
+# confirm an event a day late, which no chart setting means.
+MAX_N = 1440
+
+
+@dataclass
+class WilliamsFractals:
+    """Swing highs as `swing_high` events at the bar's high, swing lows as `swing_low` at its low."""
+
+    n: int = 5
+    swing_high: Direction = Direction.BEAR
+    swing_low: Direction = Direction.BULL
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n <= MAX_N:
+            raise EngineError(
+                f"detector.n={self.n} is outside 2…{MAX_N}: a fractal needs at least 2 bars on each side of "
+                f"its pivot, and more than {MAX_N} (a day of minutes) would confirm events a day late",
+                "set detector.n between 2 and 1440; TradingView's Williams Fractals use 2, the engine's default is 5")
+        if self.swing_high == self.swing_low:
+            raise EngineError(
+                f"detector.swing_high and detector.swing_low are both {self.swing_high.value}",
+                "use different directions, e.g. detector.swing_high=BEAR detector.swing_low=BULL",
+            )
+
+    @property
+    def warmup_bars(self) -> int:
+        return warmup_bars(self.n)
+
+    @property
+    def lookahead_bars(self) -> int:
+        return self.n
+
+    def detect(self, bars: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("the detector branch implements it")

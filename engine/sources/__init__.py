@@ -1,14 +1,18 @@
 """Sources land raw DBN files; the ingest stage decodes, validates and writes them the same way.
 
-A source is one module with `acquire(ctx, progress) -> Landing`, one line in SOURCES and one YAML file
-in conf/source/.
+A source is a plugin (engine/plugins.py): a class plus a YAML in conf/source/ naming it with `_target_`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from engine.config import DataKind
+
+if TYPE_CHECKING:
+    from engine.context import StageContext
 
 
 @dataclass
@@ -18,13 +22,22 @@ class Landing:
     raw_files: list[dict] = field(default_factory=list)  # [{path, sha256, reused, ...}] for the run log
 
 
-SOURCES: dict[str, str] = {
-    "synthetic": "engine.sources.synthetic",
-    "dbn_file": "engine.sources.dbn",
-    "databento": "engine.sources.databento_api",
-}
+@dataclass(kw_only=True)
+class SourceParams:
+    """Parameters every packaged source has (a user's source may declare the attributes itself)."""
+
+    data_kind: DataKind = DataKind.market
+    batch_size: int = 50_000
 
 
-def acquire(name: str, ctx, progress) -> Landing:
-    """Land the raw files for the job's symbol and window with the named source (imported on use)."""
-    return importlib.import_module(SOURCES[name]).acquire(ctx, progress)
+class Source(Protocol):
+    data_kind: DataKind  # demo data never shares a database with market data
+    batch_size: int  # bars per commit unit of the ingest
+    # True: files that are not a request for exactly this window (a chunk reads its part of a longer file):
+    # records outside the window are counted, not quarantined. False: a download for exactly the window, where
+    # a record outside it is an anomaly (quarantined as ts_outside_window).
+    local: bool
+
+    def acquire(self, ctx: StageContext, progress) -> Landing:
+        """Land the raw DBN files for the job's symbol and window; `progress` is a rich Progress."""
+        ...

@@ -21,15 +21,16 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import databento_dbn
 import numpy as np
 import zstandard
+from omegaconf import MISSING
 
 from engine.bars import RAW_BAR_DTYPE
 from engine.errors import EngineError
-from engine.sources import Landing
+from engine.sources import Landing, SourceParams
 
 __all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "SymbolFilter", "count_records", "expand_paths"]
 
@@ -628,9 +629,30 @@ class _WindowTrim:
         return (recs[~drop] if outside else recs), outside
 
 
+@dataclass(kw_only=True)
+class DbnFileSource(SourceParams):
+    """Local DBN files (.dbn or .dbn.zst), as they are: paths or globs."""
+
+    paths: list[str] = MISSING
+    local: ClassVar[bool] = True
+
+    def check(self) -> None:
+        """Before the run: every entry names files (a directory must hold .dbn or .dbn.zst files)."""
+        for entry in self.paths:
+            path = Path(os.path.expanduser(entry))
+            if path.is_dir() and not (any(path.glob("*.dbn")) or any(path.glob("*.dbn.zst"))):
+                raise EngineError(
+                    f"source.paths entry {entry!r} is a directory without .dbn or .dbn.zst files",
+                    f"give the files or a glob, e.g. 'source.paths=[{entry.rstrip('/')}/**/*.dbn.zst]'")
+            expand_paths([entry])  # names an entry that matches no file
+
+    def acquire(self, ctx, progress) -> Landing:
+        return acquire(ctx, progress)
+
+
 def acquire(ctx, progress) -> Landing:
     """The configured local files, as they are (paths or globs in source.paths)."""
     from engine.provenance import sha256_file
 
-    paths = expand_paths(list(ctx.cfg.source.paths))
+    paths = expand_paths(list(ctx.source.paths))
     return Landing(paths, raw_files=[{"path": str(p), "sha256": sha256_file(p), "reused": True} for p in paths])

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 import databento_dbn
@@ -38,9 +39,10 @@ import numpy as np
 import zstandard
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE
+from engine.config import DataKind
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
-from engine.sources import Landing
+from engine.sources import Landing, SourceParams
 from engine.sources.dbn import DBN_OHLCV_DTYPE
 
 __all__ = [
@@ -379,11 +381,24 @@ def write_synthetic_dbn(
     return written
 
 
+@dataclass(kw_only=True)
+class SyntheticSource(SourceParams):
+    """Deterministic demo bars written as a real DBN file (no key, no network)."""
+
+    seed: int = 7
+    missing_rate: float = 0.002
+    data_kind: DataKind = DataKind.demo
+    local: ClassVar[bool] = True
+
+    def acquire(self, ctx, progress) -> Landing:
+        return acquire(ctx, progress)
+
+
 def acquire(ctx, progress) -> Landing:
     """Write (or reuse) the demo DBN file for the job's symbol and window under <data_dir>/synthetic/."""
     from engine.provenance import sha256_file
 
-    symbol, source = ctx.symbol, ctx.cfg.source
+    symbol, source = ctx.symbol, ctx.source
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     path = (
         Path(ctx.cfg.data_dir) / "synthetic" / symbol.continuous

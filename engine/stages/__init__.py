@@ -1,16 +1,18 @@
-"""Stage registry: a stage is one module with `run(ctx) -> dict` plus one line here.
+"""Stages: plugins (engine/plugins.py) selected with `stages=[...]`, each from its YAML in conf/stages/.
 
-A stage module that also defines `chunk_settings(ctx) -> dict` runs chunk by chunk under `window.chunk`.
+A stage is a class with `run(ctx) -> StageResult` (engine/results.py). One that also has
+`chunk_settings(ctx) -> dict` runs chunk by chunk under `window.chunk` (its result defines `merge`); one that
+also has `lookahead_ready(ctx, through) -> bool` reads bars after its chunk (engine/pipeline.py).
 """
 
-from types import ModuleType
+from __future__ import annotations
 
-from engine.stages import chart, detect, ingest, parity, registry
+from typing import TYPE_CHECKING, Protocol
 
-STAGES: dict[str, ModuleType] = {
-    "registry": registry,
-    "ingest": ingest,
-    "detect": detect,
-    "parity": parity,
-    "chart": chart,
-}
+if TYPE_CHECKING:
+    from engine.context import StageContext
+    from engine.results import StageResult
+
+
+class Stage(Protocol):
+    def run(self, ctx: StageContext) -> StageResult: ...

@@ -9,6 +9,7 @@ last gap of 60 minutes or more), so the candles stay readable.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from engine.db.bars import read_bars
 from engine.db.events import EventKey, read_events
 from engine.db.types import datetime_to_ns, ns_to_datetime
 from engine.errors import EngineError
+from engine.results import StageResult
 from engine.stages.detect import bars_table, check_detector
 
 TRADING_DAY_BARS = 23 * 60  # CME Globex: 23 hours of 1-minute bars
@@ -26,9 +28,35 @@ SESSION_GAP_NS = 60 * 60 * 1_000_000_000
 _MARKERS = {"BEAR": ("v", "#d62728"), "BULL": ("^", "#2ca02c")}
 
 
-def run(ctx: StageContext) -> dict:
+@dataclass
+class ChartResult(StageResult):
+    path: str
+    source_table: str
+    logic_version: str
+    scope: str  # "window", or "last session" for a window longer than a trading day
+    bars: int
+    bars_in_window: int
+    range_start: str
+    range_end: str
+    events: dict[str, int]
+
+    def describe(self) -> str:
+        return self.path
+
+    def rows(self, stage: str) -> list[tuple[str, str]]:
+        return [("chart", self.path)]
+
+
+class Chart:
+    """Stage `chart` (see the module docstring)."""
+
+    def run(self, ctx: StageContext) -> ChartResult:
+        return run(ctx)
+
+
+def run(ctx: StageContext) -> ChartResult:
     cfg, window = ctx.cfg, ctx.window
-    n = check_detector(cfg)
+    n = check_detector(ctx)
     symbol = ctx.symbol.internal_symbol
     table = bars_table(cfg)
     if cfg.policy.allow_legacy:
@@ -50,19 +78,12 @@ def run(ctx: StageContext) -> dict:
     path = Path(ctx.run.dir) / f"chart_{re.sub(r'[^A-Za-z0-9._-]', '_', symbol)}.png"
     title = f"{symbol}  1m  {ns_to_datetime(first):%Y-%m-%d %H:%M} → {ns_to_datetime(last):%Y-%m-%d %H:%M} UTC"
     drawn = plot_chart(shown, events, path, title)
-    summary = {
-        "path": str(path),
-        "source_table": table,
-        "logic_version": key.logic_version,
-        "scope": scope,
-        "bars": len(shown),
-        "bars_in_window": len(bars),
-        "range_start": f"{ns_to_datetime(first):%Y-%m-%dT%H:%M:%SZ}",
-        "range_end": f"{ns_to_datetime(last):%Y-%m-%dT%H:%M:%SZ}",
-        "events": drawn,
-    }
+    result = ChartResult(path=str(path), source_table=table, logic_version=key.logic_version, scope=scope,
+                         bars=len(shown), bars_in_window=len(bars),
+                         range_start=f"{ns_to_datetime(first):%Y-%m-%dT%H:%M:%SZ}",
+                         range_end=f"{ns_to_datetime(last):%Y-%m-%dT%H:%M:%SZ}", events=drawn)
     ctx.log.info("chart %s: %s", symbol, path)
-    return summary
+    return result
 
 
 def chart_range(bars: np.ndarray) -> tuple[np.ndarray, str]:

@@ -18,12 +18,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -41,6 +41,7 @@ from engine.db.schema import CLEAN_BARS, LEGACY_BARS
 from engine.db.types import datetime_to_ns
 from engine.detectors.williams_fractals import swing_highs, swing_lows, warmup_bars
 from engine.errors import EngineError
+from engine.results import StageResult, instant, same, total
 
 CONTRACT_ERROR = (
     "ERROR: Clean table not available for this range\n"
@@ -59,22 +60,86 @@ def bars_table(cfg: EngineConfig) -> str:
     return LEGACY_BARS if cfg.policy.allow_legacy else CLEAN_BARS
 
 
-def check_detector(cfg: EngineConfig) -> int:
-    n = cfg.detector.n
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise EngineError(f"detector.n={n!r} is not a usable period", "set detector.n to an integer >= 2, e.g. 5")
-    if cfg.detector.swing_high == cfg.detector.swing_low:
-        raise EngineError(
-            f"detector.swing_high and detector.swing_low are both {cfg.detector.swing_high.value}",
-            "use different directions, e.g. detector.swing_high=BEAR detector.swing_low=BULL",
-        )
-    return int(n)
+def check_detector(ctx: StageContext) -> int:
+    return ctx.detector.n
 
 
-def run(ctx: StageContext) -> dict:
+@dataclass
+class DetectResult(StageResult):
+    """What one detection (or the chunks of a chunked one, merged) read and wrote."""
+
+    symbol: str
+    source_table: str
+    logic_version: str
+    detector: str
+    detector_params: str
+    n: int
+    window_start: str
+    window_end: str
+    bars_in_window: int = 0
+    bars_read: int = 0
+    warmup_bars: int = 0  # before the (first) window
+    confirm_bars: int = 0  # from the end of the (last) window
+    events: dict[str, int] = field(default_factory=dict)
+    events_written: int = 0
+    events_replaced: int = 0
+    # Every bar of the window that could be a pivot has its look-ahead bars (or there is no bar): newer bars
+    # stored later cannot change these events. Chunked runs record a chunk done only then.
+    lookahead_complete: bool = True
+    pieces: int = 0
+    seconds: float = 0.0
+
+    def merge(self, later: DetectResult) -> DetectResult:
+        """Two detections of one run (consecutive chunks): counts added, the window spanning both, the warm-up of
+        the earlier and the look-ahead of the later."""
+        first, last = (self, later) if instant(self.window_start) <= instant(later.window_start) else (later, self)
+        return DetectResult(
+            **{name: same(name, getattr(self, name), getattr(later, name)) for name in _SHARED},
+            window_start=first.window_start, window_end=max(self.window_end, later.window_end, key=instant),
+            **{name: getattr(self, name) + getattr(later, name) for name in _SUMMED},
+            warmup_bars=first.warmup_bars, confirm_bars=last.confirm_bars, events=total(self.events, later.events),
+            lookahead_complete=self.lookahead_complete and later.lookahead_complete,
+            seconds=round(self.seconds + later.seconds, 3))
+
+    def describe(self) -> str:
+        count = sum(self.events.values())
+        by_direction = ", ".join(f"{n:,} {direction}" for direction, n in self.events.items())
+        return f"{self.bars_in_window:,} bars, {count:,} events" + (f" ({by_direction})" if count else "")
+
+    def brief(self, stage: str) -> str:
+        return "events " + " ".join(f"{k} {v:,}" for k, v in self.events.items())
+
+    def rows(self, stage: str) -> list[tuple[str, str]]:
+        return [("events", f"{self.describe()} from {self.source_table} ({self.logic_version})")]
+
+    def pending_reason(self) -> str:
+        """Why a detection with `lookahead_complete` false is not final (for the chunk's closing log line)."""
+        return (f"only {self.confirm_bars} of the {self.n} bars after {self.window_end} are stored, so pivots among "
+                f"the chunk's last {self.n} bars cannot be confirmed yet (ingest the bars after it, or rerun once "
+                "they exist)")
+
+
+_SHARED = ("symbol", "source_table", "logic_version", "detector", "detector_params", "n")
+_SUMMED = ("bars_in_window", "bars_read", "events_written", "events_replaced", "pieces")
+
+
+class Detect:
+    """Stage `detect` (see the module docstring)."""
+
+    def run(self, ctx: StageContext) -> DetectResult:
+        return run(ctx)
+
+    def chunk_settings(self, ctx: StageContext) -> dict:
+        return chunk_settings(ctx)
+
+    def lookahead_ready(self, ctx: StageContext, through: datetime) -> bool:
+        return lookahead_ready(ctx, through)
+
+
+def run(ctx: StageContext) -> DetectResult:
     started = time.perf_counter()
     cfg, window, log = ctx.cfg, ctx.window, ctx.log
-    n = check_detector(cfg)
+    n = check_detector(ctx)
     symbol = ctx.symbol.internal_symbol
     table = bars_table(cfg)
     if cfg.policy.allow_legacy:
@@ -94,7 +159,7 @@ def run(ctx: StageContext) -> dict:
     if ctx.db.dialect.name == "postgresql" and len(pieces) > 1:
         reads = in_background(reads)  # the next piece streams out while this one's events stream in
     counts = {"bars_in_window": 0, "bars_read": 0, "warmup_bars": 0, "confirm_bars": 0}
-    directions = (cfg.detector.swing_high.value, cfg.detector.swing_low.value)
+    directions = (ctx.detector.swing_high.value, ctx.detector.swing_low.value)
     by_direction = dict.fromkeys(directions, 0)
 
     def events_of_pieces():
@@ -125,27 +190,16 @@ def run(ctx: StageContext) -> dict:
     if not counts["bars_in_window"]:  # news for a window; a chunk without bars (a weekend) is not
         log.log(logging.INFO if showing_chunk_lines() else logging.WARNING, "detect %s: no bars in %s between %s "
                 "and %s", symbol, table, _fmt(window.start), _fmt(window.end))
-    summary = {
-        "symbol": symbol,
-        "source_table": table,
-        "logic_version": key.logic_version,
-        "n": n,
-        "window_start": _fmt(window.start),
-        "window_end": _fmt(window.end),
-        **counts,
-        "events": by_direction,
-        "events_written": inserted,
-        "events_replaced": deleted,
-        # Every bar of the window that could be a pivot has its n confirming bars (or there is no bar):
-        # newer bars stored later cannot change these events. Chunked runs record a chunk done only then.
-        "lookahead_complete": counts["confirm_bars"] >= n or not counts["bars_in_window"],
-        "pieces": len(pieces),
-        "seconds": round(seconds, 3),
-    }
+    result = DetectResult(
+        symbol=symbol, source_table=table, logic_version=key.logic_version, detector=ctx.plugins.detector.name,
+        detector_params=ctx.plugins.detector.params_json(), n=n, window_start=_fmt(window.start),
+        window_end=_fmt(window.end), **counts, events=by_direction, events_written=inserted, events_replaced=deleted,
+        lookahead_complete=counts["confirm_bars"] >= n or not counts["bars_in_window"], pieces=len(pieces),
+        seconds=round(seconds, 3))
     log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, %.3f s (%.0f bars/s)", symbol,
              counts["bars_in_window"], counts["bars_read"], ", ".join(f"{v} {k}" for k, v in by_direction.items()),
              table, key.logic_version, seconds, counts["bars_in_window"] / max(seconds, 1e-9))
-    return summary
+    return result
 
 
 def chunk_settings(ctx: StageContext) -> dict:
@@ -159,7 +213,7 @@ def chunk_settings(ctx: StageContext) -> dict:
         "symbol": ctx.symbol.internal_symbol,
         "source_table": bars_table(ctx.cfg),
         "logic_version": ctx.run.code.logic_version,
-        "detector": dataclasses.asdict(ctx.cfg.detector),
+        "detector": {"name": ctx.plugins.detector.name, **ctx.plugins.detector.params},  # as earlier versions
         "done_when": "lookahead_complete",
     }
 
@@ -170,24 +224,9 @@ def lookahead_ready(ctx: StageContext, through: datetime) -> bool:
     A chunked run detects a chunk once the chunks ingested after it reach `through`: bars written later lie
     at or after `through`, so they cannot change the chunk's events.
     """
-    n = check_detector(ctx.cfg)
+    n = check_detector(ctx)
     stored = count_bars(ctx.db, bars_table(ctx.cfg), ctx.symbol.internal_symbol, ctx.window.end, through, n)
     return stored >= n
-
-
-def describe(summary: dict) -> str:
-    """The counts of a detection (or of a chunked detection's totals) in one line."""
-    events = summary.get("events") or {}
-    total = sum(events.values())
-    by_direction = ", ".join(f"{count:,} {direction}" for direction, count in events.items())
-    return f"{summary.get('bars_in_window', 0):,} bars, {total:,} events" + (f" ({by_direction})" if total else "")
-
-
-def pending_reason(summary: dict) -> str:
-    """Why a detection with `lookahead_complete` false is not final (for the chunk's closing log line)."""
-    return (f"only {summary['confirm_bars']} of the {summary['n']} bars after {summary['window_end']} are stored, "
-            f"so pivots among the chunk's last {summary['n']} bars cannot be confirmed yet (ingest the bars after "
-            f"it, or rerun once they exist)")
 
 
 def split_window(start: datetime, end: datetime, span: timedelta | None = None) -> list[tuple[datetime, datetime]]:

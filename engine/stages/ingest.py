@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 from engine.console import progress_bars
 from engine.context import StageContext
@@ -26,24 +27,95 @@ from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.interrupts import is_interruption
 from engine.provenance import redact
-from engine.sources import acquire
+from engine.results import StageResult, instant, same, total
 from engine.sources.dbn import DbnBarFile, SymbolFilter
 from engine.validate import REASONS, SeenTimestamps, tick_raw, validate_chunk
+from engine.windows import iso_minute
 
 log = logging.getLogger(__name__)
 
-# Sources whose files are not a request for exactly this window (a chunk of a backfill reads its part of a
-# longer file): records outside the window are counted, not quarantined. A Databento download holding bars
-# outside the window it asked for is an anomaly, so they are validated and quarantined as ts_outside_window.
-LOCAL_SOURCES = frozenset({"dbn_file", "synthetic"})
 # Key of the records-outside-the-window count in clean_ingest_runs.ignored_instruments (no symbol looks like it).
 OUTSIDE_WINDOW_KEY = "(outside window)"
 _UNCHECKED_ROOTS: set[str] = set()  # roots without a tick size already reported by this process
 
 
-def run(ctx: StageContext) -> dict:
+@dataclass
+class IngestResult(StageResult):
+    """What one ingest (or the chunks of a chunked one, merged) received and did with it."""
+
+    symbol: str
+    databento_symbol: str
+    bars_received: int = 0
+    bars_inserted: int = 0
+    bars_updated: int = 0
+    bars_unchanged: int = 0
+    bars_skipped: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    ignored_instruments: dict[str, int] = field(default_factory=dict)
+    outside_window: int = 0
+    batch_commits: int = 0
+    retries: int = 0
+    raw_files: list[dict] = field(default_factory=list)
+    duration_seconds: float = 0.0
+    ingest_run_ids: list[int] = field(default_factory=list)  # one clean_ingest_runs row per ingest (per chunk)
+    window_start: str = ""
+    window_end: str = ""
+
+    def merge(self, later: IngestResult) -> IngestResult:
+        """The two ingests together: counts added, files and run rows listed, the window spanning both."""
+        return IngestResult(
+            symbol=same("symbol", self.symbol, later.symbol),
+            databento_symbol=same("databento_symbol", self.databento_symbol, later.databento_symbol),
+            **{name: getattr(self, name) + getattr(later, name) for name in _SUMMED},
+            skipped_by_reason=total(self.skipped_by_reason, later.skipped_by_reason),
+            ignored_instruments=total(self.ignored_instruments, later.ignored_instruments),
+            duration_seconds=round(self.duration_seconds + later.duration_seconds, 3),
+            window_start=min(self.window_start, later.window_start, key=instant),
+            window_end=max(self.window_end, later.window_end, key=instant),
+        )
+
+    def describe(self) -> str:
+        text = (f"{self.bars_received:,} bars: {self.bars_inserted:,} new, {self.bars_updated:,} updated, "
+                f"{self.bars_unchanged:,} unchanged, {self.bars_skipped:,} quarantined")
+        if self.skipped_by_reason:
+            text += " (" + ", ".join(f"{count:,} {reason}" for reason, count in self.skipped_by_reason.items()) + ")"
+        return text
+
+    def brief(self, stage: str) -> str:
+        return (f"bars +{self.bars_inserted:,} ~{self.bars_updated:,} ={self.bars_unchanged:,} "
+                f"skipped {self.bars_skipped:,}")
+
+    def rows(self, stage: str) -> list[tuple[str, str]]:
+        rows = [("bars", self.describe())]
+        ignored = dict(self.ignored_instruments)
+        if self.outside_window:
+            ignored["outside the window"] = self.outside_window
+        if ignored:
+            rows.append(("ignored", ", ".join(f"{count:,} {what}" for what, count in ignored.items())))
+        if self.retries:
+            rows.append(("retries", f"{self.retries:,}"))
+        return rows
+
+
+# Fields of IngestResult that two ingests' results add up (lists concatenate).
+_SUMMED = ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped", "outside_window",
+           "batch_commits", "retries", "raw_files", "ingest_run_ids")
+
+
+class Ingest:
+    """Stage `ingest` (see the module docstring)."""
+
+    def run(self, ctx: StageContext) -> IngestResult:
+        return run(ctx)
+
+    def chunk_settings(self, ctx: StageContext) -> dict:
+        return chunk_settings(ctx)
+
+
+def run(ctx: StageContext) -> IngestResult:
     symbol = ctx.symbol
-    source = ctx.cfg.source
+    source = ctx.source
+    source_name = ctx.plugins.source.name
     _refuse_mixing(ctx)
     tick = _tick(ctx)
     coverage = IngestCoverage(ctx.window.start, ctx.window.end)  # loads the calendar before any bar is written
@@ -53,7 +125,7 @@ def run(ctx: StageContext) -> dict:
         start_ts=ctx.window.start,
         end_ts=ctx.window.end,
         engine_run_id=ctx.run.id,
-        source=source.name,
+        source=source_name,
         databento_symbol=symbol.continuous,
     )
     started = time.monotonic()
@@ -61,7 +133,7 @@ def run(ctx: StageContext) -> dict:
     try:
         with progress_bars() as progress:
             try:
-                landing = acquire(source.name, ctx, progress)
+                landing = source.acquire(ctx, progress)
             except BaseException as exc:
                 tally.retries = _retries_of(exc)
                 raise
@@ -73,25 +145,28 @@ def run(ctx: StageContext) -> dict:
         _finish(ctx, ingest_id, tally, started, status, _error_text(exc))
         raise
     _finish(ctx, ingest_id, tally, started, "success", None)
-    summary = tally.summary(time.monotonic() - started)
-    summary.update(ingest_run_id=ingest_id, databento_symbol=symbol.continuous)
-    ctx.log.info("ingest %s: %s, %.2f s (%s bars/s)", symbol.internal_symbol, describe(summary),
-                 summary["duration_seconds"], f"{_rate(summary):,.0f}")
-    return summary
+    result = IngestResult(symbol=symbol.internal_symbol, databento_symbol=symbol.continuous,
+                          ingest_run_ids=[ingest_id], window_start=iso_minute(ctx.window.start),
+                          window_end=iso_minute(ctx.window.end), **tally.summary(time.monotonic() - started))
+    rate = result.bars_received / result.duration_seconds if result.duration_seconds else 0.0
+    ctx.log.info("ingest %s: %s, %.2f s (%s bars/s)", symbol.internal_symbol, result.describe(),
+                 result.duration_seconds, f"{rate:,.0f}")
+    return result
 
 
 def chunk_settings(ctx: StageContext) -> dict:
     """What makes two ingests of the same chunk the same work (for resuming chunked backfills)."""
-    return {"symbol": dataclasses.asdict(ctx.symbol), "source": dataclasses.asdict(ctx.cfg.source),
+    source = {"name": ctx.plugins.source.name, **ctx.plugins.source.params}  # as recorded by earlier versions
+    return {"symbol": dataclasses.asdict(ctx.symbol), "source": source,
             "tick_size": ctx.cfg.registry.tick_sizes.get(ctx.symbol.root)}
 
 
 def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None
           ) -> SeenTimestamps:
     """Decode, validate and commit chunk by chunk; `tally` holds what is committed. Returns the accepted minutes."""
-    symbol, source = ctx.symbol, ctx.cfg.source
+    symbol, source = ctx.symbol, ctx.source
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
-    window = (start_ns, end_ns) if source.name in LOCAL_SOURCES else None
+    window = (start_ns, end_ns) if source.local else None
     writer = CleanBarWriter(ctx.db, symbol.internal_symbol, ingest_id, batch_size=source.batch_size)
     seen = SeenTimestamps()
     task = progress.add_task(f"ingest {symbol.internal_symbol}", total=None, unit="bars")
@@ -219,7 +294,7 @@ def _refuse_mixing(ctx: StageContext) -> None:
     The first ingest records the database's kind (engine_database) before it writes a bar; later ingests of the
     other kind are refused, so an interrupted first ingest or two first ingests at once never wedge it.
     """
-    kind = ctx.cfg.source.data_kind.value
+    kind = ctx.source.data_kind.value
     held = claim_data_kind(ctx.db, kind, ctx.run.id)
     if held["data_kind"] == kind:
         return
@@ -228,24 +303,8 @@ def _refuse_mixing(ctx: StageContext) -> None:
     empty = "" if has_clean_bars(ctx.db) else (
         "; it holds no bars yet: if that was a mistake, DELETE FROM engine_database and rerun")
     raise EngineError(
-        f"refusing to ingest {kind} data from source={ctx.cfg.source.name}: the database {database} holds "
+        f"refusing to ingest {kind} data from source={ctx.plugins.source.name}: the database {database} holds "
         f"{held['data_kind']} data ({since}, {held['recorded_at']:%Y-%m-%d %H:%M} UTC)",
         "give demo data its own database (the default db=sqlite does: data/demo.sqlite vs "
         f"data/market.sqlite), e.g. db.url=sqlite:///data/{kind}.sqlite{empty}",
     )
-
-
-def describe(summary: dict) -> str:
-    """The counts of an ingest (or of a chunked ingest's totals) in one line."""
-    text = (f"{summary.get('bars_received', 0):,} bars: {summary.get('bars_inserted', 0):,} new, "
-            f"{summary.get('bars_updated', 0):,} updated, {summary.get('bars_unchanged', 0):,} unchanged, "
-            f"{summary.get('bars_skipped', 0):,} quarantined")
-    reasons = summary.get("skipped_by_reason") or {}
-    if reasons:
-        text += " (" + ", ".join(f"{count:,} {reason}" for reason, count in reasons.items()) + ")"
-    return text
-
-
-def _rate(summary: dict) -> float:
-    seconds = summary["duration_seconds"]
-    return summary["bars_received"] / seconds if seconds else 0.0

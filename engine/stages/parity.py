@@ -23,6 +23,7 @@ from engine.context import StageContext
 from engine.db.events import EventKey, read_events
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
+from engine.results import StageResult
 from engine.stages.detect import bars_table, check_detector
 
 DIFFERENCES_CSV = "parity_differences.csv"
@@ -40,7 +41,36 @@ class Side:
     events: frozenset[Event]
 
 
-def run(ctx: StageContext) -> dict:
+@dataclass
+class ParityResult(StageResult):
+    symbol: str
+    left: str
+    right: str
+    left_events: int
+    right_events: int
+    matched: int
+    only_left: int
+    only_right: int
+    mismatches: int
+    tolerance: int
+    differences_csv: str
+
+    def describe(self) -> str:
+        return (f"{self.matched:,} matched, {self.only_left:,} only left, {self.only_right:,} only right "
+                f"(tolerance {self.tolerance:,})")
+
+    def rows(self, stage: str) -> list[tuple[str, str]]:
+        return [("parity", self.describe()), ("differences", self.differences_csv)]
+
+
+class Parity:
+    """Stage `parity` (see the module docstring)."""
+
+    def run(self, ctx: StageContext) -> ParityResult:
+        return run(ctx)
+
+
+def run(ctx: StageContext) -> ParityResult:
     cfg = ctx.cfg.parity
     if isinstance(cfg.tolerance, bool) or not isinstance(cfg.tolerance, int) or cfg.tolerance < 0:
         raise EngineError(f"parity.tolerance={cfg.tolerance!r} is not a count", "set parity.tolerance=0 or more")
@@ -65,29 +95,19 @@ def run(ctx: StageContext) -> dict:
         writer.writerows((format_ns(ts), direction, side) for ts, direction, side in differences)
 
     mismatches = len(only_left) + len(only_right)
-    summary = {
-        "symbol": ctx.symbol.internal_symbol,
-        "left": left.label,
-        "right": right.label,
-        "left_events": len(left.events),
-        "right_events": len(right.events),
-        "matched": len(matched),
-        "only_left": len(only_left),
-        "only_right": len(only_right),
-        "mismatches": mismatches,
-        "tolerance": cfg.tolerance,
-        "differences_csv": str(out),
-    }
-    _print(ctx, summary, differences)
-    ctx.log.info("parity %s: %d matched, %d only left, %d only right (tolerance %d), differences in %s",
-                 summary["symbol"], len(matched), len(only_left), len(only_right), cfg.tolerance, out)
+    result = ParityResult(symbol=ctx.symbol.internal_symbol, left=left.label, right=right.label,
+                          left_events=len(left.events), right_events=len(right.events), matched=len(matched),
+                          only_left=len(only_left), only_right=len(only_right), mismatches=mismatches,
+                          tolerance=cfg.tolerance, differences_csv=str(out))
+    _print(ctx, result, differences)
+    ctx.log.info("parity %s: %s, differences in %s", result.symbol, result.describe(), out)
     if mismatches > cfg.tolerance:
         raise EngineError(
             f"parity: {mismatches} mismatched events (only_left {len(only_left)}, only_right {len(only_right)}) "
             f"exceed parity.tolerance={cfg.tolerance}; differences in {out}",
             "look into the differences, or set parity.tolerance=<count> to accept that many",
         )
-    return summary
+    return result
 
 
 def _is_unset(side: ParitySideConfig) -> bool:
@@ -104,7 +124,7 @@ def load_side(ctx: StageContext, name: str, side: ParitySideConfig, start_ns: in
         path = Path(side.csv).expanduser()
         events = {e for e in read_events_csv(path, f"parity.{name}.csv") if start_ns <= e[0] < end_ns}
         return Side(name, f"csv {path}", frozenset(events))
-    n = check_detector(ctx.cfg)
+    n = check_detector(ctx)
     table = _table(name, side.source_table) if side.source_table is not None else bars_table(ctx.cfg)
     version = side.logic_version if side.logic_version is not None else ctx.run.code.logic_version
     rows = read_events(ctx.db, EventKey(ctx.symbol.internal_symbol, table, str(version), n),
@@ -186,21 +206,21 @@ def format_ns(ns: int) -> str:
     return f"{stamp}.{rest:09d}".rstrip("0") + "Z" if rest else f"{stamp}Z"
 
 
-def _print(ctx: StageContext, summary: dict, differences: list[tuple[int, str, str]]) -> None:
-    ok = summary["mismatches"] <= summary["tolerance"]
-    table = Table(title=f"parity {summary['symbol']}  {ctx.window.start:%Y-%m-%d %H:%M} → "
+def _print(ctx: StageContext, result: ParityResult, differences: list[tuple[int, str, str]]) -> None:
+    ok = result.mismatches <= result.tolerance
+    table = Table(title=f"parity {result.symbol}  {ctx.window.start:%Y-%m-%d %H:%M} → "
                         f"{ctx.window.end:%Y-%m-%d %H:%M} UTC", title_justify="left")
     table.add_column("")
     table.add_column("events", justify="right")
-    table.add_row(Text(f"left: {summary['left']}"), str(summary["left_events"]))
-    table.add_row(Text(f"right: {summary['right']}"), str(summary["right_events"]))
-    table.add_row("matched", str(summary["matched"]))
-    table.add_row("only left", str(summary["only_left"]))
-    table.add_row("only right", str(summary["only_right"]))
-    table.add_row("tolerance", str(summary["tolerance"]))
+    table.add_row(Text(f"left: {result.left}"), str(result.left_events))
+    table.add_row(Text(f"right: {result.right}"), str(result.right_events))
+    table.add_row("matched", str(result.matched))
+    table.add_row("only left", str(result.only_left))
+    table.add_row("only right", str(result.only_right))
+    table.add_row("tolerance", str(result.tolerance))
     table.add_row("result", "[green]within tolerance[/]" if ok else "[red]MISMATCH[/]")
     console.print(table)
     for ts, direction, side in differences[:10]:
         console.print(f"  only {side:5} {format_ns(ts)} {direction}", markup=False, highlight=False)
     if len(differences) > 10:
-        console.print(f"  … {len(differences) - 10} more in {summary['differences_csv']}", markup=False)
+        console.print(f"  … {len(differences) - 10} more in {result.differences_csv}", markup=False)

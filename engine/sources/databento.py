@@ -1,0 +1,44 @@
+"""Source `databento`: the job's window from Databento's historical API (engine/sources/databento_api.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+from engine.errors import EngineError
+from engine.sources import Landing, SourceParams
+
+# Databento API keys: `db-` and letters or digits (32 in the keys Databento issues; looser here).
+DATABENTO_KEY = re.compile(r"db-[A-Za-z0-9]{20,40}")
+
+
+@dataclass(kw_only=True)
+class DatabentoSource(SourceParams):
+    """Downloads (or reuses) raw DBN from Databento, behind a cost guard and retries. The key is read only from
+    the DATABENTO_API_KEY environment variable."""
+
+    max_cost_usd: float = 5.0
+    max_retries: int = 5
+    backoff_seconds: float = 1.0
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 60.0
+    retry_budget_seconds: float = 600.0
+    gateway: str | None = None
+    local: ClassVar[bool] = False
+
+    def check(self) -> None:
+        """Before the run: a key that is set looks like a Databento key (an unset one fails when it is needed)."""
+        key = os.environ.get("DATABENTO_API_KEY", "").strip()
+        if key and not DATABENTO_KEY.fullmatch(key):
+            shown = f"{len(key)} characters" + ("" if key.startswith("db-") else ", not starting db-")
+            raise EngineError(
+                f"DATABENTO_API_KEY is not a Databento API key ({shown})",
+                "export DATABENTO_API_KEY=db-… exactly as https://databento.com/portal/keys shows it "
+                "(no quotes, spaces or line breaks)")
+
+    def acquire(self, ctx, progress) -> Landing:
+        from engine.sources.databento_api import acquire
+
+        return acquire(ctx, progress)
