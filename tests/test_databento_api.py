@@ -587,7 +587,7 @@ def test_a_gateway_that_does_not_accept_connections_fails_on_the_connect_timeout
 def test_the_probe_names_the_connect_timeout(tmp_path):
     import socket
 
-    from engine.sources.databento_api import _probe_connect
+    from engine.sources.databento_client import probe_connect
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -595,7 +595,7 @@ def test_the_probe_names_the_connect_timeout(tmp_path):
         parked = socket.create_connection(listener.getsockname())
         started = time.monotonic()
         with pytest.raises(requests.exceptions.ConnectTimeout, match="source.connect_timeout_seconds"):
-            _probe_connect(f"https://127.0.0.1:{listener.getsockname()[1]}", 0.3)
+            probe_connect(f"https://127.0.0.1:{listener.getsockname()[1]}", 0.3)
         assert time.monotonic() - started < 2
         parked.close()
 
