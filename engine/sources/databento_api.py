@@ -19,6 +19,10 @@ stops and the bodies stay as `<name>.rejected-<n>` for inspection. Timeouts and 
 how long a stalled gateway can hold a job.
 
 The API key comes only from the DATABENTO_API_KEY environment variable and is never logged or written.
+
+This module decides what to fetch, what it may cost and whether a landing can be reused; the request is
+`databento_request`, the client calls `databento_client`, the retries `databento_retry`, the progress
+`progress` and the file handling `landing`.
 """
 
 from __future__ import annotations
@@ -280,13 +284,19 @@ def _check_legacy_count(
     return get_record_count(historical(gateway), req, policy)
 
 
-
 def _verify_download(part: Path, req: RawRequest, expected: int) -> int:
     """Check the body in `part` is the complete DBN asked for; return its record count.
 
     Read through the same stream as ingest (engine.sources.dbn): every zstd frame finished, every record
     whole, `expected` records. Complete DBN of the wrong dataset or schema raises EngineError straight away
-    (buying it again would give the same answer); any other fault raises _BadBody.
+    (buying it again would give the same answer); any other fault raises BadBody.
+
+    Not `databento_dbn.DBNDecoder` (measured with databento-dbn 0.70 on 1,077,032 records: 0.29 s against
+    0.16 s, fast enough): with compression=ZSTD it does not tell a file cut inside a zstd frame from a
+    shorter one (at most a partial last record stays in its buffer); a record shorter than its rtype makes
+    it panic (pyo3 PanicException, a BaseException, with a Rust backtrace on stderr) instead of raising;
+    and it accepts records of another rtype (ohlcv-1s or MBO among ohlcv-1m bars). `count_records` refuses
+    all three.
     """
     try:
         info, count = count_records(part)
