@@ -62,14 +62,6 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def redact(text: str) -> str:
     """Mask URL passwords and the values of secret environment variables."""
     text = _URL_PASSWORD.sub(r"\g<head>***", text)

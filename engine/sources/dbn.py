@@ -31,6 +31,7 @@ from omegaconf import MISSING
 from engine.bars import RAW_BAR_DTYPE
 from engine.errors import EngineError
 from engine.sources import Landing, SourceParams
+from engine.sources.landing import file_digest
 
 __all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "SymbolFilter", "count_records", "expand_paths"]
 
@@ -652,7 +653,5 @@ class DbnFileSource(SourceParams):
 
 def acquire(ctx, progress) -> Landing:
     """The configured local files, as they are (paths or globs in source.paths)."""
-    from engine.provenance import sha256_file
-
     paths = expand_paths(list(ctx.source.paths))
-    return Landing(paths, raw_files=[{"path": str(p), "sha256": sha256_file(p), "reused": True} for p in paths])
+    return Landing(paths, raw_files=[{"path": str(p), "sha256": file_digest(p)[0], "reused": True} for p in paths])

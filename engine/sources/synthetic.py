@@ -25,7 +25,6 @@ of its ts_event, both with ``engine.sources.dbn.DbnBarFile`` and with databento'
 from __future__ import annotations
 
 import datetime as dt
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.sources import Landing, SourceParams
 from engine.sources.dbn import DBN_OHLCV_DTYPE
+from engine.sources.landing import file_digest, replacing
 
 __all__ = [
     "SyntheticContract",
@@ -361,9 +361,8 @@ def write_synthetic_dbn(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = _metadata(root, start_ns, end_ns, roll_rule, rank, dataset).encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     written = 0
-    try:
+    with replacing(path) as tmp:
         raw = open(tmp, "wb")  # noqa: SIM115 - closed with `out` below
         compress = path.name.endswith(".zst")
         out = zstandard.ZstdCompressor(write_checksum=True).stream_writer(raw, closefd=True) if compress else raw
@@ -374,10 +373,6 @@ def write_synthetic_dbn(
             ):
                 out.write(chunk.tobytes())
                 written += len(chunk)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return written
 
 
@@ -396,8 +391,6 @@ class SyntheticSource(SourceParams):
 
 def acquire(ctx, progress) -> Landing:
     """Write (or reuse) the demo DBN file for the job's symbol and window under <data_dir>/synthetic/."""
-    from engine.provenance import sha256_file
-
     symbol, source = ctx.symbol, ctx.source
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     path = (
@@ -410,4 +403,4 @@ def acquire(ctx, progress) -> Landing:
             path, root=symbol.root, start_ns=start_ns, end_ns=end_ns, seed=source.seed,
             roll_rule=symbol.roll_rule, rank=symbol.rank, missing_rate=source.missing_rate, dataset=symbol.dataset,
         )
-    return Landing([path], raw_files=[{"path": str(path), "sha256": sha256_file(path), "reused": reused}])
+    return Landing([path], raw_files=[{"path": str(path), "sha256": file_digest(path)[0], "reused": reused}])

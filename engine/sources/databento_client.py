@@ -1,0 +1,125 @@
+"""The calls this engine makes through `databento.Historical`, each with its timeouts and retries.
+
+The API key comes only from the DATABENTO_API_KEY environment variable and is never logged or written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import databento
+import databento_dbn
+import requests
+from databento.common.error import BentoError, BentoHttpError
+
+from engine.errors import EngineError
+from engine.sources.databento_request import RawRequest
+from engine.sources.databento_retry import API_KEY_ENV, RetryPolicy
+
+
+def api_key() -> str:
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key.strip():
+        raise EngineError(
+            f"{API_KEY_ENV} is not set, so Databento's API cannot be used",
+            f"export {API_KEY_ENV}=<your key from https://databento.com/portal/keys> "
+            "(or use source=dbn_file with files you already have)",
+        )
+    return key.strip()
+
+
+def historical(gateway: str | None) -> databento.Historical:
+    key = api_key()
+    try:
+        if gateway:
+            return databento.Historical(key=key, gateway=gateway)
+        return databento.Historical(key=key)
+    except ValueError as exc:
+        # The only ValueErrors here are about the gateway URL (the key was checked above; never echo it).
+        raise EngineError(
+            f"Databento gateway {gateway!r} is not usable: {exc}",
+            "fix source.gateway or remove it to use Databento's default",
+        ) from None
+
+
+def _prepare(client: databento.Historical, api: Any, policy: RetryPolicy) -> None:
+    """Before each call: the connect timeout (probed), then the read timeout on this client instance.
+
+    The client passes its one `TIMEOUT` (read per instance) as both the connect and the read timeout to
+    requests, so the connect timeout is checked by `probe_connect` first.
+    """
+    probe_connect(client.gateway, policy.timeouts.connect_seconds)
+    api.TIMEOUT = policy.attempt_timeout()
+
+
+def get_cost(client: databento.Historical, req: RawRequest, policy: RetryPolicy) -> float:
+    def call() -> float:
+        _prepare(client, client.metadata, policy)
+        return client.metadata.get_cost(**req.client_params())
+
+    cost = policy.run(call, "metadata.get_cost", req)
+    try:
+        value = float(cost)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise EngineError(
+            f"Databento's metadata.get_cost answered {cost!r} for {req.describe()}",
+            "try again later; if it persists contact support@databento.com",
+        )
+    return value
+
+
+def get_record_count(client: databento.Historical, req: RawRequest, policy: RetryPolicy) -> int:
+    """How many records `timeseries.get_range` must deliver for `req` (`metadata.get_record_count`, free)."""
+
+    def call() -> int:
+        _prepare(client, client.metadata, policy)
+        return client.metadata.get_record_count(**req.client_params())
+
+    count = policy.run(call, "metadata.get_record_count", req)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise EngineError(
+            f"Databento's metadata.get_record_count answered {count!r} for {req.describe()}",
+            "try again later; if it persists contact support@databento.com",
+        )
+    return count
+
+
+def download(client: databento.Historical, req: RawRequest, part: Path, policy: RetryPolicy) -> None:
+    """Stream the body into `part`; raises only when the transfer itself failed (our checks judge the body)."""
+    _prepare(client, client.timeseries, policy)
+    try:
+        client.timeseries.get_range(**req.client_params(), path=part)
+    except BentoHttpError:
+        raise
+    except (BentoError, databento_dbn.DBNError, ValueError) as exc:
+        # "Error streaming response: ..." is the transfer breaking. Anything else comes after the body was
+        # received in full, when the client opens the file it wrote (DBNStore.from_file); ValueErrors raised
+        # *before* the request (argument validation) leave no file.
+        if str(exc).startswith("Error streaming response") or not part.exists():
+            raise
+
+
+def probe_connect(gateway: str, seconds: float) -> None:
+    """Fail within source.connect_timeout_seconds when the gateway does not accept a TCP connection.
+
+    Skipped when a proxy is configured (the client then connects to the proxy, not the gateway).
+    """
+    if requests.utils.get_environ_proxies(gateway):
+        return
+    url = urlsplit(gateway if "://" in gateway else f"https://{gateway}")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=seconds).close()
+    except TimeoutError:
+        raise requests.exceptions.ConnectTimeout(
+            f"no connection to {url.hostname}:{port} within {seconds:g} s (source.connect_timeout_seconds)"
+        ) from None
+    except OSError as exc:
+        raise requests.exceptions.ConnectionError(f"cannot connect to {url.hostname}:{port}: {exc}") from None
