@@ -68,5 +68,5 @@ def test_a_rerun_takes_overrides_of_its_saved_sources_own_keys(engine_cli, db_ur
     rerun = engine_cli(f"rerun={first.run_dir}", f"source.paths=[{other}]")
     assert rerun.returncode == 0, rerun.output
     resolved = yaml.safe_load((rerun.run_dir / "resolved_config.yaml").read_text())
-    assert (resolved["source"]["name"], resolved["source"]["paths"]) == ("dbn_file", [str(other)])
+    assert (resolved["choices"]["source"], resolved["source"]["paths"]) == ("dbn_file", [str(other)])
     assert rerun.result["rerun_overrides"] == [f"source.paths=[{other}]"]

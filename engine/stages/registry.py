@@ -17,7 +17,7 @@ class RegistryResult(StageResult):
     registered: int
     symbol: str
     databento_symbol: str
-    resolved_from: str
+    resolved_from: dict[str, str]  # where each symbol field came from (registry, defaults, override)
 
     def describe(self) -> str:
         return (f"{self.symbol} ({self.databento_symbol}, from {self.resolved_from}); {self.registered} symbols "
