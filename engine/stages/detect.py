@@ -221,8 +221,8 @@ def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[d
         if clean and k == len(pieces) - 1:
             require_context_coverage(ctx, symbol, "look-ahead", last_confirming, ctx.window.end)
         read_start = read_start or piece_start
-        read_end_ns = datetime_to_ns(last_confirming) + 1 if last_confirming else datetime_to_ns(piece_end)
-        yield piece_start, piece_end, read_bars(ctx.db, table, symbol, datetime_to_ns(read_start), read_end_ns)
+        read_end = last_confirming + timedelta(microseconds=1) if last_confirming else piece_end
+        yield piece_start, piece_end, read_bars(ctx.db, table, symbol, read_start, read_end)
 
 
 def in_background(items: Iterator[T], depth: int = 2) -> Iterator[T]:
