@@ -1,4 +1,4 @@
-"""The in-memory bar record shared by sources, validation and writers."""
+"""The in-memory bar record shared by sources, validation and writers, its prices, and why a bar is rejected."""
 
 import numpy as np
 
@@ -17,3 +17,23 @@ RAW_BAR_DTYPE = np.dtype(
 
 PRICE_SCALE = 1_000_000_000
 NS_PER_MINUTE = 60_000_000_000
+
+
+# Why a bar is rejected, in the order validation checks (``engine.validate``); the quarantine table stores them.
+REASONS = (
+    "undef_price",
+    "non_positive_price",
+    "price_not_representable",
+    "ohlc_inconsistent",
+    "negative_volume",
+    "ts_not_on_minute",
+    "ts_outside_window",
+    "off_tick",
+    "duplicate_ts",
+)
+
+
+def to_prices(raw: np.ndarray) -> np.ndarray:
+    """Fixed-point (1e-9) int64 prices as float64. Exact round trip for representable prices
+    (``engine.validate.prices_representable``)."""
+    return np.asarray(raw, dtype=np.int64) / PRICE_SCALE

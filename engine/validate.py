@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import databento_dbn
 import numpy as np
 
-from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
+from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE, REASONS, to_prices
 
 __all__ = [
     "REASONS",
@@ -31,17 +31,6 @@ __all__ = [
     "validate_chunk",
 ]
 
-REASONS = (
-    "undef_price",
-    "non_positive_price",
-    "price_not_representable",
-    "ohlc_inconsistent",
-    "negative_volume",
-    "ts_not_on_minute",
-    "ts_outside_window",
-    "off_tick",
-    "duplicate_ts",
-)
 REASON_CODES = {reason: code for code, reason in enumerate(REASONS)}
 _REASON_ARRAY = np.array(REASONS)
 _NO_REASON = np.uint8(255)
@@ -51,11 +40,6 @@ _PRICE_FIELDS = ("open", "high", "low", "close")
 _I64_MAX = np.iinfo(np.int64).max
 # float64 values at or above 2**63 cannot be cast back to int64.
 _TWO_POW_63 = float(2**63)
-
-
-def to_prices(raw: np.ndarray) -> np.ndarray:
-    """Fixed-point (1e-9) int64 prices as float64. Exact round trip for representable prices (see below)."""
-    return np.asarray(raw, dtype=np.int64) / PRICE_SCALE
 
 
 def prices_representable(raw: np.ndarray) -> np.ndarray:

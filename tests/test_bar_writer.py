@@ -13,18 +13,13 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
-from engine.db import bars as bars_module
-from engine.db.bars import (
-    BAR_READ_DTYPE,
-    CleanBarWriter,
-    WriteCounts,
-    read_bars,
-    sqlite_ts_text,
-    write_quarantine,
-)
+from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE, REASONS
+from engine.db.bars import BAR_READ_DTYPE, CleanBarWriter, WriteCounts, read_bars
+from engine.db.bars_postgres import PostgresBars
+from engine.db.bars_sqlite import SqliteBars
+from engine.db.quarantine import write_quarantine
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, clean_ingest_quarantine, clean_ingest_runs
-from engine.validate import REASONS
+from engine.db.types import ns_to_datetime, sqlite_ts_text
 
 T0 = 1_710_028_800 * 1_000_000_000  # 2024-03-10 00:00:00 UTC
 TICK = 250_000_000
@@ -272,20 +267,21 @@ def test_a_failure_mid_batch_leaves_no_partial_batch(db, existing):
 def test_an_exception_after_the_rows_are_sent_rolls_the_batch_back(db, monkeypatch):
     data = make_bars(30)
     run = new_run(db)
-    name = "_pg_copy_direct" if db.dialect.name == "postgresql" else "_sqlite_insert"
-    original = getattr(CleanBarWriter, name)
+    postgres = db.dialect.name == "postgresql"
+    store, name = (PostgresBars, "_pg_copy_direct") if postgres else (SqliteBars, "_sqlite_insert")
+    original = getattr(store, name)
 
     def send_then_fail(self, *args, **kwargs):
         original(self, *args, **kwargs)
         raise RuntimeError("injected after the rows were sent")
 
-    monkeypatch.setattr(CleanBarWriter, name, send_then_fail)
+    monkeypatch.setattr(store, name, send_then_fail)
     writer = CleanBarWriter(db, SYMBOL, run, batch_size=10)
     with pytest.raises(RuntimeError, match="injected"):
         writer.write(data)
     assert count_rows(db) == 0
     assert writer.counts == WriteCounts()
-    monkeypatch.setattr(CleanBarWriter, name, original)
+    monkeypatch.setattr(store, name, original)
     assert writer.flush() == WriteCounts(inserted=30, batch_commits=3)
 
 
@@ -296,13 +292,13 @@ def test_an_exception_after_the_rows_are_sent_rolls_the_batch_back(db, monkeypat
 def test_postgres_direct_copy_and_staging_paths(pg_db, monkeypatch):
     calls: list[str] = []
     for name in ("_pg_copy_direct", "_pg_copy_staged"):
-        original = getattr(CleanBarWriter, name)
+        original = getattr(PostgresBars, name)
 
         def spy(self, *args, _original=original, _name=name, **kwargs):
             calls.append(_name)
             return _original(self, *args, **kwargs)
 
-        monkeypatch.setattr(CleanBarWriter, name, spy)
+        monkeypatch.setattr(PostgresBars, name, spy)
 
     data = make_bars(400)
     run = new_run(pg_db)
@@ -327,17 +323,17 @@ def test_postgres_direct_copy_falls_back_to_staging_on_a_conflict(pg_db, monkeyp
     data = make_bars(50)
     run = new_run(pg_db)
     write_all(pg_db, data[10:20], run)
-    original = bars_module.CleanBarWriter._commit_pg_once
+    original = PostgresBars.upsert
     seen_allow_direct = []
 
-    def blind_check(self, batch, allow_direct, also=None):
+    def blind_check(self, conn, batch, payload, allow_direct):
         seen_allow_direct.append(allow_direct)
         if allow_direct:  # pretend the range looked empty: go straight to COPY
-            with self.engine.begin() as conn, conn.connection.driver_connection.cursor() as cur:
-                self._pg_copy_direct(cur, batch)
-        return original(self, batch, allow_direct, also)
+            with conn.connection.driver_connection.cursor() as cur:
+                self._pg_copy_direct(cur, payload)
+        return original(self, conn, batch, payload, allow_direct)
 
-    monkeypatch.setattr(CleanBarWriter, "_commit_pg_once", blind_check)
+    monkeypatch.setattr(PostgresBars, "upsert", blind_check)
     counts = write_all(pg_db, data, new_run(pg_db))
     assert seen_allow_direct == [True, False]
     assert counts == WriteCounts(inserted=40, unchanged=10, batch_commits=1)
@@ -346,6 +342,11 @@ def test_postgres_direct_copy_falls_back_to_staging_on_a_conflict(pg_db, monkeyp
 
 # ------------------------------------------------------------------------------------------------
 # Reads, stored timestamps, windows
+
+
+def at(ns) -> datetime:
+    """A read bound for `ns`: the datetime at or just after it."""
+    return ns_to_datetime(ns, ceil=True)
 
 
 def test_read_bars_returns_exactly_what_was_written(db):
@@ -361,11 +362,11 @@ def test_read_bars_returns_exactly_what_was_written(db):
         assert np.array_equal(got[name], data[name] / 1e9)
     assert np.array_equal(got["volume"], data["volume"].astype(np.int64))
 
-    window = read_bars(db, CLEAN_BARS, SYMBOL, int(data["ts"][100]), int(data["ts"][250]))
+    window = read_bars(db, CLEAN_BARS, SYMBOL, at(data["ts"][100]), at(data["ts"][250]))
     assert window["ts"].tolist() == data["ts"][100:250].tolist()  # [start, end)
-    tail = read_bars(db, CLEAN_BARS, SYMBOL, int(data["ts"][1_990]) + 1, None)
+    tail = read_bars(db, CLEAN_BARS, SYMBOL, at(data["ts"][1_990] + 1), None)
     assert tail["ts"].tolist() == data["ts"][1_991:].tolist()
-    head = read_bars(db, CLEAN_BARS, SYMBOL, None, int(data["ts"][3]) + 1)
+    head = read_bars(db, CLEAN_BARS, SYMBOL, None, at(data["ts"][3] + 1))
     assert head["ts"].tolist() == data["ts"][:4].tolist()
     assert len(read_bars(db, CLEAN_BARS, "CL", None, None)) == 0
     assert len(read_bars(db, LEGACY_BARS, SYMBOL, None, None)) == 0

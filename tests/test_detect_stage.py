@@ -324,10 +324,10 @@ def test_read_bars_returns_the_half_open_range_in_order(db):
     rows = bars_from(KNOWN_HIGHS, KNOWN_LOWS, gaps={5: 30})
     insert_bars(db, rows[::-1])
     ns = [int(r["ts"].timestamp()) * 10**9 for r in rows]
-    got = read_bars(db, CLEAN_BARS, SYMBOL, ns[3], ns[9])
+    got = read_bars(db, CLEAN_BARS, SYMBOL, rows[3]["ts"], rows[9]["ts"])
     assert got["ts"].tolist() == ns[3:9]
     assert got["high"].tolist() == KNOWN_HIGHS[3:9] and got["volume"].tolist() == [13, 14, 15, 16, 17, 18]
-    assert len(read_bars(db, CLEAN_BARS, "GLBX.MDP3:ES", ns[0], ns[-1] + 1)) == 0
+    assert len(read_bars(db, CLEAN_BARS, "GLBX.MDP3:ES", rows[0]["ts"], rows[-1]["ts"] + MINUTE)) == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from pg_cluster import pg_cluster  # noqa: F401 - the fixture
 
-from engine.db.bars import _PG_LOCK_NAMESPACE
+from engine.db.bars_postgres import PG_LOCK_NAMESPACE
 
 SYMBOL = "GLBX.MDP3:NQ"
 # ~240k synthetic bars in ~120 batches of 2,000: every batch a PostgreSQL COPY / a SQLite transaction; long enough
@@ -171,7 +171,7 @@ def test_a_signal_during_a_blocked_statement_cancels_it(pg_url, tmp_path, signum
 
 def _hold_symbol_lock(conn) -> None:
     """Take the ingest's per-symbol advisory lock: the engine's next batch then waits inside its transaction."""
-    conn.execute(sa.text("SELECT pg_advisory_lock(:ns, hashtext(:s))"), {"ns": _PG_LOCK_NAMESPACE, "s": SYMBOL})
+    conn.execute(sa.text("SELECT pg_advisory_lock(:ns, hashtext(:s))"), {"ns": PG_LOCK_NAMESPACE, "s": SYMBOL})
 
 
 def _engine_waiting(url: str):

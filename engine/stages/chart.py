@@ -18,7 +18,7 @@ import numpy as np
 from engine.context import StageContext
 from engine.db.bars import read_bars
 from engine.db.events import EventKey, read_events
-from engine.db.types import datetime_to_ns, ns_to_datetime
+from engine.db.types import ns_to_datetime
 from engine.errors import EngineError
 from engine.results import StageResult
 from engine.stages.detect import bars_table, check_detector
@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> ChartResult:
     table = bars_table(cfg)
     if cfg.policy.allow_legacy:
         ctx.log.warning("chart %s: policy allow_legacy, reading the legacy table %s (not recommended)", symbol, table)
-    bars = read_bars(ctx.db, table, symbol, datetime_to_ns(window.start), datetime_to_ns(window.end))
+    bars = read_bars(ctx.db, table, symbol, window.start, window.end)
     if not len(bars):
         raise EngineError(
             f"chart: no bars of {symbol} in {table} between {window.start:%Y-%m-%dT%H:%M}Z and "

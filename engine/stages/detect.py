@@ -19,16 +19,14 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import numpy as np
 
+from engine.background import in_background
 from engine.config import EngineConfig
 from engine.console import showing_chunk_lines
 from engine.context import StageContext
@@ -52,7 +50,6 @@ _MAX_LISTED_GAPS = 20
 # Detection runs piece by piece (bounded memory; on PostgreSQL the next piece is read while this one's events
 # are written). A quarter is ~90k one-minute bars.
 PIECE_SPAN = timedelta(days=91)
-T = TypeVar("T")
 
 
 def bars_table(cfg: EngineConfig) -> str:
@@ -260,46 +257,8 @@ def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[d
         if clean and k == len(pieces) - 1:
             require_context_coverage(ctx, symbol, "look-ahead", last_confirming, ctx.window.end)
         read_start = read_start or piece_start
-        read_end_ns = datetime_to_ns(last_confirming) + 1 if last_confirming else datetime_to_ns(piece_end)
-        yield piece_start, piece_end, read_bars(ctx.db, table, symbol, datetime_to_ns(read_start), read_end_ns)
-
-
-def in_background(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run the iterator `items` in a worker thread, at most `depth` items ahead; errors re-raise here."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(message) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-            put(("done", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
-            put(("error", exc))
-
-    worker = threading.Thread(target=work, name="detect-reader", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = slots.get()
-            if kind == "error":
-                raise value
-            if kind == "done":
-                return
-            yield value
-    finally:
-        stop.set()
-        worker.join()
+        read_end = last_confirming + timedelta(microseconds=1) if last_confirming else piece_end
+        yield piece_start, piece_end, read_bars(ctx.db, table, symbol, read_start, read_end)
 
 
 def detect_events(bars: np.ndarray, n: int, start_ns: int, end_ns: int, high_direction: str,

@@ -10,26 +10,30 @@ committed, whatever stops the ingest. Records of a local file outside the window
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from engine.background import in_background
 from engine.console import progress_bars
 from engine.context import StageContext
 from engine.coverage import IngestCoverage
-from engine.db.bars import CleanBarWriter, WriteCounts, write_quarantine
+from engine.db.bars import CleanBarWriter, PreparedBatch, WriteCounts
 from engine.db.connect import masked_url
 from engine.db.ingest_runs import add_batch_counts, claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
+from engine.db.quarantine import write_quarantine
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.interrupts import is_interruption
 from engine.provenance import redact
 from engine.results import StageResult, instant, same, total
 from engine.sources.dbn import DbnBarFile, SymbolFilter
-from engine.validate import REASONS, SeenTimestamps, tick_raw, validate_chunk
+from engine.validate import REASONS, SeenTimestamps, ValidatedChunk, tick_raw, validate_chunk
 from engine.windows import iso_minute
 
 log = logging.getLogger(__name__)
@@ -163,7 +167,11 @@ def chunk_settings(ctx: StageContext) -> dict:
 
 def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None
           ) -> SeenTimestamps:
-    """Decode, validate and commit chunk by chunk; `tally` holds what is committed. Returns the accepted minutes."""
+    """Decode, validate and commit chunk by chunk; `tally` holds what is committed. Returns the accepted minutes.
+
+    A worker thread decodes, validates and encodes the next chunks (at most two ahead, no database access) while
+    this thread commits the current one; chunks commit in file order, and an error of the worker is raised here
+    after the chunks before it are committed."""
     symbol, source = ctx.symbol, ctx.source
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     window = (start_ns, end_ns) if source.local else None
@@ -171,24 +179,41 @@ def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, pr
     seen = SeenTimestamps()
     task = progress.add_task(f"ingest {symbol.internal_symbol}", total=None, unit="bars")
     tally.files = bars
-    for chunk in bars.iter_chunks(SymbolFilter(symbol.root, symbol.continuous), source.batch_size, window):
-        checked = validate_chunk(chunk, start_ns, end_ns, seen, tick)
-        skipped = tally.skipped + Counter(checked.reason_counts())
-        record = functools.partial(_record_batch, ingest_id=ingest_id, symbol=symbol.internal_symbol,
-                                   checked=checked, received=len(chunk), skipped=skipped, tally=tally)
-        tally.add(len(chunk), writer.commit(checked.good, also=record), skipped)
-        progress.update(task, advance=len(chunk))
+
+    def prepared() -> Iterator[_Batch]:
+        for chunk in bars.iter_chunks(SymbolFilter(symbol.root, symbol.continuous), source.batch_size, window):
+            checked = validate_chunk(chunk, start_ns, end_ns, seen, tick)
+            yield _Batch(len(chunk), checked, writer.prepare(checked.good), tally.ignored())
+
+    with contextlib.closing(in_background(prepared(), name="ingest-prepare")) as batches:
+        for batch in batches:
+            skipped = tally.skipped + Counter(batch.checked.reason_counts())
+            record = functools.partial(_record_batch, ingest_id=ingest_id, symbol=symbol.internal_symbol,
+                                       batch=batch, skipped=skipped, retries=tally.retries)
+            tally.add(batch.received, writer.commit(batch.bars, also=record), skipped)
+            progress.update(task, advance=batch.received)
     tally.read_all = True
     return seen
 
 
-def _record_batch(conn, counts: WriteCounts, *, ingest_id: int, symbol: str, checked, received: int,
-                  skipped: Counter[str], tally: _Tally) -> None:
+@dataclass(frozen=True)
+class _Batch:
+    """A decoded chunk, validated and ready to commit."""
+
+    received: int  # records of the chunk
+    checked: ValidatedChunk
+    bars: PreparedBatch  # its good bars
+    ignored: dict[str, int]  # the decoder's _Tally.ignored() right after this chunk
+
+
+def _record_batch(conn, counts: WriteCounts, *, ingest_id: int, symbol: str, batch: _Batch, skipped: Counter[str],
+                  retries: int) -> None:
     """Inside a batch's transaction: its quarantine rows and its counts on the clean_ingest_runs row."""
+    checked = batch.checked
     if len(checked.bad):
         write_quarantine(conn, ingest_id, symbol, checked.bad, checked.bad_reason)
-    add_batch_counts(conn, ingest_id, received=received, counts=counts, skipped=len(checked.bad),
-                     skipped_by_reason=_by_reason(skipped), ignored_instruments=tally.ignored(), retries=tally.retries)
+    add_batch_counts(conn, ingest_id, received=batch.received, counts=counts, skipped=len(checked.bad),
+                     skipped_by_reason=_by_reason(skipped), ignored_instruments=batch.ignored, retries=retries)
 
 
 class _Tally:
