@@ -9,6 +9,9 @@ Bar p of one symbol's time-ordered bars (index 0 = oldest, no gap filling) is a 
 Swing lows mirror this on lows (> and >=). Bars that do not exist make the condition false, so the first
 bars without enough history and the last n bars are never pivots; one bar can be both a high and a low.
 
+``WilliamsFractals`` is the detector (engine/detectors/__init__.py): a swing high becomes a ``swing_high`` (BEAR)
+event at the bar's high, a swing low a ``swing_low`` (BULL) event at its low, confirmed by the bar n bars later.
+
 ``swing_highs`` / ``swing_lows`` are vectorised numpy (sliding extreme by doubling, then one comparison per
 tie count k), run over cache-sized chunks; ``reference_swing_highs`` / ``reference_swing_lows`` are
 plain-Python transcriptions of the rule used as the test oracle.
@@ -17,10 +20,17 @@ Inputs are meant to be NaN-free. Should a NaN slip in, both versions agree: ever
 false, so a NaN bar is never a pivot and blocks any pivot whose required bars include it.
 """
 
+from __future__ import annotations
+
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from engine.config import Direction
+from engine.detectors import EVENT_DTYPE
+from engine.errors import EngineError
 
 MAX_LEFT_TIES = 4
 
@@ -31,6 +41,55 @@ _CHUNK = 1 << 17
 _Ops = tuple[np.ufunc, np.ufunc, np.ufunc]
 _HIGH_OPS: _Ops = (np.maximum, np.less, np.less_equal)
 _LOW_OPS: _Ops = (np.minimum, np.greater, np.greater_equal)
+
+
+@dataclass(frozen=True)
+class WilliamsFractals:
+    """Williams Fractals of period n: BEAR at swing highs, BULL at swing lows (unless swapped)."""
+
+    n: int = 5
+    swing_high: Direction = Direction.BEAR
+    swing_low: Direction = Direction.BULL
+
+    def __post_init__(self) -> None:
+        n = self.n
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+            raise EngineError(f"detector.n={n!r} is not a usable period", "set detector.n to an integer >= 2, e.g. 5")
+        for name in ("swing_high", "swing_low"):  # YAML and plain callers pass the names
+            value = getattr(self, name)
+            if value not in tuple(Direction):
+                raise EngineError(f"detector.{name}={value!r} is not a direction", f"set detector.{name} to BULL or "
+                                  "BEAR")
+            object.__setattr__(self, name, Direction(value))
+        if self.swing_high == self.swing_low:
+            raise EngineError(
+                f"detector.swing_high and detector.swing_low are both {self.swing_high.value}",
+                "use different directions, e.g. detector.swing_high=BEAR detector.swing_low=BULL",
+            )
+
+    @property
+    def warmup_bars(self) -> int:
+        return warmup_bars(self.n)
+
+    @property
+    def lookahead_bars(self) -> int:
+        return int(self.n)
+
+    def detect(self, bars: np.ndarray) -> np.ndarray:
+        """Every pivot of `bars` (ordered by ts) as EVENT_DTYPE, ordered by (ts, direction)."""
+        n, ts = int(self.n), bars["ts"]
+        parts = []
+        for mask, column, direction in ((swing_highs(bars["high"], n), "high", self.swing_high),
+                                        (swing_lows(bars["low"], n), "low", self.swing_low)):
+            idx = np.flatnonzero(mask)  # a pivot always has n bars after it, so idx + n exists
+            part = np.empty(len(idx), EVENT_DTYPE)
+            part["ts"] = ts[idx]
+            part["confirm_ts"] = ts[idx + n]
+            part["price"] = bars[column][idx]
+            part["direction"] = direction.value
+            parts.append(part)
+        events = np.concatenate(parts)
+        return events[np.lexsort((events["direction"], events["ts"]))]
 
 
 def warmup_bars(n: int) -> int:
