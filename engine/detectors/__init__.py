@@ -70,7 +70,7 @@ def checked_events(name: str, events: object, bars: np.ndarray) -> np.ndarray:
     directions = events["direction"].astype(str)
     bad = ~np.isin(directions, DIRECTIONS)
     if bad.any():
-        raise EngineError(f"detector {name!r} returned direction {directions[bad][0]!r}", "use BULL or BEAR")
+        raise EngineError(f"detector {name!r} returned direction {str(directions[bad][0])!r}", "use BULL or BEAR")
     for field in ("ts", "confirm_ts"):
         if events[field].dtype.kind not in "iu":
             raise EngineError(f"detector {name!r} returned {field} of dtype {events[field].dtype}",
