@@ -181,8 +181,8 @@ def test_two_detectors_coexist_and_a_rerun_replaces_only_its_own(db, tmp_path, m
     mark_clean(db, start, end)
     five = detect.run(make_ctx(db, tmp_path / "n5", start, end))
     three = detect.run(make_ctx(db, tmp_path / "n3", start, end, n=3))
-    assert (five["detector"], five["detector_params"]) == ("williams_fractals", json.loads(WILLIAMS_5))
-    assert three["detector_params"]["n"] == 3 and three["n"] == 3
+    assert (five["detector"], five["detector_params"]) == ("williams_fractals", WILLIAMS_5)
+    assert json.loads(three["detector_params"])["n"] == 3 and three["n"] == 3
     assert all_event_count(db) == five["events_written"] + three["events_written"]
     before = keyed_rows(db)
     assert {(d, p, n) for d, p, n, *_ in before} == {("williams_fractals", WILLIAMS_5, 5),
@@ -190,7 +190,7 @@ def test_two_detectors_coexist_and_a_rerun_replaces_only_its_own(db, tmp_path, m
 
     use_detector(monkeypatch, "rising", RisingBars())
     toy = detect.run(make_ctx(db, tmp_path / "toy", start, end))
-    assert toy["detector"] == "rising" and toy["detector_params"] == {"min_move": 0.0} and toy["n"] == 1
+    assert toy["detector"] == "rising" and toy["detector_params"] == '{"min_move": 0.0}' and toy["n"] == 1
     assert toy["events"]["BULL"] == toy["events_written"] > 0 and toy["events"]["BEAR"] == 0
     # No bar after the data: the last bar's event (if any) waits for its look-ahead of one bar.
     assert toy["warmup_bars"] == 0 and toy["confirm_bars"] == 0 and toy["lookahead_complete"] is False

@@ -88,7 +88,7 @@ def read_events(engine: Engine, key: EventKey, start: datetime, end: datetime) -
     out = np.empty(len(rows), EVENT_DTYPE)
     if rows:
         for name, values in zip(EVENT_DTYPE.names, zip(*rows, strict=True), strict=True):
-            out[name] = np.array(values, dtype=EVENT_DTYPE[name] if name != "price" else float)
+            out[name] = values  # a NULL price becomes NaN
     return out
 
 
@@ -113,14 +113,9 @@ def replace_events(engine: Engine, key: EventKey, start: datetime, end: datetime
     streams in). They must lie in [start, end) and be unique on (ts, direction). `n` goes to the rows' n column
     (the detector's look-ahead bars). Returns (deleted, inserted).
     """
-    with feeding_a_write(engine, [events] if isinstance(events, np.ndarray) else events) as chunks:
-        return _replace(engine, key, start, end, chunks, run_id, n)
-
-
-def _replace(engine: Engine, key: EventKey, start: datetime, end: datetime, chunks: Iterable[np.ndarray],
-             run_id: int | None, n: int) -> tuple[int, int]:
     inserted = 0
-    with engine.begin() as conn:
+    produced = [events] if isinstance(events, np.ndarray) else events
+    with feeding_a_write(engine, produced) as chunks, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Serialise writers of the same key, so overlapping jobs queue instead of hitting the unique index.
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -139,7 +138,7 @@ def run(ctx: StageContext) -> dict:
         "pieces": len(pieces),
         "seconds": round(seconds, 3),
         "detector": key.detector,
-        "detector_params": json.loads(key.params),
+        "detector_params": key.params,  # JSON text, as in triangle_events_v1 (the chunk merge adds up numbers)
     }
     log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, %.3f s (%.0f bars/s)", symbol,
              counts["bars_in_window"], counts["bars_read"], ", ".join(f"{v} {k}" for k, v in by_direction.items()),
