@@ -2,6 +2,8 @@
 
 import multiprocessing
 
+import numpy as np
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -97,3 +99,60 @@ def test_two_processes_upgrading_at_once_both_succeed(db_url):
         assert conn.execute(sa.text("SELECT count(*) FROM symbol_registry")).scalar() == 4
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
     engine.dispose()
+
+
+def test_0011_gives_existing_events_their_detector_and_downgrades(db_url):
+    """Rows of 0010 become Williams Fractals events a rerun replaces; down again, the old key holds them."""
+    from datetime import UTC, datetime, timedelta
+
+    from engine.db.events import EventKey, read_events, replace_events
+    from engine.db.types import UtcTimestamp
+    from engine.detectors import EVENT_DTYPE, params_json
+    from engine.detectors.williams_fractals import WilliamsFractals
+
+    t0 = datetime(2025, 12, 1, tzinfo=UTC)
+    old_events = sa.table("triangle_events_v1", *(sa.column(c) for c in ("symbol", "direction", "price",
+                                                                         "source_table", "logic_version", "n")),
+                          sa.column("ts", UtcTimestamp), sa.column("confirm_ts", UtcTimestamp))
+    rows = [{"symbol": "NQ", "ts": t0, "direction": "BEAR", "price": 1.0, "source_table": "clean",
+             "logic_version": "v", "confirm_ts": t0 + timedelta(minutes=5), "n": 5},
+            {"symbol": "NQ", "ts": t0, "direction": "BEAR", "price": 1.0, "source_table": "clean",
+             "logic_version": "v", "confirm_ts": t0 + timedelta(minutes=3), "n": 3},
+            {"symbol": "NQ", "ts": t0, "direction": "BULL", "price": 1.0, "source_table": "clean",
+             "logic_version": "v", "confirm_ts": None, "n": None}]  # a row of an engine before 0007
+    engine = create_db_engine(db_url)
+    try:
+        upgrade(engine, "0010")
+        with engine.begin() as conn:
+            conn.execute(sa.insert(old_events), rows)
+        upgrade(engine)
+        query = "SELECT detector, detector_params, n FROM triangle_events_v1 ORDER BY id"
+        with engine.connect() as conn:
+            assert [tuple(r) for r in conn.execute(sa.text(query))] == [
+                ("williams_fractals", params_json(WilliamsFractals(n=5)), 5),
+                ("williams_fractals", params_json(WilliamsFractals(n=3)), 3),
+                ("williams_fractals", '{"n": null, "swing_high": "BEAR", "swing_low": "BULL"}', None)]
+        # The key the engine now writes for n=5 finds that row, and a rerun of it replaces it.
+        key = EventKey("NQ", "clean", "v", "williams_fractals", params_json(WilliamsFractals(n=5)))
+        assert len(read_events(engine, key, t0, t0 + timedelta(hours=1))) == 1
+        ns = int(t0.timestamp()) * 10**9
+        assert replace_events(engine, key, t0, t0 + timedelta(hours=1), np.array(
+            [(ns, ns + 300 * 10**9, 2.0, "BEAR")], EVENT_DTYPE), None, n=5) == (1, 1)
+        other = EventKey("NQ", "clean", "v", "toy", "{}")  # same (ts, direction), another detector: both stay
+        replace_events(engine, other, t0, t0 + timedelta(hours=1), np.array([(ns, ns, 2.0, "BEAR")], EVENT_DTYPE),
+                       None, n=0)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM triangle_events_v1")).scalar() == 4
+        downgrade(engine, "0010")
+        assert current_revision(engine) == "0010"
+        with engine.connect() as conn:
+            assert {tuple(r) for r in conn.execute(sa.text("SELECT n, price FROM triangle_events_v1"))} == {
+                (3, 1.0), (5, 2.0), (None, 1.0)}
+        assert {c["name"] for c in sa.inspect(engine).get_columns("triangle_events_v1")}.isdisjoint(
+            {"detector", "detector_params"})
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:  # the old unique key is back
+            conn.execute(sa.insert(old_events), rows[:1])
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

@@ -13,6 +13,8 @@ from test_detect_stage import MINUTE, SYMBOL, T0, iso, make_ctx
 from engine.config import ParityConfig, ParitySideConfig, register_configs, to_typed
 from engine.db.events import EVENT_DTYPE, EventKey, replace_events
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS
+from engine.detectors import params_json
+from engine.detectors.williams_fractals import WilliamsFractals
 from engine.errors import EngineError
 from engine.stages import STAGES, parity
 
@@ -34,8 +36,8 @@ def store(db, events: list[tuple[int, str]], logic_version: str, table: str = CL
     for i, (minute, direction) in enumerate(events):
         ts = int((T0 + minute * MINUTE).timestamp()) * 10**9
         arr[i] = (ts, ts + n * 60 * 10**9, 100.0 + i, direction)
-    replace_events(db, EventKey(SYMBOL, table, logic_version, n), T0 - timedelta(days=30), END + timedelta(days=30),
-                   arr, None)
+    key = EventKey(SYMBOL, table, logic_version, "williams_fractals", params_json(WilliamsFractals(n=n)))
+    replace_events(db, key, T0 - timedelta(days=30), END + timedelta(days=30), arr, None, n=n)
 
 
 def differences(run_dir) -> list[list[str]]:

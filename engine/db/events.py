@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import Engine, delete, select, text
+from sqlalchemy import BigInteger, Engine, cast, delete, func, select, text
 
 from engine.db import pgcopy
+from engine.db.producers import feeding_a_write
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS, clean_bars, legacy_bars, triangle_events
-from engine.db.types import datetime_to_ns, sqlite_ts_text
-
-# One detected event: pivot bar time, confirming bar time (ns since the epoch, UTC), price, BULL/BEAR.
-EVENT_DTYPE = np.dtype([("ts", "i8"), ("confirm_ts", "i8"), ("price", "f8"), ("direction", "U4")])
+from engine.db.types import sqlite_ts_text
+from engine.detectors import EVENT_DTYPE
 
 _BARS_TABLES = {CLEAN_BARS: clean_bars, LEGACY_BARS: legacy_bars}
-_EVENT_COLUMNS = ("symbol", "ts", "direction", "price", "source_table", "logic_version", "confirm_ts", "n", "run_id")
+_EVENT_COLUMNS = ("symbol", "ts", "direction", "price", "source_table", "logic_version", "confirm_ts", "n", "run_id",
+                  "detector", "detector_params")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class EventKey:
     symbol: str
     source_table: str
     logic_version: str
-    n: int
+    detector: str  # the name the detector was selected under, e.g. williams_fractals
+    params: str  # its parameters as JSON with sorted keys (engine.detectors.params_json)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,20 +75,28 @@ def bar_span(engine: Engine, table_name: str, symbol: str, start: datetime, end:
 
 
 def read_events(engine: Engine, key: EventKey, start: datetime, end: datetime) -> np.ndarray:
-    """Events of `key` with start <= ts < end, ordered by (ts, direction), as EVENT_DTYPE."""
+    """Events of `key` with start <= ts < end, ordered by (ts, direction), as EVENT_DTYPE (confirm_ts -1 and price
+    NaN where the row has none)."""
     c = triangle_events.c
     query = (
-        select(c.ts, c.confirm_ts, c.price, c.direction)
+        select(_ns(engine, c.ts), func.coalesce(_ns(engine, c.confirm_ts), -1), c.price, c.direction)
         .where(*_key_filter(key), c.ts >= start, c.ts < end)
         .order_by(c.ts, c.direction)
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     out = np.empty(len(rows), EVENT_DTYPE)
-    for i, (ts, confirm_ts, price, direction) in enumerate(rows):
-        out[i] = (datetime_to_ns(ts), -1 if confirm_ts is None else datetime_to_ns(confirm_ts),
-                  np.nan if price is None else price, direction)
+    if rows:
+        for name, values in zip(EVENT_DTYPE.names, zip(*rows, strict=True), strict=True):
+            out[name] = values  # a NULL price becomes NaN
     return out
+
+
+def _ns(engine: Engine, column):
+    """SQL for a timestamp column as int64 ns since the epoch (the stored values are whole seconds on SQLite)."""
+    if engine.dialect.name == "postgresql":
+        return cast(func.extract("epoch", column) * 1_000_000, BigInteger) * 1000
+    return cast(func.strftime("%s", column), BigInteger) * 1_000_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,20 +104,23 @@ def read_events(engine: Engine, key: EventKey, start: datetime, end: datetime) -
 
 
 def replace_events(engine: Engine, key: EventKey, start: datetime, end: datetime,
-                   events: np.ndarray | Iterable[np.ndarray], run_id: int | None) -> tuple[int, int]:
+                   events: np.ndarray | Iterable[np.ndarray], run_id: int | None, *, n: int) -> tuple[int, int]:
     """In one transaction: delete the events of `key` with start <= ts < end, insert `events`.
 
-    `events` is one EVENT_DTYPE array or an iterable of them (consumed inside the transaction, so a producer
-    that raises leaves the table as it was). They must lie in [start, end) and be unique on (ts, direction).
-    Returns (deleted, inserted).
+    `events` is one EVENT_DTYPE array or an iterable of them, which a producer that raises leaves the table as it
+    was with: on SQLite it is run to the end before the write transaction starts (a read inside it would wait for
+    the write lock), on PostgreSQL in a worker thread ahead of the writes (the next arrays are produced while one
+    streams in). They must lie in [start, end) and be unique on (ts, direction). `n` goes to the rows' n column
+    (the detector's look-ahead bars). Returns (deleted, inserted).
     """
-    chunks = [events] if isinstance(events, np.ndarray) else events
     inserted = 0
-    with engine.begin() as conn:
+    produced = [events] if isinstance(events, np.ndarray) else events
+    with feeding_a_write(engine, produced) as chunks, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             # Serialise writers of the same key, so overlapping jobs queue instead of hitting the unique index.
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                         {"k": f"triangle_events_v1|{key.symbol}|{key.source_table}|{key.logic_version}|{key.n}"})
+                         {"k": "|".join((triangle_events.name, key.symbol, key.source_table, key.logic_version,
+                                         key.detector, key.params))})
         c = triangle_events.c
         deleted = conn.execute(delete(triangle_events).where(*_key_filter(key), c.ts >= start, c.ts < end)).rowcount
         dbapi = conn.connection.driver_connection
@@ -116,9 +128,9 @@ def replace_events(engine: Engine, key: EventKey, start: datetime, end: datetime
             if not len(chunk):
                 continue
             if engine.dialect.name == "postgresql":
-                _copy_events_postgres(dbapi, key, chunk, run_id)
+                _copy_events_postgres(dbapi, key, chunk, run_id, n)
             else:
-                _insert_events_sqlite(dbapi, key, chunk, run_id)
+                _insert_events_sqlite(dbapi, key, chunk, run_id, n)
             inserted += len(chunk)
     return int(deleted), inserted
 
@@ -126,27 +138,27 @@ def replace_events(engine: Engine, key: EventKey, start: datetime, end: datetime
 def _key_filter(key: EventKey):
     c = triangle_events.c
     return (c.symbol == key.symbol, c.source_table == key.source_table, c.logic_version == key.logic_version,
-            c.n == key.n)
+            c.detector == key.detector, c.detector_params == key.params)
 
 
-def _insert_events_sqlite(dbapi, key: EventKey, events: np.ndarray, run_id: int | None) -> None:
+def _insert_events_sqlite(dbapi, key: EventKey, events: np.ndarray, run_id: int | None, n: int) -> None:
     ts = sqlite_ts_text(events["ts"]).tolist()
     confirm = sqlite_ts_text(events["confirm_ts"]).tolist()
+    size = len(events)
     rows = zip(
-        [key.symbol] * len(events), ts, events["direction"].tolist(), events["price"].tolist(),
-        [key.source_table] * len(events), [key.logic_version] * len(events), confirm,
-        [key.n] * len(events), [run_id] * len(events), strict=True,
+        [key.symbol] * size, ts, events["direction"].tolist(), events["price"].tolist(), [key.source_table] * size,
+        [key.logic_version] * size, confirm, [n] * size, [run_id] * size, [key.detector] * size, [key.params] * size,
+        strict=True,
     )
     cur = dbapi.cursor()
     try:
-        cur.executemany(
-            f"INSERT INTO {triangle_events.name} ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * 9)})", rows
-        )
+        cur.executemany(f"INSERT INTO {triangle_events.name} ({', '.join(_EVENT_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))})", rows)
     finally:
         cur.close()
 
 
-def _copy_events_postgres(dbapi, key: EventKey, events: np.ndarray, run_id: int | None) -> None:
+def _copy_events_postgres(dbapi, key: EventKey, events: np.ndarray, run_id: int | None, n: int) -> None:
     """COPY ... FROM STDIN in binary: every column but direction is constant, and BULL/BEAR are both 4 bytes,
     so each row is a fixed-width record that numpy lays out in one go."""
     directions = events["direction"].astype("S")
@@ -175,8 +187,10 @@ def _copy_events_postgres(dbapi, key: EventKey, events: np.ndarray, run_id: int 
     text_field("source_table", key.source_table)
     text_field("logic_version", key.logic_version)
     field("confirm_ts", ">i8", pgcopy.to_timestamptz(events["confirm_ts"]))
-    field("n", ">i4", key.n)
+    field("n", ">i4", n)
     field("run_id", None if run_id is None else ">i4", run_id)
+    text_field("detector", key.detector)
+    text_field("detector_params", key.params)
 
     records = pgcopy.new_rows(fields, len(events))
     for name, value in values.items():

@@ -95,11 +95,13 @@ triangle_events = Table(
     Column("source_table", Text),
     Column("logic_version", Text),
     Column("confirm_ts", UtcTimestamp),
-    Column("n", Integer),
+    Column("n", Integer),  # the detector's look-ahead bars (Williams Fractals: its period n)
     Column("run_id", Integer),
+    Column("detector", Text, nullable=False),  # the name it was selected under, e.g. williams_fractals
+    Column("detector_params", Text, nullable=False),  # its parameters, JSON with sorted keys
     CheckConstraint("direction IN ('BULL', 'BEAR')", name="ck_triangle_events_v1_direction"),
-    Index("uq_triangle_events_v1_event", "symbol", "source_table", "logic_version", "n", "ts", "direction",
-          unique=True),
+    Index("uq_triangle_events_v1_event", "symbol", "source_table", "logic_version", "detector", "detector_params",
+          "ts", "direction", unique=True),
 )
 
 clean_ingest_runs = Table(

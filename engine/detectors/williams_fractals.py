@@ -9,6 +9,9 @@ Bar p of one symbol's time-ordered bars (index 0 = oldest, no gap filling) is a 
 Swing lows mirror this on lows (> and >=). Bars that do not exist make the condition false, so the first
 bars without enough history and the last n bars are never pivots; one bar can be both a high and a low.
 
+``WilliamsFractals`` is the detector (engine/detectors/__init__.py): a swing high becomes a ``swing_high`` (BEAR)
+event at the bar's high, a swing low a ``swing_low`` (BULL) event at its low, confirmed by the bar n bars later.
+
 ``swing_highs`` / ``swing_lows`` are vectorised numpy (sliding extreme by doubling, then one comparison per
 tie count k), run over cache-sized chunks; ``reference_swing_highs`` / ``reference_swing_lows`` are
 plain-Python transcriptions of the rule used as the test oracle.
@@ -17,6 +20,8 @@ Inputs are meant to be NaN-free. Should a NaN slip in, both versions agree: ever
 false, so a NaN bar is never a pivot and blocks any pivot whose required bars include it.
 """
 
+from __future__ import annotations
+
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import Direction
+from engine.detectors import EVENT_DTYPE
 from engine.errors import EngineError
 
 MAX_LEFT_TIES = 4
+# A fractal needs n bars on each side of its pivot: beyond a day of minutes on each side the detector would
+# confirm an event a day late, which no chart setting means.
+MAX_N = 1440
 
 # Bars per chunk: the temporaries of one chunk stay in cache, which is ~3x faster than whole-array passes.
 _CHUNK = 1 << 17
@@ -35,6 +44,60 @@ _CHUNK = 1 << 17
 _Ops = tuple[np.ufunc, np.ufunc, np.ufunc]
 _HIGH_OPS: _Ops = (np.maximum, np.less, np.less_equal)
 _LOW_OPS: _Ops = (np.minimum, np.greater, np.greater_equal)
+
+
+@dataclass(frozen=True)
+class WilliamsFractals:
+    """Williams Fractals of period n: BEAR at swing highs, BULL at swing lows (unless swapped)."""
+
+    n: int = 5
+    swing_high: Direction = Direction.BEAR
+    swing_low: Direction = Direction.BULL
+
+    def __post_init__(self) -> None:
+        n = self.n
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
+            raise EngineError(f"detector.n={n!r} is not a usable period", "set detector.n to an integer >= 2, e.g. 5")
+        if not 2 <= n <= MAX_N:
+            raise EngineError(
+                f"detector.n={n} is outside 2…{MAX_N}: a fractal needs at least 2 bars on each side of its pivot, "
+                f"and more than {MAX_N} (a day of minutes) would confirm events a day late",
+                "set detector.n between 2 and 1440; TradingView's Williams Fractals use 2, the engine's default is 5")
+        for name in ("swing_high", "swing_low"):  # YAML and plain callers pass the names
+            value = getattr(self, name)
+            if value not in tuple(Direction):
+                raise EngineError(f"detector.{name}={value!r} is not a direction", f"set detector.{name} to BULL or "
+                                  "BEAR")
+            object.__setattr__(self, name, Direction(value))
+        if self.swing_high == self.swing_low:
+            raise EngineError(
+                f"detector.swing_high and detector.swing_low are both {self.swing_high.value}",
+                "use different directions, e.g. detector.swing_high=BEAR detector.swing_low=BULL",
+            )
+
+    @property
+    def warmup_bars(self) -> int:
+        return warmup_bars(self.n)
+
+    @property
+    def lookahead_bars(self) -> int:
+        return int(self.n)
+
+    def detect(self, bars: np.ndarray) -> np.ndarray:
+        """Every pivot of `bars` (ordered by ts) as EVENT_DTYPE, ordered by (ts, direction)."""
+        n, ts = int(self.n), bars["ts"]
+        parts = []
+        for mask, column, direction in ((swing_highs(bars["high"], n), "high", self.swing_high),
+                                        (swing_lows(bars["low"], n), "low", self.swing_low)):
+            idx = np.flatnonzero(mask)  # a pivot always has n bars after it, so idx + n exists
+            part = np.empty(len(idx), EVENT_DTYPE)
+            part["ts"] = ts[idx]
+            part["confirm_ts"] = ts[idx + n]
+            part["price"] = bars[column][idx]
+            part["direction"] = direction.value
+            parts.append(part)
+        events = np.concatenate(parts)
+        return events[np.lexsort((events["direction"], events["ts"]))]
 
 
 def warmup_bars(n: int) -> int:
@@ -150,40 +213,3 @@ def _mark_chunk(x: np.ndarray, n: int, start: int, stop: int, ops: _Ops, out: np
         np.logical_and(c, t, out=c)
         np.logical_or(left[first:], c, out=left[first:])
     np.logical_and(result, left, out=result)
-
-
-# A fractal needs n bars on each side of its pivot: beyond a day of minutes on each side the detector would
-# confirm an event a day late, which no chart setting means.
-MAX_N = 1440
-
-
-@dataclass
-class WilliamsFractals:
-    """Swing highs as `swing_high` events at the bar's high, swing lows as `swing_low` at its low."""
-
-    n: int = 5
-    swing_high: Direction = Direction.BEAR
-    swing_low: Direction = Direction.BULL
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.n <= MAX_N:
-            raise EngineError(
-                f"detector.n={self.n} is outside 2…{MAX_N}: a fractal needs at least 2 bars on each side of "
-                f"its pivot, and more than {MAX_N} (a day of minutes) would confirm events a day late",
-                "set detector.n between 2 and 1440; TradingView's Williams Fractals use 2, the engine's default is 5")
-        if self.swing_high == self.swing_low:
-            raise EngineError(
-                f"detector.swing_high and detector.swing_low are both {self.swing_high.value}",
-                "use different directions, e.g. detector.swing_high=BEAR detector.swing_low=BULL",
-            )
-
-    @property
-    def warmup_bars(self) -> int:
-        return warmup_bars(self.n)
-
-    @property
-    def lookahead_bars(self) -> int:
-        return self.n
-
-    def detect(self, bars: np.ndarray) -> np.ndarray:
-        raise NotImplementedError("the detector branch implements it")

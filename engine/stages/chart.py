@@ -1,9 +1,9 @@
 """Stage `chart`: a PNG candlestick chart of the window with its triangle events, in the run directory.
 
 Bars come from the table detect reads (clean unless policy.allow_legacy), events from triangle_events_v1 for
-(symbol, that table, this run's logic version, detector.n): BEAR as ▼ above the bar's high, BULL as ▲ below
-its low. A window of more than about one trading day is narrowed to its last session (the bars after the
-last gap of 60 minutes or more), so the candles stay readable.
+(symbol, that table, this run's logic version, this run's detector and parameters): BEAR as ▼ above the bar's
+high, BULL as ▲ below its low. A window of more than about one trading day is narrowed to its last session (the
+bars after the last gap of 60 minutes or more), so the candles stay readable.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 
 from engine.context import StageContext
 from engine.db.bars import read_bars
-from engine.db.events import EventKey, read_events
+from engine.db.events import read_events
 from engine.db.types import ns_to_datetime
 from engine.errors import EngineError
 from engine.results import StageResult
-from engine.stages.detect import bars_table, check_detector
+from engine.stages.detect import bars_table, event_key
 
 TRADING_DAY_BARS = 23 * 60  # CME Globex: 23 hours of 1-minute bars
 SESSION_GAP_NS = 60 * 60 * 1_000_000_000
@@ -56,9 +56,9 @@ class Chart:
 
 def run(ctx: StageContext) -> ChartResult:
     cfg, window = ctx.cfg, ctx.window
-    n = check_detector(ctx)
     symbol = ctx.symbol.internal_symbol
     table = bars_table(cfg)
+    key, _ = event_key(ctx, table, ctx.run.code.logic_version)
     if cfg.policy.allow_legacy:
         ctx.log.warning("chart %s: policy allow_legacy, reading the legacy table %s (not recommended)", symbol, table)
     bars = read_bars(ctx.db, table, symbol, window.start, window.end)
@@ -70,11 +70,11 @@ def run(ctx: StageContext) -> ChartResult:
         )
     shown, scope = chart_range(bars)
     first, last = int(shown["ts"][0]), int(shown["ts"][-1])
-    key = EventKey(symbol, table, ctx.run.code.logic_version, n)
     events = read_events(ctx.db, key, ns_to_datetime(first), ns_to_datetime(last) + timedelta(microseconds=1))
     if not len(events):
-        ctx.log.warning("chart %s: no triangle events of %s / logic version %s / n=%d in the chart range; "
-                        "run stages=[detect,chart] to draw them", symbol, table, key.logic_version, n)
+        ctx.log.warning("chart %s: no triangle events of %s / logic version %s / %s %s in the chart range; "
+                        "run stages=[detect,chart] to draw them", symbol, table, key.logic_version, key.detector,
+                        key.params)
     path = Path(ctx.run.dir) / f"chart_{re.sub(r'[^A-Za-z0-9._-]', '_', symbol)}.png"
     title = f"{symbol}  1m  {ns_to_datetime(first):%Y-%m-%d %H:%M} → {ns_to_datetime(last):%Y-%m-%d %H:%M} UTC"
     drawn = plot_chart(shown, events, path, title)

@@ -1,14 +1,13 @@
-"""Stage `detect`: Williams-fractal triangles of the window, from the bars table, into triangle_events_v1.
+"""Stage `detect`: the events of the selected detector in the window, from the bars table, into triangle_events_v1.
 
-* Events are the pivots whose bar lies in [window.start, window.end): a swing high is recorded as
-  ``detector.swing_high`` (BEAR) at the bar's high, a swing low as ``detector.swing_low`` (BULL) at its low;
-  one bar can be both. ``confirm_ts`` is the bar n bars later, whose close confirms the pivot.
-* Reads the last ``warmup_bars(n)`` bars before the window (or from ``window.warmup_start``) and the first n
-  bars from window.end on, so the events of a range do not depend on how it is cut into windows. The stage
-  uses that itself: it works through long windows in pieces of PIECE_SPAN (bounded memory), and on
-  PostgreSQL reads the next piece in a background thread while the events of the current one are written.
-* Writes replace the events of (symbol, source_table, logic_version, n) in the window in one transaction:
-  a rerun leaves the same rows.
+* The detector (engine/detectors/__init__.py; `detector_of`) gets the bars of the window plus its
+  ``warmup_bars`` bars before it (or the bars from ``window.warmup_start``) and its ``lookahead_bars`` bars from
+  window.end on, so the events of a range do not depend on how it is cut into windows. Events are the ones
+  whose pivot bar lies in [window.start, window.end). The stage uses that itself: it works through long
+  windows in pieces of PIECE_SPAN (bounded memory); the storage layer decides how the pieces are read while
+  events are written (engine/db/producers.py).
+* Writes replace the events of (symbol, source_table, logic_version, detector, detector_params) in the window
+  in one transaction: a rerun leaves the same rows, and other detectors' events stay.
 * Clean-only contract: unless ``policy.allow_legacy``, reads market_bars_ohlcv_1m_clean and requires the
   coverage of successful clean ingests (clean_coverage: closed market time, and the sessions where they landed
   bars; see engine/coverage.py) over the whole window, and over the warm-up and look-ahead bars it reads: where
@@ -26,7 +25,6 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from engine.background import in_background
 from engine.config import EngineConfig
 from engine.console import showing_chunk_lines
 from engine.context import StageContext
@@ -34,10 +32,10 @@ from engine.coverage import open_market_ranges
 from engine.db.bars import read_bars
 from engine.db.chunks import count_bars
 from engine.db.coverage import covered_intervals
-from engine.db.events import EVENT_DTYPE, EventKey, bar_span, nth_bar_before, nth_bar_from, replace_events
+from engine.db.events import EventKey, bar_span, nth_bar_before, nth_bar_from, replace_events
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS
 from engine.db.types import datetime_to_ns
-from engine.detectors.williams_fractals import swing_highs, swing_lows, warmup_bars
+from engine.detectors import DIRECTIONS, Detector, check_detector, checked_events, detector_params, params_json
 from engine.errors import EngineError
 from engine.results import StageResult, instant, same, total
 
@@ -47,8 +45,7 @@ CONTRACT_ERROR = (
     "  To use legacy table, pass policy=allow_legacy (not recommended)"
 )
 _MAX_LISTED_GAPS = 20
-# Detection runs piece by piece (bounded memory; on PostgreSQL the next piece is read while this one's events
-# are written). A quarter is ~90k one-minute bars.
+# Detection runs piece by piece (bounded memory). A quarter is ~90k one-minute bars.
 PIECE_SPAN = timedelta(days=91)
 
 
@@ -57,8 +54,15 @@ def bars_table(cfg: EngineConfig) -> str:
     return LEGACY_BARS if cfg.policy.allow_legacy else CLEAN_BARS
 
 
-def check_detector(ctx: StageContext) -> int:
-    return ctx.detector.n
+def detector_of(ctx: StageContext) -> tuple[str, Detector]:
+    """The run's detector and the name it was selected under (what its events record as `detector`)."""
+    return ctx.plugins.detector.name, check_detector(ctx.plugins.detector.name, ctx.detector)
+
+
+def event_key(ctx: StageContext, table: str, logic_version: str) -> tuple[EventKey, Detector]:
+    """The events key of this run's detector over `table` at `logic_version`, and the detector."""
+    name, detector = detector_of(ctx)
+    return EventKey(ctx.symbol.internal_symbol, table, logic_version, name, params_json(detector)), detector
 
 
 @dataclass
@@ -136,9 +140,10 @@ class Detect:
 def run(ctx: StageContext) -> DetectResult:
     started = time.perf_counter()
     cfg, window, log = ctx.cfg, ctx.window, ctx.log
-    n = check_detector(ctx)
     symbol = ctx.symbol.internal_symbol
     table = bars_table(cfg)
+    key, detector = event_key(ctx, table, ctx.run.code.logic_version)
+    warmup, lookahead = int(detector.warmup_bars), int(detector.lookahead_bars)
     if cfg.policy.allow_legacy:
         log.warning("detect %s: policy allow_legacy, reading the legacy table %s (not recommended); events are "
                     "recorded with source_table=%s", symbol, table, table)
@@ -152,46 +157,39 @@ def run(ctx: StageContext) -> DetectResult:
     pieces = split_window(span[0], span[1] + timedelta(microseconds=1)) if span else []
     if pieces:
         pieces[-1] = (pieces[-1][0], window.end)
-    reads = read_pieces(ctx, table, symbol, pieces, n)
-    if ctx.db.dialect.name == "postgresql" and len(pieces) > 1:
-        reads = in_background(reads)  # the next piece streams out while this one's events stream in
     counts = {"bars_in_window": 0, "bars_read": 0, "warmup_bars": 0, "confirm_bars": 0}
-    directions = (ctx.detector.swing_high.value, ctx.detector.swing_low.value)
-    by_direction = dict.fromkeys(directions, 0)
+    by_direction = dict.fromkeys(DIRECTIONS, 0)
 
-    def events_of_pieces():
+    def events_of_pieces() -> Iterator[np.ndarray]:
+        reads = read_pieces(ctx, table, symbol, pieces, warmup, lookahead)
         for k, (piece_start, piece_end, bars) in enumerate(reads):
             start_ns, end_ns = datetime_to_ns(piece_start), datetime_to_ns(piece_end)
             i0, i1 = (int(i) for i in np.searchsorted(bars["ts"], [start_ns, end_ns], side="left"))
             if k == 0:
                 counts["warmup_bars"] = i0
-                if window.warmup_start is not None and i0 < warmup_bars(n):
+                if window.warmup_start is not None and i0 < warmup:
                     log.warning("detect %s: window.warmup_start leaves %d warm-up bars, the detector needs %d: "
-                                "pivots among the first bars of the window may be missed", symbol, i0, warmup_bars(n))
+                                "pivots among the first bars of the window may be missed", symbol, i0, warmup)
             counts["bars_in_window"] += i1 - i0
             counts["bars_read"] += len(bars)
             counts["confirm_bars"] = len(bars) - i1
-            events = detect_events(bars, n, start_ns, end_ns, *directions)
-            for direction in directions:
+            events = checked_events(key.detector, detector.detect(bars), bars)
+            events = events[(events["ts"] >= start_ns) & (events["ts"] < end_ns)]
+            for direction in DIRECTIONS:
                 by_direction[direction] += int(np.count_nonzero(events["direction"] == direction))
             yield events
 
-    key = EventKey(symbol, table, ctx.run.code.logic_version, n)
-    # SQLite: a read inside the write transaction would wait for the write lock, so detect everything first.
-    try:
-        chunks = events_of_pieces() if ctx.db.dialect.name == "postgresql" else list(events_of_pieces())
-        deleted, inserted = replace_events(ctx.db, key, window.start, window.end, chunks, ctx.run.id)
-    finally:
-        reads.close()  # stops the background reader, if any, when the write failed half-way
+    deleted, inserted = replace_events(ctx.db, key, window.start, window.end, events_of_pieces(), ctx.run.id,
+                                       n=lookahead)
     seconds = time.perf_counter() - started
     if not counts["bars_in_window"]:  # news for a window; a chunk without bars (a weekend) is not
         log.log(logging.INFO if showing_chunk_lines() else logging.WARNING, "detect %s: no bars in %s between %s "
                 "and %s", symbol, table, _fmt(window.start), _fmt(window.end))
     result = DetectResult(
-        symbol=symbol, source_table=table, logic_version=key.logic_version, detector=ctx.plugins.detector.name,
-        detector_params=ctx.plugins.detector.params_json(), n=n, window_start=_fmt(window.start),
-        window_end=_fmt(window.end), **counts, events=by_direction, events_written=inserted, events_replaced=deleted,
-        lookahead_complete=counts["confirm_bars"] >= n or not counts["bars_in_window"], pieces=len(pieces),
+        symbol=symbol, source_table=table, logic_version=key.logic_version, detector=key.detector,
+        detector_params=key.params, n=lookahead, window_start=_fmt(window.start), window_end=_fmt(window.end),
+        **counts, events=by_direction, events_written=inserted, events_replaced=deleted,
+        lookahead_complete=counts["confirm_bars"] >= lookahead or not counts["bars_in_window"], pieces=len(pieces),
         seconds=round(seconds, 3))
     log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, %.3f s (%.0f bars/s)", symbol,
              counts["bars_in_window"], counts["bars_read"], ", ".join(f"{v} {k}" for k, v in by_direction.items()),
@@ -202,28 +200,32 @@ def run(ctx: StageContext) -> DetectResult:
 def chunk_settings(ctx: StageContext) -> dict:
     """What makes two detections of the same chunk the same work (for resuming chunked runs).
 
-    `done_when` is part of the digest so that chunks recorded by engines that recorded a chunk done before
-    its look-ahead bars existed (their events miss the pivots among the chunk's last n bars) no longer
-    match: the next run over that range redoes them.
+    `detector` is the selected name with the detector's parameters (for Williams Fractals the same dict as the
+    detector config gave before detectors were plugins, so recorded chunks still match). `done_when` is part of
+    the digest so that chunks recorded by engines that recorded a chunk done before its look-ahead bars existed
+    (their events miss the pivots among the chunk's last n bars) no longer match: the next run over that range
+    redoes them.
     """
+    name, detector = detector_of(ctx)
     return {
         "symbol": ctx.symbol.internal_symbol,
         "source_table": bars_table(ctx.cfg),
         "logic_version": ctx.run.code.logic_version,
-        "detector": {"name": ctx.plugins.detector.name, **ctx.plugins.detector.params},  # as earlier versions
+        "detector": {**detector_params(detector), "name": name},
         "done_when": "lookahead_complete",
     }
 
 
 def lookahead_ready(ctx: StageContext, through: datetime) -> bool:
-    """Whether the window's look-ahead (the n bars from window.end on) is stored before `through`.
+    """Whether the window's look-ahead (the detector's lookahead_bars from window.end on) is stored before
+    `through`.
 
     A chunked run detects a chunk once the chunks ingested after it reach `through`: bars written later lie
     at or after `through`, so they cannot change the chunk's events.
     """
-    n = check_detector(ctx)
-    stored = count_bars(ctx.db, bars_table(ctx.cfg), ctx.symbol.internal_symbol, ctx.window.end, through, n)
-    return stored >= n
+    lookahead = int(detector_of(ctx)[1].lookahead_bars)
+    stored = count_bars(ctx.db, bars_table(ctx.cfg), ctx.symbol.internal_symbol, ctx.window.end, through, lookahead)
+    return stored >= lookahead
 
 
 def split_window(start: datetime, end: datetime, span: timedelta | None = None) -> list[tuple[datetime, datetime]]:
@@ -236,9 +238,9 @@ def split_window(start: datetime, end: datetime, span: timedelta | None = None) 
     return list(zip(edges, edges[1:], strict=False))
 
 
-def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[datetime, datetime]], n: int
-                ) -> Iterator[tuple[datetime, datetime, np.ndarray]]:
-    """For each piece: its bars, the warmup_bars(n) bars before it and the n bars from its end on.
+def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[datetime, datetime]], warmup: int,
+                lookahead: int) -> Iterator[tuple[datetime, datetime, np.ndarray]]:
+    """For each piece: its bars, the `warmup` bars before it and the `lookahead` bars from its end on.
 
     The first piece starts at window.warmup_start instead when that is set. Under the clean-only policy the
     warm-up of the first piece and the look-ahead of the last are checked against clean coverage first.
@@ -250,34 +252,15 @@ def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[d
             oldest = bar_span(ctx.db, table, symbol, read_start, piece_start)
             oldest = oldest and oldest[0]
         else:
-            read_start = oldest = nth_bar_before(ctx.db, table, symbol, piece_start, warmup_bars(n))
-        last_confirming = nth_bar_from(ctx.db, table, symbol, piece_end, n)
-        if clean and k == 0:
+            read_start = oldest = nth_bar_before(ctx.db, table, symbol, piece_start, warmup) if warmup else None
+        last_confirming = nth_bar_from(ctx.db, table, symbol, piece_end, lookahead) if lookahead else None
+        if clean and k == 0 and (warmup or ctx.window.warmup_start is not None):
             require_context_coverage(ctx, symbol, "warm-up", oldest, ctx.window.start)
-        if clean and k == len(pieces) - 1:
+        if clean and k == len(pieces) - 1 and lookahead:
             require_context_coverage(ctx, symbol, "look-ahead", last_confirming, ctx.window.end)
         read_start = read_start or piece_start
         read_end = last_confirming + timedelta(microseconds=1) if last_confirming else piece_end
         yield piece_start, piece_end, read_bars(ctx.db, table, symbol, read_start, read_end)
-
-
-def detect_events(bars: np.ndarray, n: int, start_ns: int, end_ns: int, high_direction: str,
-                  low_direction: str) -> np.ndarray:
-    """Pivots of `bars` (ordered by ts) whose bar lies in [start_ns, end_ns), ordered by (ts, direction)."""
-    ts = bars["ts"]
-    i0, i1 = np.searchsorted(ts, [start_ns, end_ns], side="left")
-    parts = []
-    for mask, price_column, direction in ((swing_highs(bars["high"], n), "high", high_direction),
-                                          (swing_lows(bars["low"], n), "low", low_direction)):
-        idx = np.flatnonzero(mask[i0:i1]) + i0  # a pivot always has n bars after it, so idx + n exists
-        part = np.empty(len(idx), EVENT_DTYPE)
-        part["ts"] = ts[idx]
-        part["confirm_ts"] = ts[idx + n]
-        part["price"] = bars[price_column][idx]
-        part["direction"] = direction
-        parts.append(part)
-    events = np.concatenate(parts)
-    return events[np.lexsort((events["direction"], events["ts"]))]
 
 
 def require_clean_coverage(ctx: StageContext, symbol: str) -> None:

@@ -1,6 +1,6 @@
 """Stage `parity`: compare the triangle events of two sides for the symbol and window.
 
-A side is either events in triangle_events_v1 ({source_table, logic_version}, n = detector.n) or a CSV file
+A side is either events in triangle_events_v1 ({source_table, logic_version}, this run's detector) or a CSV file
 exported from another tool (columns ts, direction). Events match on (ts, direction). The differences go to
 <run dir>/parity_differences.csv; more mismatches than ``parity.tolerance`` fail the job.
 """
@@ -20,11 +20,11 @@ from rich.text import Text
 from engine.config import BarsTable, ParitySideConfig
 from engine.console import console
 from engine.context import StageContext
-from engine.db.events import EventKey, read_events
+from engine.db.events import read_events
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.results import StageResult
-from engine.stages.detect import bars_table, check_detector
+from engine.stages.detect import bars_table, event_key
 
 DIFFERENCES_CSV = "parity_differences.csv"
 _EPOCH_SECONDS = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -124,13 +124,12 @@ def load_side(ctx: StageContext, name: str, side: ParitySideConfig, start_ns: in
         path = Path(side.csv).expanduser()
         events = {e for e in read_events_csv(path, f"parity.{name}.csv") if start_ns <= e[0] < end_ns}
         return Side(name, f"csv {path}", frozenset(events))
-    n = check_detector(ctx)
     table = _table(name, side.source_table) if side.source_table is not None else bars_table(ctx.cfg)
     version = side.logic_version if side.logic_version is not None else ctx.run.code.logic_version
-    rows = read_events(ctx.db, EventKey(ctx.symbol.internal_symbol, table, str(version), n),
-                       ctx.window.start, ctx.window.end)
+    key, detector = event_key(ctx, table, str(version))
+    rows = read_events(ctx.db, key, ctx.window.start, ctx.window.end)
     events = frozenset(zip(rows["ts"].tolist(), rows["direction"].tolist(), strict=True))
-    return Side(name, f"{table} @ {version} (n={n})", events)
+    return Side(name, f"{table} @ {version} (n={detector.lookahead_bars})", events)
 
 
 def _table(name: str, value: str) -> str:
