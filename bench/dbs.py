@@ -11,10 +11,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine.config import DbConfig, DetectorConfig, EngineConfig, PolicyConfig, WindowConfig
+from engine.config import DbConfig, EngineConfig, PolicyConfig, WindowConfig
 from engine.context import RunRecord, StageContext
 from engine.db import runs
 from engine.db.connect import create_db_engine, upgrade
+from engine.job_plugins import load_plugins, packaged_node
 from engine.provenance import CodeVersion
 from engine.windows import Window
 
@@ -88,7 +89,7 @@ def autocommit(db: sa.Engine, *statements: str) -> None:
             conn.exec_driver_sql(statement)
 
 
-def make_ctx(db: sa.Engine, run_dir: Path, start: datetime, end: datetime, *, stages: list[str], source
+def make_ctx(db: sa.Engine, run_dir: Path, start: datetime, end: datetime, *, stages: list[str], source: dict
              ) -> StageContext:
     """A stage context as engine/app.py builds it: typed config, a real engine_runs row, the run directory."""
     cfg = EngineConfig(
@@ -96,16 +97,19 @@ def make_ctx(db: sa.Engine, run_dir: Path, start: datetime, end: datetime, *, st
         source=source,
         window=WindowConfig(start=f"{start:%Y-%m-%dT%H:%M:%SZ}", end=f"{end:%Y-%m-%dT%H:%M:%SZ}"),
         policy=PolicyConfig(name="clean_only", allow_legacy=False),
-        detector=DetectorConfig(),
+        detector=packaged_node("detector", "williams_fractals"),
         stages=list(stages),
     )
+    plugins = load_plugins(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = runs.start_run(
         db, symbol=cfg.symbol, stages=json.dumps(list(stages)), run_dir=str(run_dir), git_hash=None, git_dirty=None,
-        logic_version=LOGIC_VERSION, config_sha256="0" * 64, overrides="[]", data_kind=source.data_kind.value,
+        logic_version=LOGIC_VERSION, config_sha256="0" * 64, overrides="[]",
+        data_kind=plugins.source.obj.data_kind.value,
     )
     return StageContext(cfg=cfg, window=Window(start=start, end=end), db=db,
-                        run=RunRecord(run_id, run_dir, CodeVersion(None, None, LOGIC_VERSION)), log=log)
+                        run=RunRecord(run_id, run_dir, CodeVersion(None, None, LOGIC_VERSION)), log=log,
+                        plugins=plugins)
 
 
 def finish(ctx: StageContext, status: str = "success") -> None:

@@ -24,7 +24,6 @@ from bench.dbs import PgScratch, autocommit, finish, make_ctx, open_db, pg_admin
 from bench.report import ERROR, INFO, MISS, PASS, PENDING, ROWS, SKIP, Check, Row, fmt_count, fmt_rate, fmt_seconds
 from bench.report import fmt_timing as timing
 from bench.report import median as med
-from engine.config import DbnFileSourceConfig
 from engine.db.schema import CLEAN_BARS
 from engine.detectors.williams_fractals import (
     reference_swing_highs,
@@ -32,6 +31,9 @@ from engine.detectors.williams_fractals import (
     swing_highs,
     swing_lows,
 )
+from engine.job_plugins import packaged_node
+from engine.stages.detect import DetectResult
+from engine.stages.ingest import IngestResult
 from engine.validate import to_prices
 
 SYMBOL = "GLBX.MDP3:NQ"
@@ -50,6 +52,14 @@ class CheckFailed(AssertionError):
 
 class Skipped(Exception):  # noqa: N818 - a figure that cannot run here, not an error
     pass
+
+
+DEFAULT_BATCH_SIZE = packaged_node("source", "dbn_file")["batch_size"]
+
+
+def dbn_file_node(path) -> dict:
+    """The dbn_file source's plugin node, as `source=dbn_file source.paths=[path]` composes it."""
+    return {**packaged_node("source", "dbn_file"), "paths": [str(path)]}
 
 
 def _pg_encoder() -> tuple[Callable[[np.ndarray, int, bytes], bytes], str]:
@@ -126,9 +136,9 @@ class Bench:
         if not passed:
             raise CheckFailed(f"{name}: {detail}")
 
-    def counts(self, name: str, summary: dict, *, inserted: int, updated: int, unchanged: int) -> None:
+    def counts(self, name: str, summary: IngestResult, *, inserted: int, updated: int, unchanged: int) -> None:
         keys = ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped")
-        got = tuple(summary[k] for k in keys)
+        got = tuple(getattr(summary, k) for k in keys)
         want = (self.n, inserted, updated, unchanged, 0)
         self.check(name, got == want, f"received/inserted/updated/unchanged/skipped = {got}, expected {want}")
 
@@ -179,13 +189,13 @@ class Bench:
 
     # ---- the engine's ingest, in process
 
-    def ingest(self, db, bar_file: BarFile, label: str) -> tuple[float, dict]:
+    def ingest(self, db, bar_file: BarFile, label: str) -> tuple[float, IngestResult]:
         """ingest.run(ctx) as `python -m engine source=dbn_file stages=[ingest]` runs it: acquire (sha256 of the
         file), DbnBarFile decode, validate_chunk, CleanBarWriter, run log. Returns (seconds, summary)."""
         from engine.stages import ingest
 
         ctx = make_ctx(db, self.run_dir / "engine_runs" / label, bar_file.start, bar_file.end, stages=["ingest"],
-                       source=DbnFileSourceConfig(paths=[str(bar_file.path)]))
+                       source=dbn_file_node(bar_file.path))
         with quiet_engine():
             started = time.perf_counter()
             summary = ingest.run(ctx)
@@ -193,22 +203,22 @@ class Bench:
         finish(ctx)
         return seconds, summary
 
-    def detect(self, db, label: str) -> tuple[float, dict]:
+    def detect(self, db, label: str) -> tuple[float, DetectResult]:
         from engine.stages import detect
 
         ctx = make_ctx(db, self.run_dir / "engine_runs" / label, self.file.start, self.file.end, stages=["detect"],
-                       source=DbnFileSourceConfig(paths=[str(self.file.path)]))
+                       source=dbn_file_node(self.file.path))
         with quiet_engine():
             started = time.perf_counter()
             summary = detect.run(ctx)
             seconds = time.perf_counter() - started
         finish(ctx)
-        self.check(f"{label}: detect counts", summary["bars_in_window"] == self.n
-                   and summary["events_written"] == self.expected_events
-                   and sum(summary["events"].values()) == self.expected_events,
-                   f"bars_in_window {summary['bars_in_window']:,} (expected {self.n:,}), events written "
-                   f"{summary['events_written']:,} (expected {self.expected_events:,} = swing_highs + swing_lows "
-                   f"over the same bars), events replaced {summary['events_replaced']:,}")
+        self.check(f"{label}: detect counts", summary.bars_in_window == self.n
+                   and summary.events_written == self.expected_events
+                   and sum(summary.events.values()) == self.expected_events,
+                   f"bars_in_window {summary.bars_in_window:,} (expected {self.n:,}), events written "
+                   f"{summary.events_written:,} (expected {self.expected_events:,} = swing_highs + swing_lows "
+                   f"over the same bars), events replaced {summary.events_replaced:,}")
         return seconds, summary
 
     def detect_rows(self, db, dialect: str, first_key: str, rerun_key: str, reset: Callable[[], None],
@@ -224,8 +234,8 @@ class Bench:
             if settle:
                 settle()
             seconds, summary = self.detect(db, f"{dialect}_detect_rerun_{k}")
-            self.check(f"{dialect}_detect_rerun_{k}: replaced", summary["events_replaced"] == self.expected_events,
-                       f"{summary['events_replaced']:,} events replaced")
+            self.check(f"{dialect}_detect_rerun_{k}: replaced", summary.events_replaced == self.expected_events,
+                       f"{summary.events_replaced:,} events replaced")
             rerun.append(seconds)
         for key, times, what in ((first_key, first, "no events of this (symbol, table, logic version, n) in "
                                   "triangle_events_v1 yet (emptied untimed before each run)"),
@@ -523,7 +533,7 @@ class Bench:
         finally:
             db.dispose()
 
-    def bookkeeping_pg(self, db, summary: dict, ingest_seconds: list[float]) -> None:
+    def bookkeeping_pg(self, db, summary: IngestResult, ingest_seconds: list[float]) -> None:
         """What the ingest spends on keeping its records true, as a share of the ingest time (issue 9: ≤ 3%).
 
         Per-batch counters: the same number of `clean_ingest_runs` counter UPDATEs as the ingest committed batches
@@ -534,7 +544,7 @@ class Bench:
         from engine.db.ingest_runs import add_batch_counts
 
         row = self.rows["ingest_bookkeeping_pg"]
-        commits, run_id = summary["batch_commits"], summary["ingest_run_id"]
+        commits, [run_id] = summary.batch_commits, summary.ingest_run_ids
         counters = []
         for _ in range(self.reps):
             started = time.perf_counter()
@@ -551,7 +561,7 @@ class Bench:
         row.baseline = f"ingest {timing(self.n, ingest_seconds)}"
         row.ratio, row.target = f"{share:.2f}% of the ingest", "≤ 3% of the ingest time"
         row.note = (f"{commits} counter UPDATEs (one per committed batch of the ingest above, source.batch_size "
-                    f"{DbnFileSourceConfig().batch_size:,}), each in its own transaction here (an upper bound: in the "
+                    f"{DEFAULT_BATCH_SIZE:,}), each in its own transaction here (an upper bound: in the "
                     "ingest it shares its batch's COMMIT), timed alone after the ingests; "
                     + ("liveness: one session advisory lock taken and released + one reconciliation query"
                        if liveness else "liveness: not measured yet (hook Bench.liveness_pg)"))

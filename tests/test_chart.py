@@ -23,13 +23,14 @@ from test_detect_stage import (
 
 from engine.db.bars import BAR_READ_DTYPE
 from engine.errors import EngineError
-from engine.stages import STAGES, chart, detect
+from engine.job_plugins import packaged_options
+from engine.stages import chart, detect
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_chart_png_with_the_detected_triangles(db, tmp_path):
-    assert "chart" in STAGES
+    assert "chart" in packaged_options("stage")
     insert_bars(db, bars_from(KNOWN_HIGHS, KNOWN_LOWS))
     end = T0 + len(KNOWN_HIGHS) * MINUTE
     mark_clean(db, T0, end)
@@ -39,12 +40,12 @@ def test_chart_png_with_the_detected_triangles(db, tmp_path):
     summary = chart.run(ctx)
 
     path = tmp_path / "chart_GLBX.MDP3_NQ.png"
-    assert summary["path"] == str(path)
+    assert summary.path == str(path)
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (1600, 900)
-    assert summary["events"] == {"BEAR": 2, "BULL": 2}
-    assert summary["scope"] == "window" and summary["bars"] == len(KNOWN_HIGHS)
+    assert summary.events == {"BEAR": 2, "BULL": 2}
+    assert summary.scope == "window" and summary.bars == len(KNOWN_HIGHS)
 
 
 def test_chart_without_bars_is_a_user_error(db, tmp_path):

@@ -273,7 +273,7 @@ def test_warmup_start_before_an_uncovered_gap_is_refused_after_it_proceeds(db, t
                                         "2024-06-03T09:30Z)")
     assert event_count_of(db) == 0
     summary = detect.run(make_ctx(db, tmp_path / "b", *window, warmup_start=utc("2024-06-03T10:40")))
-    assert summary["warmup_bars"] == 0 and summary["bars_in_window"] == 60
+    assert summary.warmup_bars == 0 and summary.bars_in_window == 60
 
 
 def event_count_of(db) -> int:

@@ -14,15 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from engine.config import (
-    DbConfig,
-    DetectorConfig,
-    EngineConfig,
-    ParityConfig,
-    PolicyConfig,
-    SyntheticSourceConfig,
-    WindowConfig,
-)
+from engine.config import DbConfig, EngineConfig, ParityConfig, PolicyConfig, WindowConfig
 from engine.context import RunRecord, StageContext
 from engine.db import registry, runs
 from engine.db.bars import read_bars
@@ -37,8 +29,9 @@ from engine.db.schema import (
 )
 from engine.detectors.williams_fractals import reference_swing_highs, reference_swing_lows
 from engine.errors import EngineError
+from engine.job_plugins import packaged_node, packaged_options
 from engine.provenance import CodeVersion
-from engine.stages import STAGES, detect
+from engine.stages import detect
 from engine.symbols import seed_rows
 from engine.windows import Window
 
@@ -67,10 +60,10 @@ def make_ctx(db, run_dir: Path, start: datetime, end: datetime, *, warmup_start:
     """A stage context as engine/app.py builds it, with a real engine_runs row and a seeded registry."""
     cfg = EngineConfig(
         db=DbConfig(url=db.url.render_as_string(hide_password=False)),
-        source=SyntheticSourceConfig(),
+        source=packaged_node("source", "synthetic"),
         window=WindowConfig(start=iso(start), end=iso(end), warmup_start=warmup_start and iso(warmup_start)),
         policy=PolicyConfig(name="allow_legacy" if allow_legacy else "clean_only", allow_legacy=allow_legacy),
-        detector=DetectorConfig(n=n),
+        detector={**packaged_node("detector", "williams_fractals"), "n": n},
         parity=parity or ParityConfig(),
         stages=["detect"],
     )
@@ -152,7 +145,7 @@ KNOWN_EVENTS = [(2, "BEAR", 15.0), (2, "BULL", 5.0), (6, "BEAR", 12.0), (9, "BUL
 
 
 def test_known_pivots_bull_bear_and_both_on_one_bar(db, tmp_path):
-    assert "detect" in STAGES
+    assert "detect" in packaged_options("stage")
     insert_bars(db, bars_from(KNOWN_HIGHS, KNOWN_LOWS))
     end = T0 + len(KNOWN_HIGHS) * MINUTE
     mark_clean(db, T0, end)
@@ -171,11 +164,11 @@ def test_known_pivots_bull_bear_and_both_on_one_bar(db, tmp_path):
     assert event_rows(db) == expected
     with db.connect() as conn:
         assert set(conn.execute(sa.select(triangle_events.c.run_id)).scalars()) == {ctx.run.id}
-    assert summary["events"] == {"BEAR": 2, "BULL": 2}
-    assert summary["source_table"] == CLEAN_BARS and summary["logic_version"] == "known"
-    assert summary["bars_in_window"] == summary["bars_read"] == len(KNOWN_HIGHS)
-    assert summary["events_written"] == 4 and summary["events_replaced"] == 0
-    assert summary["seconds"] >= 0
+    assert summary.events == {"BEAR": 2, "BULL": 2}
+    assert summary.source_table == CLEAN_BARS and summary.logic_version == "known"
+    assert summary.bars_in_window == summary.bars_read == len(KNOWN_HIGHS)
+    assert summary.events_written == 4 and summary.events_replaced == 0
+    assert summary.seconds >= 0
 
 
 def test_confirming_bars_after_the_window_and_warmup_before_it(db, tmp_path):
@@ -186,9 +179,9 @@ def test_confirming_bars_after_the_window_and_warmup_before_it(db, tmp_path):
     summary = detect.run(make_ctx(db, tmp_path, T0 + 2 * MINUTE, T0 + 7 * MINUTE, n=2))
     assert [(r[1], r[2]) for r in event_rows(db)] == [(T0 + 2 * MINUTE, "BEAR"), (T0 + 2 * MINUTE, "BULL"),
                                                       (T0 + 6 * MINUTE, "BEAR")]
-    assert summary["bars_in_window"] == 5
-    assert summary["warmup_bars"] == 2  # all that exist before the window (the detector wants up to 6)
-    assert summary["confirm_bars"] == 2  # n bars from window.end on
+    assert summary.bars_in_window == 5
+    assert summary.warmup_bars == 2  # all that exist before the window (the detector wants up to 6)
+    assert summary.confirm_bars == 2  # n bars from window.end on
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +193,7 @@ def test_detecting_in_pieces_gives_the_same_rows_as_one_window(db, tmp_path, mon
     insert_bars(db, bars)
     start, end = bars[0]["ts"], bars[-1]["ts"] + MINUTE
     mark_clean(db, start, end)
-    assert detect.run(make_ctx(db, tmp_path / "whole", start, end, logic_version="whole"))["pieces"] == 1
+    assert detect.run(make_ctx(db, tmp_path / "whole", start, end, logic_version="whole")).pieces == 1
     # The windows below are also cut into 3-hour pieces inside the stage (read in the background on PG).
     monkeypatch.setattr(detect, "PIECE_SPAN", timedelta(hours=3))
     # Cut points: an arbitrary minute, the exact ts of a pivot bar, and one inside a gap between bars.
@@ -254,8 +247,8 @@ def test_rerun_replaces_rows_without_duplicates(db, tmp_path):
     rows = event_rows(db)
     again = make_ctx(db, tmp_path / "b", start, end)
     second = detect.run(again)
-    assert event_rows(db) == rows and all_event_count(db) == len(rows) == first["events_written"]
-    assert second["events_replaced"] == len(rows) == second["events_written"]
+    assert event_rows(db) == rows and all_event_count(db) == len(rows) == first.events_written
+    assert second.events_replaced == len(rows) == second.events_written
     with db.connect() as conn:
         assert set(conn.execute(sa.select(triangle_events.c.run_id)).scalars()) == {again.run.id}
         distinct = conn.execute(sa.select(sa.func.count()).select_from(
@@ -293,7 +286,7 @@ def test_missing_clean_coverage_fails_with_the_contract_text_and_writes_nothing(
     # Overlapping and touching successful ingests cover the window together.
     mark_clean(db, T0 + timedelta(minutes=50), T0 + timedelta(hours=2, minutes=10))
     mark_clean(db, T0 + timedelta(hours=3), T0 + timedelta(days=1))  # the look-ahead bars after 04:00 too
-    assert detect.run(make_ctx(db, tmp_path, T0, T0 + timedelta(hours=4)))["events_written"] > 0
+    assert detect.run(make_ctx(db, tmp_path, T0, T0 + timedelta(hours=4))).events_written > 0
 
 
 def test_missing_ranges():
@@ -309,14 +302,14 @@ def test_allow_legacy_reads_the_legacy_table(db, tmp_path, caplog):
     end = T0 + len(KNOWN_HIGHS) * MINUTE
     with caplog.at_level(logging.INFO, logger="engine.test"):
         summary = detect.run(make_ctx(db, tmp_path, T0, end, n=2, allow_legacy=True))  # no clean coverage
-    assert summary["source_table"] == LEGACY_BARS == "market_bars_ohlcv_1m"
+    assert summary.source_table == LEGACY_BARS == "market_bars_ohlcv_1m"
     assert [(r[1], r[2], r[4]) for r in event_rows(db)] == [
         (T0 + i * MINUTE, direction, LEGACY_BARS) for i, direction, _ in KNOWN_EVENTS]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("allow_legacy" in m and LEGACY_BARS in m for m in warnings)
     # The clean policy ignores those legacy bars entirely.
     mark_clean(db, T0, end)
-    assert detect.run(make_ctx(db, tmp_path, T0, end, n=2))["bars_read"] == 0
+    assert detect.run(make_ctx(db, tmp_path, T0, end, n=2)).bars_read == 0
     assert event_rows(db, source_table=CLEAN_BARS) == []
 
 

@@ -25,7 +25,7 @@ from test_detect_stage import (
     random_walk_bars,
 )
 
-from engine.config import DetectorConfig, Direction, ParityConfig, ParitySideConfig
+from engine.config import Direction, ParityConfig, ParitySideConfig
 from engine.db.events import EventKey, read_events, replace_events
 from engine.db.schema import CLEAN_BARS, triangle_events
 from engine.detectors import EVENT_DTYPE, check_detector, checked_events, detector_params, params_json
@@ -181,29 +181,29 @@ def test_two_detectors_coexist_and_a_rerun_replaces_only_its_own(db, tmp_path, m
     mark_clean(db, start, end)
     five = detect.run(make_ctx(db, tmp_path / "n5", start, end))
     three = detect.run(make_ctx(db, tmp_path / "n3", start, end, n=3))
-    assert (five["detector"], five["detector_params"]) == ("williams_fractals", WILLIAMS_5)
-    assert json.loads(three["detector_params"])["n"] == 3 and three["n"] == 3
-    assert all_event_count(db) == five["events_written"] + three["events_written"]
+    assert (five.detector, five.detector_params) == ("williams_fractals", WILLIAMS_5)
+    assert json.loads(three.detector_params)["n"] == 3 and three.n == 3
+    assert all_event_count(db) == five.events_written + three.events_written
     before = keyed_rows(db)
     assert {(d, p, n) for d, p, n, *_ in before} == {("williams_fractals", WILLIAMS_5, 5),
                                                     ("williams_fractals", params_json(WilliamsFractals(n=3)), 3)}
 
     use_detector(monkeypatch, "rising", RisingBars())
     toy = detect.run(make_ctx(db, tmp_path / "toy", start, end))
-    assert toy["detector"] == "rising" and toy["detector_params"] == '{"min_move": 0.0}' and toy["n"] == 1
-    assert toy["events"]["BULL"] == toy["events_written"] > 0 and toy["events"]["BEAR"] == 0
+    assert toy.detector == "rising" and toy.detector_params == '{"min_move": 0.0}' and toy.n == 1
+    assert toy.events["BULL"] == toy.events_written > 0 and toy.events["BEAR"] == 0
     # No bar after the data: the last bar's event (if any) waits for its look-ahead of one bar.
-    assert toy["warmup_bars"] == 0 and toy["confirm_bars"] == 0 and toy["lookahead_complete"] is False
+    assert toy.warmup_bars == 0 and toy.confirm_bars == 0 and toy.lookahead_complete is False
     rows = keyed_rows(db)
     assert [r for r in rows if r[0] != "rising"] == before
     assert {r[2] for r in rows if r[0] == "rising"} == {1}
 
     again = detect.run(make_ctx(db, tmp_path / "toy2", start, end))  # replaces the toy's rows, and only those
-    assert again["events_replaced"] == toy["events_written"] and keyed_rows(db) == rows
+    assert again.events_replaced == toy.events_written and keyed_rows(db) == rows
     use_detector(monkeypatch, "rising", RisingBars(min_move=0.3))  # other parameters: other events
     other = detect.run(make_ctx(db, tmp_path / "toy3", start, end))
-    assert other["events_replaced"] == 0 and 0 < other["events_written"] < toy["events_written"]
-    assert all_event_count(db) == len(rows) + other["events_written"]
+    assert other.events_replaced == 0 and 0 < other.events_written < toy.events_written
+    assert all_event_count(db) == len(rows) + other.events_written
 
 
 def test_chart_and_parity_read_the_selected_detectors_events(db, tmp_path, monkeypatch):
@@ -214,10 +214,10 @@ def test_chart_and_parity_read_the_selected_detectors_events(db, tmp_path, monke
     detect.run(make_ctx(db, tmp_path / "wf", T0, end, n=2))
     use_detector(monkeypatch, "rising", RisingBars())
     toy = detect.run(make_ctx(db, tmp_path / "toy", T0, end))
-    drawn = chart.run(make_ctx(db, tmp_path / "chart", T0, end))["events"]
-    assert drawn == {"BEAR": 0, "BULL": toy["events_written"]}
+    drawn = chart.run(make_ctx(db, tmp_path / "chart", T0, end)).events
+    assert drawn == {"BEAR": 0, "BULL": toy.events_written}
     key = EventKey(bars[0]["symbol"], CLEAN_BARS, "test-v1", "rising", '{"min_move": 0.0}')
-    assert len(read_events(db, key, T0, end)) == toy["events_written"] == 26
+    assert len(read_events(db, key, T0, end)) == toy.events_written == 26
 
 
 def test_a_detector_with_bad_output_fails_the_stage_and_writes_nothing(db, tmp_path, monkeypatch):
@@ -259,7 +259,8 @@ def test_williams_chunk_settings_keep_their_digest(db, tmp_path):
     settings = detect.chunk_settings(ctx)
     assert json.dumps(settings, sort_keys=True, default=str) == json.dumps({
         "symbol": ctx.symbol.internal_symbol, "source_table": CLEAN_BARS, "logic_version": "test-v1",
-        "detector": dataclasses.asdict(DetectorConfig(n=3)), "done_when": "lookahead_complete"},
+        "detector": {"name": "williams_fractals", "n": 3, "swing_high": "BEAR", "swing_low": "BULL"},
+        "done_when": "lookahead_complete"},
         sort_keys=True, default=str)
 
 
@@ -271,4 +272,4 @@ def test_parity_compares_the_events_of_the_selected_detector(db, tmp_path, monke
     detect.run(make_ctx(db, tmp_path / "b", T0, T0 + 20 * MINUTE, logic_version="v-b"))
     cfg = ParityConfig(left=ParitySideConfig(logic_version="v-a"), right=ParitySideConfig(logic_version="v-b"))
     summary = parity.run(make_ctx(db, tmp_path / "p", T0, T0 + 20 * MINUTE, parity=cfg))
-    assert summary["matched"] == summary["left_events"] == 12 and summary["mismatches"] == 0
+    assert summary.matched == summary.left_events == 12 and summary.mismatches == 0

@@ -16,7 +16,8 @@ from engine.db.schema import CLEAN_BARS, LEGACY_BARS
 from engine.detectors import params_json
 from engine.detectors.williams_fractals import WilliamsFractals
 from engine.errors import EngineError
-from engine.stages import STAGES, parity
+from engine.job_plugins import packaged_options
+from engine.stages import parity
 
 END = T0 + timedelta(days=1)
 # (minute, direction): left and right agree on the first two, then differ.
@@ -50,7 +51,7 @@ def side(**kwargs) -> ParitySideConfig:
 
 
 def test_planted_differences_between_two_logic_versions(db, tmp_path):
-    assert "parity" in STAGES
+    assert "parity" in packaged_options("stage")
     store(db, LEFT, "v-left")
     store(db, [*RIGHT, (24 * 60 + 5, "BEAR")], "v-right")  # the last one is after the window: ignored
     store(db, [(30, "BULL")], "v-right", table=LEGACY_BARS)  # another source table: ignored
@@ -59,9 +60,9 @@ def test_planted_differences_between_two_logic_versions(db, tmp_path):
                                                                         tolerance=4),
                       logic_version="v-left")  # left defaults: clean table, this run's logic version
     summary = parity.run(within)
-    assert (summary["matched"], summary["only_left"], summary["only_right"]) == (2, 2, 2)
-    assert (summary["left_events"], summary["right_events"], summary["mismatches"]) == (4, 4, 4)
-    assert summary["left"] == f"{CLEAN_BARS} @ v-left (n=5)" and summary["right"] == f"{CLEAN_BARS} @ v-right (n=5)"
+    assert (summary.matched, summary.only_left, summary.only_right) == (2, 2, 2)
+    assert (summary.left_events, summary.right_events, summary.mismatches) == (4, 4, 4)
+    assert summary.left == f"{CLEAN_BARS} @ v-left (n=5)" and summary.right == f"{CLEAN_BARS} @ v-right (n=5)"
     assert differences(within.run.dir) == EXPECTED_DIFFERENCES
 
     over = make_ctx(db, tmp_path / "over", T0, END, parity=ParityConfig(
@@ -73,7 +74,7 @@ def test_planted_differences_between_two_logic_versions(db, tmp_path):
 
     same = make_ctx(db, tmp_path / "same", T0, END, parity=ParityConfig(right=side(logic_version="v-left")),
                     logic_version="v-left")
-    assert parity.run(same)["mismatches"] == 0
+    assert parity.run(same).mismatches == 0
     assert differences(same.run.dir) == [["ts", "direction", "side"]]
 
 
@@ -93,13 +94,13 @@ def test_csv_side_in_every_accepted_spelling(db, tmp_path):
     ctx = make_ctx(db, tmp_path / "run", T0, END, logic_version="v1",
                    parity=ParityConfig(right=side(csv=str(export))))
     summary = parity.run(ctx)
-    assert (summary["matched"], summary["only_left"], summary["only_right"]) == (4, 0, 0)
-    assert summary["right"] == f"csv {export}"
+    assert (summary.matched, summary.only_left, summary.only_right) == (4, 0, 0)
+    assert summary.right == f"csv {export}"
 
     # CSV on the left, database on the right works the same way round.
     flipped = make_ctx(db, tmp_path / "flipped", T0, END, parity=ParityConfig(
         left=side(csv=str(export)), right=side(logic_version="v1")))
-    assert parity.run(flipped)["matched"] == 4
+    assert parity.run(flipped).matched == 4
 
 
 @pytest.mark.parametrize(
