@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -38,24 +39,37 @@ def load_plugins(cfg: EngineConfig) -> JobPlugins:
 
 def add_stage_nodes(cfg: DictConfig) -> None:
     """Put the node of each stage in `stages` into `cfg.stage` (from conf/stage/<name>.yaml on the config search
-    path: the packaged ones, ./conf, --config-dir), under any `stage.<name>.<key>=` given on the command line; a
-    node already there with its class (a rerun's saved config) stays. Call inside a Hydra app."""
+    path: the packaged ones, ./conf, hydra.searchpath, --config-dir), under any `stage.<name>.<key>=` given on the
+    command line; a node already there with its class (a rerun's saved config) stays. Call inside a Hydra app."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import MissingConfigException
 
-    check_stages(list(cfg.stages), GlobalHydra.instance().config_loader().get_group_options("stage"))
-    with open_dict(cfg):
+    searchpath = _searchpath_override()
+    with warnings.catch_warnings(), open_dict(cfg):
+        warnings.simplefilter("ignore", UserWarning)  # a search path folder that does not exist: told at start-up
+        check_stages(list(cfg.stages), GlobalHydra.instance().config_loader().get_group_options(
+            "stage", overrides=searchpath))
         for name in cfg.stages:
             given = cfg.stage.get(name)
             if given is not None and "_target_" in given:
                 continue
             try:
-                node = compose(config_name=f"stage/{name}").stage
+                # An option of the group, not a primary config: Hydra looks for those in hydra.searchpath too.
+                node = compose(overrides=[*searchpath, f"+stage={name}"]).stage
                 OmegaConf.set_struct(node, False)  # a key the class does not take is refused when it is created
             except MissingConfigException:  # listed by get_group_options but unreadable: say which
                 raise EngineError(f"cannot read conf/stage/{name}.yaml", "check the file") from None
             cfg.stage[name] = OmegaConf.merge(node, given) if given is not None else node
+
+
+def _searchpath_override() -> list[str]:
+    """The job's `hydra.searchpath` (config.yaml's ./conf, or the command line's) as an override: without it
+    `compose` and `get_group_options` search only the packaged config and --config-dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    quoted = ("'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'" for path in HydraConfig.get().searchpath)
+    return [f"hydra.searchpath=[{','.join(quoted)}]"]
 
 
 def check_stages(stages: list[str], known: list[str]) -> None:
