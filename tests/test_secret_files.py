@@ -3,11 +3,15 @@ password never reaches a file, and a file that cannot be masked does not survive
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from engine.provenance import RedactingFilter
 
 PASSWORD = "Dummy-Pw-4711"  # the test server trusts 127.0.0.1: libpq is never asked for it
 
@@ -80,3 +84,20 @@ def test_a_file_that_cannot_be_masked_is_removed_and_the_error_raised(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(saved)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("raised"), proc.stdout + proc.stderr
     assert not saved.exists()
+
+
+def test_a_logged_traceback_is_masked_as_it_is_written():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test_secret_files")
+    logger.addHandler(handler)
+    try:
+        raise RuntimeError(f"cannot reach postgresql://u:{PASSWORD}@h/db")
+    except RuntimeError as exc:
+        logger.error("run failed", exc_info=exc, stack_info=True)
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "Traceback" in written and "RuntimeError: cannot reach postgresql://u:***@h/db" in written
+    assert PASSWORD not in written
