@@ -8,131 +8,191 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+from sqlalchemy import Engine
 
 from engine import interrupts, preflight, provenance, secrets
-from engine.config import as_typed, to_typed
+from engine.config import EngineConfig, as_typed, to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
 from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, lost_server, masked_url, mount_point, storage_full, upgrade
 from engine.errors import NO_SPACE, EngineError, error_chain
-from engine.job_plugins import add_stage_nodes, load_plugins
+from engine.job_plugins import JobPlugins, add_stage_nodes, load_plugins
 from engine.pipeline import run_stages
 from engine.plan import PLAN_FILE, plan, read_earlier
-from engine.rerun import load_saved
+from engine.provenance import CodeVersion
+from engine.rerun import RerunOf, load_saved
+from engine.windows import Window
 
 log = logging.getLogger("engine")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job checked and described before anything runs: what opening its run and executing it work from."""
+
+    cfg: EngineConfig
+    plugins: JobPlugins
+    window: Window
+    resolved_yaml: str  # as saved in resolved_config.yaml: resolved, secrets masked
+    config_sha: str
+    code: CodeVersion
+    rerun_of: RerunOf | None
+    run_dir: Path
+    overrides: list[str]  # this command's overrides, secrets masked
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """The job's migrated database and its `running` row, kept alive (and on PostgreSQL locked) while it runs."""
+
+    db: Engine
+    live: liveness.LiveRun
+
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one job; always leaves result.json (and, once the database is open, a closed run row)."""
-    secrets.take_from_config(cfg)  # a password from a YAML file: into PGPASSWORD, out of what Hydra keeps
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = [provenance.redact(as_typed(o)) for o in hydra_cfg.overrides.task]
-    provenance.redact_tree(run_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        provenance.redact_tree(Path(hydra_cfg.sweep.dir))
     started = time.monotonic()
     result: dict = {"status": "failed", "run_dir": str(run_dir), "overrides": overrides, "run_id": None,
                     "exit_code": EXIT_OK}
-    db = live = None
     db_url: str | None = None
+    run: OpenRun | None = None
     try:
         interrupts.install()
-        rerun_of = None
-        if cfg.rerun:
-            cfg, rerun_of = load_saved(cfg, list(hydra_cfg.overrides.task), list(hydra_cfg.runtime.choices))
-            result["rerun_overrides"] = rerun_of.overrides
-        _record_choices(cfg, hydra_cfg.runtime.choices)
-        add_stage_nodes(cfg)
-        typed, plugins, window, resolved_yaml = _validated(cfg)
-        result["symbol"] = typed.symbol
-        code = provenance.code_version()
-        config_sha = provenance.sha256_text(resolved_yaml)
-        _write_text(run_dir / "resolved_config.yaml", resolved_yaml)
-        if typed.dry_run.active:
-            earlier = read_earlier(typed.dry_run.compare)  # a bad dry_run.compare fails before plan.md is written
-            steps, text = plan(typed, plugins, window, log, resolved_yaml, earlier)
-            _write_text(run_dir / PLAN_FILE, text)
-            result.update(status="success", dry_run=True, plan=steps, plan_file=str(run_dir / PLAN_FILE),
-                          compare=typed.dry_run.compare)
+        hydra_dir = None if hydra_cfg.output_subdir is None else run_dir / hydra_cfg.output_subdir
+        secrets.keep_out_of_job(cfg, hydra_dir)
+        job = _prepare(cfg, hydra_cfg, run_dir, overrides, result)
+        if job.cfg.dry_run.active:
+            result.update(_dry_run(job))
             return result
-        if rerun_of is not None:
-            result["rerun_of"] = rerun_of.run_id
-            log.info("rerun of run %s from %s (its saved config, not today's conf/)%s", rerun_of.run_id,
-                     rerun_of.run_dir, f" with {' '.join(rerun_of.overrides)}" if rerun_of.overrides else "")
-            if rerun_of.git_hash != code.git_hash:
-                log.warning("rerun: the code changed since run %s (git %s then, %s now)", rerun_of.run_id,
-                            rerun_of.git_hash, code.git_hash)
-        db_url = typed.db.url
-        db = create_db_engine(db_url, typed.db.echo)
-        upgrade(db)
-        live = liveness.start(
-            db,
-            symbol=typed.symbol,
-            stages=runs.dumps(list(typed.stages)),
-            run_dir=str(run_dir.resolve()),
-            git_hash=code.git_hash,
-            git_dirty=code.git_dirty,
-            logic_version=code.logic_version,
-            config_sha256=config_sha,
-            overrides=runs.dumps(overrides),
-            data_kind=plugins.source.obj.data_kind.value,
-            rerun_of=rerun_of.run_id if rerun_of else None,
-            rerun_of_git_hash=rerun_of.git_hash if rerun_of else None,
-        )
-        result["run_id"] = run_id = live.id
-        live.reconcile()
-        _write_json(
-            run_dir / "provenance.json",
-            {
-                "run_id": run_id,
-                **code.as_dict(),
-                "config_sha256": config_sha,
-                "overrides": overrides,
-                "database": masked_url(typed.db.url),
-                "packages": provenance.package_versions(),
-                "python": sys.version.split()[0],
-                "command": provenance.redact(" ".join(sys.argv)),
-                "rerun_of": None if rerun_of is None else {"run_id": rerun_of.run_id, "git_hash": rerun_of.git_hash,
-                                                           "run_dir": str(rerun_of.run_dir)},
-                "rerun_overrides": None if rerun_of is None else rerun_of.overrides,
-            },
-        )
-        log.info("run %s: %s on %s, logic version %s, dir %s", run_id, typed.symbol, masked_url(typed.db.url),
-                 code.logic_version, run_dir)
-        ctx = StageContext(cfg=typed, window=window, db=db, run=RunRecord(run_id, run_dir, code), log=log,
-                           plugins=plugins)
-        run_stages(ctx)
-        interrupts.check()  # a signal that arrived during the last statement ends the run as interrupted
-        result.update(status="success", stages={name: r.as_json() for name, r in ctx.run.results.items()})
+        if job.rerun_of is not None:
+            result["rerun_of"] = job.rerun_of.run_id
+            _log_rerun(job.rerun_of, job.code)
+        db_url = job.cfg.db.url
+        run = _open_run(job)
+        result["run_id"] = run.live.id
+        result.update(status="success", stages=_execute(job, run))
     except BaseException as exc:
         if not (isinstance(exc, Exception) or interrupts.is_interruption(exc)):
             raise  # SystemExit and the like
         _record_failure(result, exc, db_url)
     finally:
-        interrupts.closing()
-        result["duration_seconds"] = round(time.monotonic() - started, 3)
-        if result["run_id"] is not None:
-            _close_run_row(db, db_url, result)
-        if live is not None:
-            live.stop()
-        _write_result(run_dir / "result.json", result)
-        provenance.redact_tree(run_dir)
-        if db is not None:
-            db.dispose()
-        interrupts.uninstall()
+        _close(result, run, db_url, started)
     return result
+
+
+def _prepare(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: list[str],
+             result: dict) -> PreparedJob:
+    """Load a rerun's saved config, validate, describe the code and save resolved_config.yaml. Notes the rerun's
+    overrides and the symbol in `result` as soon as they are known, so a job failing later still reports them."""
+    rerun_of = None
+    if cfg.rerun:
+        cfg, rerun_of = load_saved(cfg, list(hydra_cfg.overrides.task), list(hydra_cfg.runtime.choices))
+        result["rerun_overrides"] = rerun_of.overrides
+    _record_choices(cfg, hydra_cfg.runtime.choices)
+    add_stage_nodes(cfg)
+    typed, plugins, window, resolved_yaml = _validated(cfg)
+    result["symbol"] = typed.symbol
+    job = PreparedJob(typed, plugins, window, resolved_yaml, provenance.sha256_text(resolved_yaml),
+                      provenance.code_version(), rerun_of, run_dir, overrides)
+    _write_text(run_dir / "resolved_config.yaml", resolved_yaml)
+    return job
+
+
+def _dry_run(job: PreparedJob) -> dict:
+    """Write plan.md instead of running; the result's fields for it."""
+    earlier = read_earlier(job.cfg.dry_run.compare)  # a bad dry_run.compare fails before plan.md is written
+    steps, text = plan(job.cfg, job.plugins, job.window, log, job.resolved_yaml, earlier)
+    _write_text(job.run_dir / PLAN_FILE, text)
+    return {"status": "success", "dry_run": True, "plan": steps, "plan_file": str(job.run_dir / PLAN_FILE),
+            "compare": job.cfg.dry_run.compare}
+
+
+def _log_rerun(rerun_of: RerunOf, code: CodeVersion) -> None:
+    log.info("rerun of run %s from %s (its saved config, not today's conf/)%s", rerun_of.run_id,
+             rerun_of.run_dir, f" with {' '.join(rerun_of.overrides)}" if rerun_of.overrides else "")
+    if rerun_of.git_hash != code.git_hash:
+        log.warning("rerun: the code changed since run %s (git %s then, %s now)", rerun_of.run_id,
+                    rerun_of.git_hash, code.git_hash)
+
+
+def _open_run(job: PreparedJob) -> OpenRun:
+    """Connect, migrate and insert the job's `running` row; a failure on the way leaves no engine open."""
+    db = create_db_engine(job.cfg.db.url, job.cfg.db.echo)
+    rerun_of = job.rerun_of
+    try:
+        upgrade(db)
+        live = liveness.start(
+            db,
+            symbol=job.cfg.symbol,
+            stages=runs.dumps(list(job.cfg.stages)),
+            run_dir=str(job.run_dir.resolve()),
+            git_hash=job.code.git_hash,
+            git_dirty=job.code.git_dirty,
+            logic_version=job.code.logic_version,
+            config_sha256=job.config_sha,
+            overrides=runs.dumps(job.overrides),
+            data_kind=job.plugins.source.obj.data_kind.value,
+            rerun_of=rerun_of.run_id if rerun_of else None,
+            rerun_of_git_hash=rerun_of.git_hash if rerun_of else None,
+        )
+    except BaseException:
+        db.dispose()
+        raise
+    return OpenRun(db, live)
+
+
+def _execute(job: PreparedJob, run: OpenRun) -> dict[str, dict]:
+    """Reconcile dead runs, write provenance.json, run the stages; their results (as result.json holds them)."""
+    run.live.reconcile()
+    rerun_of = job.rerun_of
+    _write_json(
+        job.run_dir / "provenance.json",
+        {
+            "run_id": run.live.id,
+            **job.code.as_dict(),
+            "config_sha256": job.config_sha,
+            "overrides": job.overrides,
+            "database": masked_url(job.cfg.db.url),
+            "packages": provenance.package_versions(),
+            "python": sys.version.split()[0],
+            "command": " ".join(sys.argv),
+            "rerun_of": None if rerun_of is None else {"run_id": rerun_of.run_id, "git_hash": rerun_of.git_hash,
+                                                       "run_dir": str(rerun_of.run_dir)},
+            "rerun_overrides": None if rerun_of is None else rerun_of.overrides,
+        },
+    )
+    log.info("run %s: %s on %s, logic version %s, dir %s", run.live.id, job.cfg.symbol,
+             masked_url(job.cfg.db.url), job.code.logic_version, job.run_dir)
+    ctx = StageContext(cfg=job.cfg, window=job.window, db=run.db,
+                       run=RunRecord(run.live.id, job.run_dir, job.code), log=log, plugins=job.plugins)
+    run_stages(ctx)
+    interrupts.check()  # a signal that arrived during the last statement ends the run as interrupted
+    return {name: stage_result.as_json() for name, stage_result in ctx.run.results.items()}
+
+
+def _close(result: dict, run: OpenRun | None, db_url: str | None, started: float) -> None:
+    """However the job ended: close its row, stop its liveness, write result.json, release the database."""
+    interrupts.closing()
+    result["duration_seconds"] = round(time.monotonic() - started, 3)
+    if run is not None:
+        _close_run_row(run.db, db_url, result)
+        run.live.stop()
+    _write_result(Path(result["run_dir"]) / "result.json", result)
+    if run is not None:
+        run.db.dispose()
+    interrupts.uninstall()
 
 
 def _record_failure(result: dict, exc: BaseException, db_url: str | None) -> None:
@@ -225,16 +285,16 @@ def _validated(cfg: DictConfig):
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    _write_text(path, provenance.redact(json.dumps(payload, indent=2, sort_keys=True, default=str)) + "\n")
+    _write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a temporary file beside `path`, fsynced, renamed over it. A failure (full disk, a kill)
-    leaves the previous content or no file, never a partial one."""
+    """Write `text` with its secrets masked, atomically: a temporary file beside `path`, fsynced, renamed over it.
+    A failure (full disk, a kill) leaves the previous content or no file, never a partial one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            handle.write(provenance.redact(text))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -74,27 +74,18 @@ def redact(text: str) -> str:
     return text
 
 
-def redact_tree(folder: Path) -> None:
-    """Rewrite every text file below `folder` with secrets masked (Hydra saves overrides verbatim)."""
-    for path in folder.rglob("*"):
-        if path.is_file() and path.suffix in {".yaml", ".yml", ".json", ".log", ".txt", ".csv", ".md"}:
-            try:
-                original = path.read_text()
-            except (UnicodeDecodeError, OSError):
-                continue
-            cleaned = redact(original)
-            if cleaned != original:
-                path.write_text(cleaned)
-
-
 class RedactingFilter(logging.Filter):
-    """Logging filter that masks secrets in every record before any handler writes it."""
+    """Logging filter that masks secrets in every record (message, traceback, stack) before any handler writes it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:  # formatters print exc_text, once set, as the traceback
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 

@@ -84,7 +84,9 @@ def test_williams_fractals_is_a_detector_with_its_bar_counts():
 
 
 @pytest.mark.parametrize(("kwargs", "problem", "fix"), [
-    ({"n": 1}, "detector.n=1 is not a usable period", "set detector.n to an integer >= 2, e.g. 5"),
+    ({"n": 1}, "detector.n=1 is outside 2…1440: a fractal needs at least 2 bars on each side of its pivot, and "
+         "more than 1440 (a day of minutes) would confirm events a day late",
+         "set detector.n between 2 and 1440; TradingView's Williams Fractals use 2, the engine's default is 5"),
     ({"n": True}, "detector.n=True is not a usable period", "set detector.n to an integer >= 2, e.g. 5"),
     ({"n": "5"}, "detector.n='5' is not a usable period", "set detector.n to an integer >= 2, e.g. 5"),
     ({"swing_high": "BULL"}, "detector.swing_high and detector.swing_low are both BULL",
