@@ -70,3 +70,28 @@ def test_a_rerun_takes_overrides_of_its_saved_sources_own_keys(engine_cli, db_ur
     resolved = yaml.safe_load((rerun.run_dir / "resolved_config.yaml").read_text())
     assert (resolved["choices"]["source"], resolved["source"]["paths"]) == ("dbn_file", [str(other)])
     assert rerun.result["rerun_overrides"] == [f"source.paths=[{other}]"]
+
+
+def test_a_run_saved_before_plugins_reruns_with_the_packaged_plugins(engine_cli, db_url, saved_nq_run, tmp_path):
+    """A resolved config saved by an engine before sources and detectors were plugins (`source.name`, no
+    `_target_`, no `choices`) reruns as the packaged options it named, with its saved parameters."""
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(saved_nq_run.run_dir, old)
+    saved = yaml.safe_load((old / "resolved_config.yaml").read_text())
+    saved.pop("choices"), saved.pop("stage")
+    saved["source"] = {"name": "synthetic", "seed": 7, "missing_rate": 0.002, "data_kind": "demo",
+                       "batch_size": 50000}
+    saved["detector"] = {"name": "williams_fractals", "n": 6, "swing_high": "BEAR", "swing_low": "BULL"}
+    (old / "resolved_config.yaml").write_text(yaml.safe_dump(saved))
+
+    rerun = engine_cli(f"rerun={old}")
+    assert rerun.returncode == 0, rerun.output
+    resolved = yaml.safe_load((rerun.run_dir / "resolved_config.yaml").read_text())
+    assert resolved["choices"] == {"source": "synthetic", "detector": "williams_fractals"}
+    assert resolved["source"]["_target_"] == "engine.sources.synthetic.SyntheticSource"
+    assert resolved["detector"] == {"_target_": "engine.detectors.williams_fractals.WilliamsFractals", "n": 6,
+                                    "swing_high": "BEAR", "swing_low": "BULL"}
+    ingest = rerun.result["stages"]["ingest"]
+    assert ingest["bars_unchanged"] == ingest["bars_received"] > 0  # the same source parameters: the same bars
