@@ -69,6 +69,14 @@ def from_startup(exc: BaseException) -> EngineError | None:
         return EngineError(f"{given!r}: a comma-separated value is a sweep",
                            f"add -m to run one job per value (python -m engine {given} -m), or write a list as "
                            f"{key}=[…] or quote it as {key}='…'")
+    unselectable = re.match(r"Could not override '([^']+)'. No match in the defaults list", text)
+    if unselectable:
+        group = unselectable.group(1)
+        if group == "stage":
+            return EngineError("stage=… does not select stages: conf/stage/ holds one YAML per stage",
+                               "name the stages to run with stages=[...], e.g. 'stages=[registry,ingest]'")
+        return EngineError(f"{group}=… selects nothing: {group} is not a group of the config's defaults list",
+                           f"set a key under it instead ({group}.<key>=…), or add the group with +{group}=<option>")
     where = re.match(r"In '([^']+)'", text)
     for err in error_chain(exc):
         if isinstance(err, ConfigKeyError):

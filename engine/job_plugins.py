@@ -6,12 +6,15 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from engine.config import EngineConfig, suggest
 from engine.errors import EngineError
-from engine.plugins import Plugin, build
+from engine.plugins import BadParameter, Plugin, build
 
 # What the engine calls on each kind of plugin.
 SOURCE_NEEDS = ("acquire", "data_kind", "batch_size", "local")
@@ -117,3 +120,55 @@ def packaged_node(group: str, name: str) -> dict:
     node = OmegaConf.to_container(OmegaConf.create(text))
     node.pop("defaults", None)
     return node
+
+
+class CheckPlugins(Callback):
+    """Create the source and detector once before Hydra starts the run or sweep, so that a bad parameter is refused
+    as Hydra's own refusals are: `ERROR …`, exit 2, nothing written. Every job creates its plugins again (a sweep's
+    jobs differ). Hydra 1.3 turns an exception in a callback into a warning, so a refusal exits here."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _refuse_bad_plugins(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _refuse_bad_plugins(config)
+
+
+def _refuse_bad_plugins(config: DictConfig) -> None:
+    from rich.markup import escape
+
+    from engine.console import console
+
+    choices = config.hydra.runtime.choices
+    try:
+        for group, needs in (("source", SOURCE_NEEDS), ("detector", DETECTOR_NEEDS)):
+            try:
+                build(group, choices.get(group) or group, OmegaConf.to_container(config[group], resolve=True), needs)
+            except BadParameter as exc:  # named again with the file that set it
+                raise BadParameter(exc.key, exc.value, exc.expected, _file_setting(config, exc.key)) from None
+    except EngineError as exc:
+        console.print(f"[red]ERROR[/] {escape(str(exc))}", highlight=False)
+        raise SystemExit(exc.exit_code) from exc
+    except OmegaConfBaseException:
+        return  # a missing or unresolvable value: the job reports it with its key
+
+
+def _file_setting(config: DictConfig, key: str) -> str | None:
+    """The config file that set `key` (None: the command line did): the machine's conf/local/default.yaml, the
+    job file or the group option's YAML, whichever merges last, on the run's config search path."""
+    if any(o.lstrip("+~").partition("=")[0] == key for o in config.hydra.overrides.task):
+        return None
+    choices = config.hydra.runtime.choices
+    group, _, rest = key.partition(".")
+    candidates = [(f"{group}/{choices.get(group)}", rest)]
+    if choices.get("job"):
+        candidates.append((f"job/{choices.job}", key))
+    candidates.append(("local/default", key))
+    folders = [Path(s.path) for s in config.hydra.runtime.config_sources if s.schema == "file"]
+    found = None
+    for name, inner in candidates:
+        for folder in folders:
+            path = folder / f"{name}.yaml"
+            if path.is_file() and OmegaConf.select(OmegaConf.load(path), inner, default=None) is not None:
+                found = f"conf/{name}.yaml" if folder == Path("conf") else str(path)
+    return found

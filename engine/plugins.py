@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib
 import inspect
 import json
 import typing
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
@@ -69,12 +70,16 @@ def build(key: str, name: str, node: Mapping[str, Any], required: tuple[str, ...
 
 
 def _import(key: str, target: str) -> type:
+    """The class `target` names (`package.module.Class`); Hydra's own get_class would log its failure first."""
+    module, _, name = target.rpartition(".")
     try:
-        return get_class(target)
-    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ValueError: the user's path is wrong
-        cause = exc.__cause__ or exc
-        raise EngineError(f"{key}._target_={target!r} cannot be imported ({cause})",
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise EngineError(f"{key}._target_={target!r} cannot be imported ({exc})",
                           "check the dotted path and put its package on PYTHONPATH (or pip install it)") from None
+    if not isinstance(found, type):
+        raise EngineError(f"{key}._target_={target!r} is not a class", "name a class: package.module.Class")
+    return found
 
 
 def _checked_params(key: str, cls: type, params: dict[str, Any]) -> dict[str, Any]:
@@ -97,9 +102,16 @@ def _checked_params(key: str, cls: type, params: dict[str, Any]) -> dict[str, An
         name = str(getattr(exc, "full_key", "") or "").split(".")[0]
         if name not in params:
             raise EngineError(f"{key}: {str(getattr(exc, 'msg', exc)).splitlines()[0]}", f"check {key}.*") from None
-        expected = _annotation(schema, name) or "another value"
-        raise EngineError(f"{key}.{name}={params[name]}: {key}.{name} takes {expected}, not {params[name]!r}",
-                          f"set {key}.{name} to {expected}") from None
+        raise BadParameter(f"{key}.{name}", params[name], _annotation(schema, name) or "another value") from None
+
+
+class BadParameter(EngineError):
+    """A parameter of the wrong type; `where` names the file that set it when it was not the command line."""
+
+    def __init__(self, key: str, value: Any, expected: str, where: str | None = None):
+        self.key, self.value, self.expected = key, value, expected
+        origin = f"{key} in {where}" if where else f"{key}={value}"
+        super().__init__(f"{origin}: {key} takes {expected}, not {value!r}", f"set {key} to {expected}")
 
 
 def _signature_schema(cls: type) -> type:

@@ -64,6 +64,7 @@ CASES = [
     c("launcher-unknown", "hydra/launcher=nope", names=["hydra/launcher=nope", "hydra/launcher=joblib"],
       kind="startup"),
     c("stages-bare", "stages=ingest", names=["stages=ingest", "stages=[ingest]"], kind="startup"),
+    c("stage-group", "stage=ingest", names=["stage=", "stages=[registry,ingest]"], kind="startup"),
     c("sweep-without-m", "symbol=ES,YM", names=["symbol=ES,YM", "-m"], kind="startup"),
     c("override-syntax", "detector.n=[", names=["detector.n=[", "cannot parse"], kind="startup"),
     c("misspelt-override", "windw.start=2024-01-01", names=["windw.start", "window.start"], kind="startup"),
