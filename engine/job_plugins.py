@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from engine.config import EngineConfig, suggest
 from engine.errors import EngineError
-from engine.plugins import BadParameter, Plugin, build
+from engine.plugins import BadParameter, Plugin, build, checked
 
 # What the engine calls on each kind of plugin.
 SOURCE_NEEDS = ("acquire", "data_kind", "batch_size", "local")
@@ -123,9 +123,10 @@ def packaged_node(group: str, name: str) -> dict:
 
 
 class CheckPlugins(Callback):
-    """Create the source and detector once before Hydra starts the run or sweep, so that a bad parameter is refused
-    as Hydra's own refusals are: `ERROR …`, exit 2, nothing written. Every job creates its plugins again (a sweep's
-    jobs differ). Hydra 1.3 turns an exception in a callback into a warning, so a refusal exits here."""
+    """Check the source's and detector's parameters against their classes before Hydra starts the run or sweep, so
+    that an unknown key or a wrong type is refused as Hydra's own refusals are (`ERROR …`, exit 2, nothing
+    written). The values' own checks (detector.n 2…1440) run when each job creates its plugins, with the pre-run
+    checks. Hydra 1.3 turns an exception in a callback into a warning, so a refusal exits here."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         _refuse_bad_plugins(config)
@@ -141,9 +142,9 @@ def _refuse_bad_plugins(config: DictConfig) -> None:
 
     choices = config.hydra.runtime.choices
     try:
-        for group, needs in (("source", SOURCE_NEEDS), ("detector", DETECTOR_NEEDS)):
+        for group in ("source", "detector"):
             try:
-                build(group, choices.get(group) or group, OmegaConf.to_container(config[group], resolve=True), needs)
+                checked(group, choices.get(group) or group, OmegaConf.to_container(config[group], resolve=True))
             except BadParameter as exc:  # named again with the file that set it
                 raise BadParameter(exc.key, exc.value, exc.expected, _file_setting(config, exc.key)) from None
     except EngineError as exc:

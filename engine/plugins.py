@@ -47,13 +47,7 @@ def build(key: str, name: str, node: Mapping[str, Any], required: tuple[str, ...
 
     `required`: attributes the object must have (what the engine calls on this kind of plugin).
     """
-    node = dict(node)
-    target = node.pop("_target_", None)
-    if not target:
-        raise EngineError(f"{key}={name} names no class",
-                          "start its YAML with `_target_: my_package.my_module.MyClass` (the class to create)")
-    cls = _import(key, str(target))
-    params = _checked_params(key, cls, node)
+    target, params = checked(key, name, node)
     try:
         obj = instantiate({"_target_": target, **params}, _convert_="all")
     except InstantiationException as exc:
@@ -67,6 +61,17 @@ def build(key: str, name: str, node: Mapping[str, Any], required: tuple[str, ...
         raise EngineError(f"{key}={name}: {target} has no {', '.join(missing)}",
                           f"a {key} plugin needs {', '.join(required)} (README, Extending)")
     return Plugin(name=name, target=str(target), params=params, obj=obj)
+
+
+def checked(key: str, name: str, node: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The class path of config node `key` and its parameters checked against the class, before creating it: what
+    Hydra would refuse while composing, were the class a schema (an unknown key, a wrong type, a missing value)."""
+    node = dict(node)
+    target = node.pop("_target_", None)
+    if not target:
+        raise EngineError(f"{key}={name} names no class",
+                          "start its YAML with `_target_: my_package.my_module.MyClass` (the class to create)")
+    return str(target), _checked_params(key, _import(key, str(target)), node)
 
 
 def _import(key: str, target: str) -> type:
