@@ -140,6 +140,8 @@ def _refuse_bad_plugins(config: DictConfig) -> None:
 
     from engine.console import console
 
+    if config.get("rerun"):
+        return  # the job checks the saved run's plugins, which this composition does not hold
     choices = config.hydra.runtime.choices
     try:
         for group in ("source", "detector"):
