@@ -14,7 +14,6 @@ import difflib
 import enum
 import importlib
 import inspect
-import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +35,6 @@ class Plugin:
     target: str
     params: dict[str, Any]
     obj: Any
-
-    def params_json(self) -> str:
-        """The parameters as canonical JSON (sorted keys, enums as their values): what provenance records."""
-        return json.dumps(self.params, sort_keys=True, default=_plain)
 
 
 def build(key: str, name: str, node: Mapping[str, Any], required: tuple[str, ...] = ()) -> Plugin:
@@ -140,9 +135,3 @@ def _annotation(schema: type, name: str) -> str | None:
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return "one of " + ", ".join(member.value for member in kind)
     return TYPE_WORDS.get(kind) or (str(kind) if kind is not None else None)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
