@@ -12,6 +12,7 @@ RAW_BAR_DTYPE = np.dtype(
         ("low", "i8"),
         ("close", "i8"),
         ("volume", "u8"),
+        ("raw_symbol", "S16"),  # the contract (e.g. b"ESU4") as the inputs name it; b"" where they do not
     ]
 )
 

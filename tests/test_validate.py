@@ -263,7 +263,7 @@ def raw_bar(draw):
         h, lo = draw(any_price), draw(any_price)
     volume = draw(st.one_of(st.integers(0, 10**6), st.sampled_from([I64_MAX, 2**63, 2**64 - 1])))
     clip = lambda v: max(min(v, I64_MAX), -(2**63))  # noqa: E731
-    return (T0 + minute * NS_PER_MINUTE + offset, 0, clip(o), clip(h), clip(lo), clip(c), volume)
+    return (T0 + minute * NS_PER_MINUTE + offset, 0, clip(o), clip(h), clip(lo), clip(c), volume, b"")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -271,7 +271,7 @@ def raw_bar(draw):
 def test_property_partition_and_first_reason(bars, cuts):
     data = np.array(bars, dtype=RAW_BAR_DTYPE) if bars else np.zeros(0, dtype=RAW_BAR_DTYPE)
     data["instrument_id"] = np.arange(len(data))  # row identity
-    expected = reference_reasons([tuple(int(v) for v in row) for row in data.tolist()], START, END)
+    expected = reference_reasons([tuple(int(v) for v in row[:7]) for row in data.tolist()], START, END)
 
     seen = SeenTimestamps()
     bounds = [0, *sorted(min(c, len(data)) for c in cuts), len(data)]

@@ -5,6 +5,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -66,6 +67,7 @@ clean_bars = Table(
     *_bars_columns(),
     Column("instrument_id", BigInteger),
     Column("ingest_run_id", Integer),
+    Column("raw_symbol", Text),  # the contract (e.g. ESU4); NULL where the inputs do not say
     sqlite_with_rowid=False,
 )
 
@@ -99,9 +101,10 @@ triangle_events = Table(
     Column("run_id", Integer),
     Column("detector", Text, nullable=False),  # the name it was selected under, e.g. williams_fractals
     Column("detector_params", Text, nullable=False),  # its parameters, JSON with sorted keys
+    Column("adjustment", Text, nullable=False, server_default="none"),  # none | difference | ratio
     CheckConstraint("direction IN ('BULL', 'BEAR')", name="ck_triangle_events_v1_direction"),
     Index("uq_triangle_events_v1_event", "symbol", "source_table", "logic_version", "detector", "detector_params",
-          "ts", "direction", unique=True),
+          "adjustment", "ts", "direction", unique=True),
 )
 
 clean_ingest_runs = Table(
@@ -128,6 +131,7 @@ clean_ingest_runs = Table(
     Column("source", Text),
     Column("databento_symbol", Text),
     Column("raw_files", Text),  # JSON [{path, sha256, reused}]
+    Column("contracts_not_chosen", Text),  # JSON {contract: bars} the roll rule did not choose
     Index("ix_clean_ingest_runs_symbol_run_at", "symbol", "run_at"),
 )
 
@@ -188,6 +192,45 @@ clean_coverage = Table(
     Index("ix_clean_coverage_symbol_start", "symbol", "start_ts"),
 )
 
+contract_rolls = Table(
+    "contract_rolls",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("symbol", Text, nullable=False),
+    Column("roll_ts", UtcTimestamp, nullable=False),  # first minute of the incoming contract in the series
+    Column("outgoing_raw_symbol", Text),
+    Column("outgoing_instrument_id", BigInteger, nullable=False),
+    Column("incoming_raw_symbol", Text),
+    Column("incoming_instrument_id", BigInteger, nullable=False),
+    Column("rule", Text, nullable=False),  # e.g. v.0, c.0
+    Column("origin", Text, nullable=False),  # databento (the file's mappings) | computed (from outright bars)
+    Column("price_ts", UtcTimestamp),  # the common minute whose closes adjust this roll; NULL: not adjustable
+    Column("outgoing_close", Float),
+    Column("incoming_close", Float),
+    Column("ingest_run_id", Integer, ForeignKey("clean_ingest_runs.id", name="fk_contract_rolls_run")),
+    CheckConstraint("origin IN ('databento', 'computed')", name="ck_contract_rolls_origin"),
+    Index("uq_contract_rolls_symbol_ts", "symbol", "roll_ts", unique=True),
+)
+
+session_quality = Table(
+    "session_quality",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("symbol", Text, nullable=False),
+    Column("trade_date", Date, nullable=False),
+    Column("session_open", UtcTimestamp, nullable=False),
+    Column("session_close", UtcTimestamp, nullable=False),
+    Column("expected_minutes", Integer, nullable=False),
+    Column("bars_present", Integer, nullable=False),
+    Column("missing_minutes", Integer, nullable=False),
+    Column("missing_ranges", Text, nullable=False),  # JSON [[start, end), ...] ISO UTC minutes
+    Column("bars_outside_session", Integer, nullable=False),
+    Column("longest_gap_minutes", Integer, nullable=False),
+    Column("ingest_run_id", Integer, ForeignKey("clean_ingest_runs.id", name="fk_session_quality_run")),
+    Column("computed_at", UtcTimestamp, nullable=False),
+    Index("uq_session_quality_symbol_date", "symbol", "trade_date", unique=True),
+)
+
 __all__ = [
     "metadata",
     "engine_runs",
@@ -200,4 +243,6 @@ __all__ = [
     "stage_chunks",
     "engine_database",
     "clean_coverage",
+    "contract_rolls",
+    "session_quality",
 ]

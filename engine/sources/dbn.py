@@ -584,6 +584,7 @@ class DbnBarFile:
         out["instrument_id"] = recs["instrument_id"]
         for name in ("open", "high", "low", "close", "volume"):
             out[name] = recs[name]
+        out["raw_symbol"] = b""
         return out
 
     def _count_ignored(self, iid: np.ndarray, label: np.ndarray, labels: tuple[str, ...]) -> None:
