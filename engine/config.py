@@ -34,6 +34,14 @@ class Direction(StrEnum):
     BEAR = "BEAR"
 
 
+class Adjustment(StrEnum):
+    """How a continuous series is back-adjusted at its rolls when read (engine/adjust.py)."""
+
+    none = "none"  # the contracts' own prices (TradingView parity on unadjusted continuous charts)
+    difference = "difference"  # backward Panama: earlier bars shifted by the incoming - outgoing close
+    ratio = "ratio"  # backward ratio: earlier bars scaled by incoming / outgoing close (returns kept)
+
+
 class BarsTable(StrEnum):
     clean = "market_bars_ohlcv_1m_clean"
     legacy = "market_bars_ohlcv_1m"
@@ -126,6 +134,9 @@ class EngineConfig:
     symbol: str = "NQ"
     roll_rule: str | None = None
     rank: int | None = None
+    # Roll rule c from outright bars: leave the expiring contract this many trading sessions before its expiry.
+    roll_days_before_expiry: int = 0
+    adjust: Adjustment = Adjustment.none  # how detect, chart and parity read the series
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     data_dir: str = "data"
     dry_run: DryRunConfig = field(default_factory=DryRunConfig)

@@ -92,7 +92,7 @@ def plan(cfg: EngineConfig, plugins: JobPlugins, window: Window, log: logging.Lo
         "database": masked_url(cfg.db.url),
         "schema": f"at head ({head})" if at_head else f"would be migrated from {revision or 'empty'} to {head}",
         "symbol": symbol.internal_symbol,
-        "databento_symbol": symbol.continuous,
+        "databento_symbol": symbol.databento_symbol,
         "resolved_from": symbol.origin,
         "stages": list(cfg.stages),
         "source": plugins.source.name,
@@ -175,7 +175,7 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
     online = bool(os.environ.get("DATABENTO_API_KEY"))
     out = []
     for piece in pieces:
-        req = RawRequest(symbol.dataset, symbol.continuous, symbol.schema, symbol.stype_in, piece.start, piece.end)
+        req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, piece.start, piece.end)
         path = req.landing_path(Path(cfg.data_dir))
         landed = path.is_file()
         cost: float | None = 0.0

@@ -64,6 +64,7 @@ def _ranges(cfg: EngineConfig, source) -> None:
             raise EngineError(f"{key}roll_rule={rule!r} is not a roll rule",
                               f"use {key}roll_rule=" + " or ".join(f"{k} ({v})" for k, v in ROLL_RULES.items()))
         _at_least(f"{key}rank", rank, 0, "0 is the front month, 1 the next")
+    _at_least("roll_days_before_expiry", cfg.roll_days_before_expiry, 0, "0 rolls at expiry")
     _at_least("window.max_chunks", cfg.window.max_chunks, 1, "the longest chunk plan accepted")
 
 

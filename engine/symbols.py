@@ -33,6 +33,21 @@ class ResolvedSymbol:
         """Databento's continuous symbol, e.g. NQ.v.0."""
         return f"{self.root}.{self.roll_rule}.{self.rank}"
 
+    @property
+    def is_outright(self) -> bool:
+        """One contract as its own series (stype_in raw_symbol, e.g. GLBX.MDP3:ESU4), not a continuous one."""
+        return self.stype_in == "raw_symbol"
+
+    @property
+    def databento_symbol(self) -> str:
+        """What Databento is asked for: the contract (ESU4) of an outright series, else the continuous NQ.v.0."""
+        return self.internal_symbol.partition(":")[2] if self.is_outright else self.continuous
+
+    @property
+    def rule(self) -> str:
+        """The roll rule and rank of a continuous series as Databento writes them, e.g. v.0."""
+        return f"{self.roll_rule}.{self.rank}"
+
 
 def seed_rows(defaults: SymbolDefaults, roots: list[str]) -> list[dict]:
     return [
@@ -89,6 +104,6 @@ def resolve_symbol(engine: Engine, cfg: EngineConfig, log: logging.Logger) -> Re
     )
     log.info(
         "symbol %s -> %s (roll_rule from %s, rank from %s, schema from %s, stype_in from %s)",
-        internal, resolved.continuous, origin["roll_rule"], origin["rank"], origin["schema"], origin["stype_in"],
+        internal, resolved.databento_symbol, origin["roll_rule"], origin["rank"], origin["schema"], origin["stype_in"],
     )
     return resolved

@@ -318,9 +318,9 @@ def _verify_download(part: Path, req: RawRequest, expected: int) -> int:
 def acquire(ctx, progress) -> Landing:
     """Download (or reuse) the job's window from Databento, with a byte counter on the progress bar."""
     symbol, source = ctx.symbol, ctx.source
-    req = RawRequest(symbol.dataset, symbol.continuous, symbol.schema, symbol.stype_in, ctx.window.start,
+    req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, ctx.window.start,
                      ctx.window.end)
-    label = f"download {symbol.continuous}"
+    label = f"download {symbol.databento_symbol}"
     task = progress.add_task(label, total=None, unit="bytes")
     result = fetch_raw(
         req, Path(ctx.cfg.data_dir), max_cost_usd=source.max_cost_usd, max_retries=source.max_retries,

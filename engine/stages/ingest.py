@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> IngestResult:
         end_ts=ctx.window.end,
         engine_run_id=ctx.run.id,
         source=source_name,
-        databento_symbol=symbol.continuous,
+        databento_symbol=symbol.databento_symbol,
     )
     started = time.monotonic()
     tally = _Tally()
@@ -149,7 +149,7 @@ def run(ctx: StageContext) -> IngestResult:
         _finish(ctx, ingest_id, tally, started, status, _error_text(exc))
         raise
     _finish(ctx, ingest_id, tally, started, "success", None)
-    result = IngestResult(symbol=symbol.internal_symbol, databento_symbol=symbol.continuous,
+    result = IngestResult(symbol=symbol.internal_symbol, databento_symbol=symbol.databento_symbol,
                           ingest_run_ids=[ingest_id], window_start=iso_minute(ctx.window.start),
                           window_end=iso_minute(ctx.window.end), **tally.summary(time.monotonic() - started))
     rate = result.bars_received / result.duration_seconds if result.duration_seconds else 0.0

@@ -45,4 +45,4 @@ def run(ctx: StageContext) -> RegistryResult:
     console.print(table)
     symbol = ctx.symbol
     return RegistryResult(seeded=added, registered=len(rows), symbol=symbol.internal_symbol,
-                          databento_symbol=symbol.continuous, resolved_from=symbol.origin)
+                          databento_symbol=symbol.databento_symbol, resolved_from=symbol.origin)
