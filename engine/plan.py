@@ -175,7 +175,8 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
     online = bool(os.environ.get("DATABENTO_API_KEY"))
     out = []
     for piece in pieces:
-        req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, piece.start, piece.end)
+        req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, piece.start,
+                         piece.end)
         path = req.landing_path(Path(cfg.data_dir))
         landed = path.is_file()
         cost: float | None = 0.0
