@@ -20,6 +20,11 @@ class Landing:
     paths: list[Path]
     retries: int = 0
     raw_files: list[dict] = field(default_factory=list)  # [{path, sha256, reused, ...}] for the run log
+    # Beside the bars of `paths`, for continuous downloads: instrument definitions of the window (DBN, schema
+    # definition), which name the contract of each instrument id, and the outright bars of the two contracts
+    # of each roll session (ohlcv-1m), whose closes back-adjust the roll.
+    definitions: list[Path] = field(default_factory=list)
+    outrights: list[Path] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
