@@ -60,7 +60,7 @@ def record_session_quality(db: Engine, symbol: str, start: datetime, end: dateti
     ts = read_bar_times(db, CLEAN_BARS, symbol, ns_to_datetime(int(opens[0])), ns_to_datetime(span_end))
     if closes[0] <= start_ns:  # the session before the window: only when the window holds bars of it
         own_end = int(opens[1]) if len(opens) > 1 else span_end
-        if not np.any((ts >= start_ns) & (ts < own_end)):
+        if not np.any((ts >= start_ns) & (ts < min(own_end, end_ns))):
             opens, closes, ts = opens[1:], closes[1:], ts[ts >= own_end]
             if len(opens) == 0:
                 return _summary([])
