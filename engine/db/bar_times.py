@@ -34,23 +34,31 @@ def read_bar_times(engine: Engine, table_name: str, symbol: str, start: datetime
         raw = conn.connection.driver_connection
         if engine.dialect.name == "postgresql":
             query = sql.SQL(
-                f'COPY (SELECT ts FROM "{table_name}" WHERE symbol = {{}} AND ts >= {{}} AND ts < {{}} ORDER BY ts) '
+                f'COPY (SELECT ts FROM "{table_name}" WHERE symbol = {{}} AND ts >= {{}} AND ts < {{}}) '
                 "TO STDOUT (FORMAT BINARY)"
             ).format(sql.Literal(symbol), sql.Literal(start), sql.Literal(end))
             rec = pgcopy.decode(pgcopy.copy_out(raw, query.as_bytes(raw)), [("ts", ">i8")])
-            out = pgcopy.from_timestamptz(rec["ts"].astype(np.int64))
+            out = np.sort(pgcopy.from_timestamptz(rec["ts"].astype(np.int64)))  # numpy sorts faster than a plan
         else:
-            # One text value for the whole range (no Python object per bar), parsed by numpy, sorted after:
-            # group_concat's order is not guaranteed.
+            # One text value for the whole range (no Python object per bar): the fixed-width stored texts
+            # concatenated, parsed by numpy, sorted after (group_concat's order is not guaranteed).
             text = raw.execute(
-                f"SELECT group_concat(CAST(strftime('%s', ts) AS INTEGER)) FROM \"{table_name}\" "
-                "WHERE symbol = ? AND ts >= ? AND ts < ?",
+                f"SELECT group_concat(ts, '') FROM \"{table_name}\" WHERE symbol = ? AND ts >= ? AND ts < ?",
                 [symbol, _sqlite_bound(start), _sqlite_bound(end)],
             ).fetchone()[0]
-            secs = np.fromstring(text, dtype=np.int64, sep=",") if text else np.empty(0, dtype=np.int64)
-            out = np.sort(secs) * NS_PER_SECOND
+            out = np.sort(_parse_sqlite_ts(text or "")) * NS_PER_SECOND
         raw.rollback()  # end the driver's implicit read transaction (PostgreSQL; no-op on SQLite)
     return out
+
+
+def _parse_sqlite_ts(text: str) -> np.ndarray:
+    """Seconds since the epoch of concatenated 'YYYY-MM-DD HH:MM:SS+00:00' texts (``SQLITE_TS_FORMAT``)."""
+    width = len("YYYY-MM-DD HH:MM:SS+00:00")
+    raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    rows = raw.reshape(-1, width) if len(raw) % width == 0 else None
+    if rows is None or (rows[:, 19:] != np.frombuffer(b"+00:00", dtype=np.uint8)).any():
+        raise ValueError("bar timestamps in SQLite are not all 'YYYY-MM-DD HH:MM:SS+00:00' texts")
+    return np.ascontiguousarray(rows[:, :19]).view("S19").ravel().astype("datetime64[s]").astype(np.int64)
 
 
 def _sqlite_bound(value: datetime) -> str:
