@@ -55,7 +55,7 @@ def record_session_quality(db: Engine, symbol: str, start: datetime, end: dateti
     module docstring) from the clean table, and summarise them."""
     start_ns, end_ns = datetime_to_ns(start), datetime_to_ns(end)
     opens, closes, span_end = _touched(start_ns, end_ns)
-    if len(opens) == 0:
+    if len(opens) == 0 or end_ns <= start_ns:
         return _summary([])
     ts = read_bar_times(db, CLEAN_BARS, symbol, ns_to_datetime(int(opens[0])), ns_to_datetime(span_end))
     if closes[0] <= start_ns:  # the session before the window: only when the window holds bars of it

@@ -218,3 +218,19 @@ def test_a_session_without_bars_is_one_missing_range_and_a_year_takes_well_under
     assert sum(r.missing_minutes for r in rows) == len(every) - 350_000
     assert sum(len(r.ranges) for r in rows) > 0
     assert elapsed < 0.5, f"{elapsed:.3f} s for a year of bars"
+
+
+def test_holiday_bars_belong_to_the_session_before_and_dst_moves_the_open_not_the_length():
+    opens, closes = calendar.session_bounds_ns(datetime_to_ns(utc("2024-12-24")), datetime_to_ns(utc("2024-12-26")))
+    # Christmas Eve closes 12:15 CT; Christmas is closed: a bar on Christmas Day is Christmas Eve's, outside.
+    eve, after = compute(SYMBOL, at("2024-12-24T18:14", "2024-12-25T15:00", "2024-12-25T23:00"), opens, closes)
+    assert (eve.trade_date, eve.expected_minutes, eve.bars_present, eve.bars_outside_session) == (
+        date(2024, 12, 24), 1155, 1, 1)
+    assert (after.trade_date, after.bars_present, after.bars_outside_session) == (date(2024, 12, 26), 1, 0)
+    assert eve.ranges == [(utc("2024-12-23T23:00"), utc("2024-12-24T18:14"))]
+    # The first sessions after the 2024 DST changes open at 22:00 / 23:00 UTC and still last 23 hours.
+    for first_day, open_at in (("2024-03-11", "2024-03-10T22:00"), ("2024-11-04", "2024-11-03T23:00")):
+        opens, closes = calendar.session_bounds_ns(datetime_to_ns(utc(f"{first_day}T12:00")),
+                                                   datetime_to_ns(utc(f"{first_day}T13:00")))
+        [row] = compute(SYMBOL, np.zeros(0, np.int64), opens, closes)
+        assert (str(row.trade_date), row.session_open, row.expected_minutes) == (first_day, utc(open_at), 1380)
