@@ -52,9 +52,11 @@ class Adjusted:
     anchor: str | None = None  # the contract whose own prices the series keeps (None: no roll, or adjust=none)
 
 
-def adjust_bars(bars: np.ndarray, rolls: list[Roll] | tuple[Roll, ...], adjustment: Adjustment | str) -> Adjusted:
+def adjust_bars(bars: np.ndarray, rolls: list[Roll] | tuple[Roll, ...], adjustment: Adjustment | str, *,
+                copy: bool = True) -> Adjusted:
     """`bars` (BAR_READ_DTYPE, in ts order) adjusted for `rolls` (the symbol's rolls: all of them, or at least all
-    after the first bar, since each bar is adjusted by every roll after it). A new array; `bars` is not changed.
+    after the first bar, since each bar is adjusted by every roll after it). A new array unless `copy` is false
+    (then `bars` itself is adjusted in place: for a caller that just read them).
 
     A bar at ts t is adjusted by the rolls with roll_ts > t (from roll_ts on, bars are the incoming contract).
     """
@@ -64,7 +66,7 @@ def adjust_bars(bars: np.ndarray, rolls: list[Roll] | tuple[Roll, ...], adjustme
     ordered = sorted(rolls, key=lambda r: r.roll_ts)
     anchor = (ordered[-1].incoming_raw_symbol or f"id {ordered[-1].incoming_instrument_id}") if ordered else None
     if not len(bars):
-        return Adjusted(bars.copy(), how, anchor=anchor)
+        return Adjusted(bars.copy() if copy else bars, how, anchor=anchor)
     roll_ns = np.array([datetime_to_ns(r.roll_ts) for r in ordered], dtype=np.int64)
     later = roll_ns > bars["ts"][0]  # rolls before the first bar change nothing here
     ordered = [r for r, keep in zip(ordered, later, strict=True) if keep]
@@ -72,7 +74,7 @@ def adjust_bars(bars: np.ndarray, rolls: list[Roll] | tuple[Roll, ...], adjustme
     usable = np.array([_usable(r, how) for r in ordered], dtype=bool)
     applied = tuple(r for r, ok in zip(ordered, usable, strict=True) if ok)
     skipped = tuple(r for r, ok in zip(ordered, usable, strict=True) if not ok)
-    out = bars.copy()
+    out = bars.copy() if copy else bars
     if not applied:
         return Adjusted(out, how, applied, skipped, anchor)
     outgoing = np.array([r.outgoing_close if ok else 0.0 for r, ok in zip(ordered, usable, strict=True)])
@@ -85,13 +87,16 @@ def adjust_bars(bars: np.ndarray, rolls: list[Roll] | tuple[Roll, ...], adjustme
     else:
         step = np.where(usable, incoming / np.where(usable, outgoing, 1.0), 1.0)
         carried = np.append(np.cumprod(step[::-1])[::-1], 1.0)
-    edges = np.searchsorted(bars["ts"], roll_ns, side="left")
-    per_bar = np.repeat(carried, np.diff(edges, prepend=0, append=len(bars)))
-    for name in PRICE_FIELDS:
-        if how is Adjustment.difference:
-            out[name] += per_bar
-        else:
-            out[name] *= per_bar
+    edges = np.searchsorted(out["ts"], roll_ns, side="left").tolist()
+    # One in-place operation per price field and segment (a handful of rolls): no per-bar array is built.
+    for lo, hi, value in zip([0, *edges[:-1]], edges, carried[:-1].tolist(), strict=True):
+        if hi > lo and value != (0.0 if how is Adjustment.difference else 1.0):
+            segment = out[lo:hi]
+            for name in PRICE_FIELDS:
+                if how is Adjustment.difference:
+                    segment[name] += value
+                else:
+                    segment[name] *= value
     return Adjusted(out, how, applied, skipped, anchor)
 
 
@@ -103,7 +108,7 @@ def read_adjusted(engine: Engine, table_name: str, symbol: str, start: datetime 
     bars = read_bars(engine, table_name, symbol, start, end)
     if Adjustment(adjustment) is Adjustment.none:
         return Adjusted(bars, Adjustment.none)
-    return adjust_bars(bars, rolls_of(engine, symbol) if rolls is None else rolls, adjustment)
+    return adjust_bars(bars, rolls_of(engine, symbol) if rolls is None else rolls, adjustment, copy=False)
 
 
 def roll_note(roll: Roll) -> str:

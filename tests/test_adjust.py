@@ -345,3 +345,11 @@ def test_parity_compares_the_events_of_the_named_adjustment(db, tmp_path):
     with pytest.raises(EngineError, match="csv and source_table/logic_version/adjust"):
         parity.run(make_ctx(db, tmp_path / "both", T0, end, n=2, parity=ParityConfig(
             right=ParitySideConfig(adjust=Adjustment.ratio, csv=str(tmp_path / "x.csv")))))
+
+
+def test_the_adjusted_read_bench_reads_both_ways(tmp_path):
+    from bench.adjusted_read import adjusted_read_ratio
+
+    figure = adjusted_read_ratio(tmp_path / "read.sqlite", n=3000, reps=1, rolls=3)
+    assert figure["bars"] == 3000 and figure["rolls"] == 3 and figure["target"] == 1.2
+    assert figure["ratio"] == pytest.approx(figure["adjusted_seconds"] / figure["plain_seconds"], rel=0.01)

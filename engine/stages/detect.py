@@ -200,7 +200,7 @@ def run(ctx: StageContext) -> DetectResult:
             counts["bars_read"] += len(bars)
             counts["confirm_bars"] = len(bars) - i1
             if how is not Adjustment.none:
-                view = adjust_bars(bars, rolls, how)
+                view = adjust_bars(bars, rolls, how, copy=False)  # bars of this read only
                 bars, adjusted["anchor"] = view.bars, view.anchor
                 adjusted["unadjusted"].update((roll_note(r), r) for r in view.unadjusted_rolls)
             events = checked_events(key.detector, detector.detect(bars), bars)
