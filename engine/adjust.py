@@ -36,7 +36,7 @@ from engine.db.bars_read import read_bars
 from engine.db.rolls import Roll, rolls_of
 from engine.db.types import datetime_to_ns
 
-__all__ = ["PRICE_FIELDS", "Adjusted", "adjust_bars", "read_adjusted", "roll_note"]
+__all__ = ["PRICE_FIELDS", "Adjusted", "adjust_bars", "read_adjusted", "roll_note", "why_unadjusted"]
 
 PRICE_FIELDS = ("open", "high", "low", "close")
 
@@ -114,6 +114,13 @@ def read_adjusted(engine: Engine, table_name: str, symbol: str, start: datetime 
 def roll_note(roll: Roll) -> str:
     """'ESM4 → ESU4 at 2024-06-13T21:00Z' (for logs and results)."""
     return f"{roll.label} at {roll.roll_ts:%Y-%m-%dT%H:%MZ}"
+
+
+def why_unadjusted(roll: Roll, how: Adjustment | str) -> str:
+    """Why `roll` cannot be adjusted by `how` (for a roll in Adjusted.unadjusted_rolls)."""
+    if not roll.adjustable:
+        return "no common minute with both contracts' closes; ingest the outrights of the roll session"
+    return f"a close <= 0 ({roll.outgoing_close} → {roll.incoming_close}) has no {Adjustment(how).value}"
 
 
 def _usable(roll: Roll, how: Adjustment) -> bool:

@@ -229,6 +229,8 @@ def test_adjusted_detection_is_stored_beside_the_unadjusted(db, tmp_path):
     assert diff.events_written == len(adjusted) and diff.unadjusted_rolls == []
     assert ("adjustment", "difference, anchored on NQH6") in diff.rows("detect")
     assert all(label != "adjustment" for label, _ in plain.rows("detect"))
+    assert diff.brief("detect").startswith("events (difference) BEAR ")
+    assert plain.brief("detect").startswith("events BEAR")
 
     # A rerun of one replaces only its own events.
     again = detect.run(make_ctx(db, tmp_path / "none2", T0, end, n=2))
@@ -309,12 +311,15 @@ def test_chart_draws_the_adjusted_series_and_a_labelled_line_at_each_roll(db, tm
     assert plain.rolls == ["NQZ5 → NQH6"] and "back-adjusted" not in plain.title  # unadjusted: the line too
 
 
-def test_the_chart_marks_a_roll_it_could_not_adjust(db, tmp_path):
+def test_the_chart_marks_a_roll_it_could_not_adjust(db, tmp_path, caplog):
     _, end = planted_roll(db)
     with db.begin() as conn:
         record_rolls(conn, SYMBOL, T0, end, [roll(ROLL_AT, "NQZ5", "NQH6", None, None, price_ts=False)], None)
-    result = chart.run(make_ctx(db, tmp_path, T0, end, n=2, adjust="ratio"))
+    with caplog.at_level("WARNING", logger="engine.test"):
+        result = chart.run(make_ctx(db, tmp_path, T0, end, n=2, adjust="ratio"))
     assert result.rolls == ["NQZ5 → NQH6 (not adjusted)"]
+    assert any("roll NQZ5 → NQH6 at 2025-12-01T00:15Z could not be adjusted (no common minute" in r.getMessage()
+               for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.adjust import Adjusted, read_adjusted
+from engine.adjust import Adjusted, read_adjusted, roll_note, why_unadjusted
 from engine.config import Adjustment
 from engine.context import StageContext
 from engine.db.events import read_events
@@ -93,9 +93,10 @@ def run(ctx: StageContext) -> ChartResult:
     title = f"{symbol}  1m  {ns_to_datetime(first):%Y-%m-%d %H:%M} → {ns_to_datetime(last):%Y-%m-%d %H:%M} UTC"
     title += adjustment_title(view)
     lines = roll_lines(shown, all_rolls, view)
-    for label in (label for _, label, adjusted in lines if not adjusted):
-        ctx.log.warning("chart %s: roll %s is not adjusted (no common minute with both contracts' closes): its raw "
-                        "jump is in the chart", symbol, label)
+    drawn_rolls = {r.roll_ts for r in all_rolls if ns_to_datetime(first) < r.roll_ts <= ns_to_datetime(last)}
+    for roll in (r for r in view.unadjusted_rolls if r.roll_ts in drawn_rolls):
+        ctx.log.warning("chart %s: roll %s could not be adjusted (%s): its raw jump is in the chart", symbol,
+                        roll_note(roll), why_unadjusted(roll, how))
     drawn, labelled = plot_chart(shown, events, path, title, lines)
     result = ChartResult(path=str(path), source_table=table, logic_version=key.logic_version, scope=scope,
                          bars=len(shown), bars_in_window=len(bars),

@@ -11,7 +11,9 @@
 * ``adjust=difference|ratio`` detects on the back-adjusted series (engine/adjust.py: every bar adjusted by all the
   symbol's rolls after it, anchored on the latest contract): events record the adjustment, their prices are
   adjusted prices, and they sit beside the unadjusted events (adjust=none), which they never replace. Rolls
-  that cannot be adjusted are logged and listed in the result (their raw jump stays in the series).
+  that cannot be adjusted are logged and listed in the result (their raw jump stays in the series). The prices
+  are those of the anchor at detection time (the result names it): after a newer roll is ingested, a rerun
+  moves them onto the new anchor; their ts and direction do not change.
 * Clean-only contract: unless ``policy.allow_legacy``, reads market_bars_ohlcv_1m_clean and requires the
   coverage of successful clean ingests (clean_coverage: closed market time, and the sessions where they landed
   bars; see engine/coverage.py) over the whole window, and over the warm-up and look-ahead bars it reads: where
@@ -29,7 +31,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from engine.adjust import adjust_bars, roll_note
+from engine.adjust import adjust_bars, roll_note, why_unadjusted
 from engine.config import Adjustment, EngineConfig
 from engine.console import showing_chunk_lines
 from engine.context import StageContext
@@ -121,7 +123,8 @@ class DetectResult(StageResult):
         return f"{self.bars_in_window:,} bars, {count:,} events" + (f" ({by_direction})" if count else "")
 
     def brief(self, stage: str) -> str:
-        return "events " + " ".join(f"{k} {v:,}" for k, v in self.events.items())
+        adjusted = f"({self.adjustment}) " if self.adjustment != Adjustment.none else ""
+        return f"events {adjusted}" + " ".join(f"{k} {v:,}" for k, v in self.events.items())
 
     def rows(self, stage: str) -> list[tuple[str, str]]:
         rows = [("events", f"{self.describe()} from {self.source_table} ({self.logic_version})")]
@@ -224,7 +227,7 @@ def run(ctx: StageContext) -> DetectResult:
         unadjusted_rolls=list(adjusted["unadjusted"]))
     for note in result.unadjusted_rolls:
         log.warning("detect %s: roll %s cannot be adjusted (%s): skipped, its raw jump stays in the %s series "
-                    "(events near it may be false)", symbol, note, _why_unadjusted(adjusted["unadjusted"][note], how),
+                    "(events near it may be false)", symbol, note, why_unadjusted(adjusted["unadjusted"][note], how),
                     how.value)
     log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, adjust %s, %.3f s (%.0f bars/s)",
              symbol, counts["bars_in_window"], counts["bars_read"],
@@ -266,12 +269,6 @@ def series_rolls(ctx: StageContext, symbol: str, how: Adjustment) -> list[Roll]:
         ctx.log.warning("detect %s: adjust=%s but no rolls of %s are on record (contract_rolls): the series is read "
                         "as stored", symbol, how.value, symbol)
     return rolls
-
-
-def _why_unadjusted(roll: Roll, how: Adjustment) -> str:
-    if not roll.adjustable:
-        return "no common minute with both contracts' closes; ingest the outrights of the roll session"
-    return f"a close <= 0 ({roll.outgoing_close} → {roll.incoming_close}) has no {how.value}"
 
 
 def lookahead_ready(ctx: StageContext, through: datetime) -> bool:
