@@ -75,6 +75,7 @@ class ParitySideConfig:
     source_table: str | None = None  # clean | legacy (or the table name); null: the table detect reads
     logic_version: str | None = None  # null: this run's logic version
     csv: str | None = None  # a file of events from another tool instead of the database
+    adjust: Adjustment | None = None  # the adjustment the events were detected on; null: the run's `adjust`
 
 
 @dataclass

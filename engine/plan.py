@@ -18,7 +18,7 @@ from rich.table import Table
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from engine.config import EngineConfig, normalize_symbol
+from engine.config import Adjustment, EngineConfig, normalize_symbol
 from engine.console import console
 from engine.db import registry
 from engine.db.connect import current_revision, head_revision, masked_url
@@ -97,6 +97,7 @@ def plan(cfg: EngineConfig, plugins: JobPlugins, window: Window, log: logging.Lo
         "stages": list(cfg.stages),
         "source": plugins.source.name,
         "detector": f"{plugins.detector.name} ({_params(plugins.detector.params)})",
+        "adjustment": _adjustment(cfg),
         "window": [_iso(window.start), _iso(window.end)],
         "chunks": [[_iso(p.start), _iso(p.end)] for p in pieces],
         "bars_table": _bars_table(cfg),
@@ -136,6 +137,15 @@ def _bars_table(cfg: EngineConfig) -> str:
     return "market_bars_ohlcv_1m" if cfg.policy.allow_legacy else "market_bars_ohlcv_1m_clean"
 
 
+def _adjustment(cfg: EngineConfig) -> str:
+    """How detect, chart and parity read the series (engine/adjust.py)."""
+    how = Adjustment(cfg.adjust)
+    if how is Adjustment.none:
+        return "none (the contracts' own prices)"
+    return (f"{how.value} (back-adjusted at every roll to the latest contract; events stored beside the "
+            "unadjusted ones)")
+
+
 def _params(params: dict) -> str:
     return ", ".join(f"{key}={getattr(value, 'value', value)}" for key, value in params.items())
 
@@ -147,6 +157,7 @@ def _tables(cfg: EngineConfig, downloads: bool, symbol: str) -> dict[str, dict[s
     coverage = ["clean_coverage", "clean_ingest_runs"] if bars == "market_bars_ohlcv_1m_clean" else []
     parity_reads = sorted({f"{side.csv} (csv)" if side.csv is not None else "triangle_events_v1"
                            for side in (cfg.parity.left, cfg.parity.right)})
+    rolls = ["contract_rolls"] if Adjustment(cfg.adjust) is not Adjustment.none else []
     chart_file = f"chart_{re.sub(r'[^A-Za-z0-9._-]', '_', symbol)}.png (run directory)"
     raw = ["raw files under data_dir/raw"] if downloads else []
     known = {
@@ -154,9 +165,9 @@ def _tables(cfg: EngineConfig, downloads: bool, symbol: str) -> dict[str, dict[s
         "ingest": (["engine_database", "market_bars_ohlcv_1m_clean", "symbol_registry", *chunked],
                    ["clean_coverage", "clean_ingest_quarantine", "clean_ingest_runs", "engine_database",
                     "market_bars_ohlcv_1m_clean", *chunked, *raw]),
-        "detect": ([bars, *coverage, *chunked], ["triangle_events_v1", *chunked]),
+        "detect": ([bars, *rolls, *coverage, *chunked], ["triangle_events_v1", *chunked]),
         "parity": (parity_reads, ["parity_differences.csv (run directory)"]),
-        "chart": ([bars, "triangle_events_v1"], [chart_file]),
+        "chart": ([bars, "contract_rolls", "triangle_events_v1"], [chart_file]),
     }
     tables = {"(every run)": {"reads": ["alembic_version", "engine_runs"], "writes": ["alembic_version",
                                                                                       "engine_runs"]}}
@@ -232,6 +243,7 @@ def _render(cfg: EngineConfig, window: Window, symbol: ResolvedSymbol, steps: di
         f"| stages | {', '.join(steps['stages'])} |",
         f"| source | {steps['source']} |",
         f"| detector | {steps['detector']} |",
+        f"| adjustment | {steps['adjustment']} |",
         f"| database | {_cell(steps['database'])} |",
         f"| schema | {steps['schema']} |",
         f"| Databento cost | {_cost_line(steps)} |",

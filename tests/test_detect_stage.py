@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from engine.config import DbConfig, EngineConfig, ParityConfig, PolicyConfig, WindowConfig
+from engine.config import Adjustment, DbConfig, EngineConfig, ParityConfig, PolicyConfig, WindowConfig
 from engine.context import RunRecord, StageContext
 from engine.db import registry, runs
 from engine.db.bars import read_bars
@@ -56,7 +56,7 @@ def iso(value: datetime) -> str:
 
 def make_ctx(db, run_dir: Path, start: datetime, end: datetime, *, warmup_start: datetime | None = None,
              allow_legacy: bool = False, n: int = 5, logic_version: str = "test-v1",
-             parity: ParityConfig | None = None) -> StageContext:
+             parity: ParityConfig | None = None, adjust: str = "none") -> StageContext:
     """A stage context as engine/app.py builds it, with a real engine_runs row and a seeded registry."""
     cfg = EngineConfig(
         db=DbConfig(url=db.url.render_as_string(hide_password=False)),
@@ -65,6 +65,7 @@ def make_ctx(db, run_dir: Path, start: datetime, end: datetime, *, warmup_start:
         policy=PolicyConfig(name="allow_legacy" if allow_legacy else "clean_only", allow_legacy=allow_legacy),
         detector={**packaged_node("detector", "williams_fractals"), "n": n},
         parity=parity or ParityConfig(),
+        adjust=Adjustment(adjust),
         stages=["detect"],
     )
     registry.insert_missing(db, seed_rows(cfg.registry.defaults, ["NQ"]))

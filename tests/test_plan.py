@@ -216,3 +216,25 @@ def test_with_a_key_each_request_not_landed_shows_its_quote(engine_cli, fake_dat
     assert "| 2 | 2025-12-10T00:00:00Z | 2025-12-11T00:00:00Z | landed: reused | $0.0000 |" in text
     assert result["plan"]["cost_usd"] == pytest.approx(0.5)
     assert "db-PLANTESTKEY" not in text
+
+
+def test_the_plan_shows_the_adjustment_and_the_rolls_it_reads(engine_cli):
+    job = ["stages=[detect,chart]", "window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
+    _, plain, result = dry_run(engine_cli, *job, run_dir="plans/none")
+    assert "| adjustment | none (the contracts' own prices) |" in plain
+    assert result["plan"]["tables"]["detect"]["reads"] == ["market_bars_ohlcv_1m_clean", "clean_coverage",
+                                                           "clean_ingest_runs"]
+    assert result["plan"]["tables"]["chart"]["reads"] == ["market_bars_ohlcv_1m_clean", "contract_rolls",
+                                                          "triangle_events_v1"]
+    _, text, result = dry_run(engine_cli, *job, "adjust=difference", "dry_run.compare=plans/none",
+                              run_dir="plans/difference")
+    assert result["plan"]["adjustment"].startswith("difference (back-adjusted at every roll to the latest contract")
+    assert changes(text) == [
+        "-| adjustment | none (the contracts' own prices) |",
+        f"+| adjustment | {result['plan']['adjustment']} |",
+        "-| detect | market_bars_ohlcv_1m_clean, clean_coverage, clean_ingest_runs | triangle_events_v1 |",
+        "+| detect | market_bars_ohlcv_1m_clean, contract_rolls, clean_coverage, clean_ingest_runs | "
+        "triangle_events_v1 |",
+        "-adjust: none",
+        "+adjust: difference",
+    ]

@@ -17,7 +17,7 @@ from engine.detectors import EVENT_DTYPE
 
 _BARS_TABLES = {CLEAN_BARS: clean_bars, LEGACY_BARS: legacy_bars}
 _EVENT_COLUMNS = ("symbol", "ts", "direction", "price", "source_table", "logic_version", "confirm_ts", "n", "run_id",
-                  "detector", "detector_params")
+                  "detector", "detector_params", "adjustment")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class EventKey:
     logic_version: str
     detector: str  # the name the detector was selected under, e.g. williams_fractals
     params: str  # its parameters as JSON with sorted keys (engine.detectors.params_json)
+    adjustment: str = "none"  # the back-adjustment of the series they were detected on (engine/adjust.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def replace_events(engine: Engine, key: EventKey, start: datetime, end: datetime
             # Serialise writers of the same key, so overlapping jobs queue instead of hitting the unique index.
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                          {"k": "|".join((triangle_events.name, key.symbol, key.source_table, key.logic_version,
-                                         key.detector, key.params))})
+                                         key.detector, key.params, key.adjustment))})
         c = triangle_events.c
         deleted = conn.execute(delete(triangle_events).where(*_key_filter(key), c.ts >= start, c.ts < end)).rowcount
         dbapi = conn.connection.driver_connection
@@ -138,7 +139,7 @@ def replace_events(engine: Engine, key: EventKey, start: datetime, end: datetime
 def _key_filter(key: EventKey):
     c = triangle_events.c
     return (c.symbol == key.symbol, c.source_table == key.source_table, c.logic_version == key.logic_version,
-            c.detector == key.detector, c.detector_params == key.params)
+            c.detector == key.detector, c.detector_params == key.params, c.adjustment == key.adjustment)
 
 
 def _insert_events_sqlite(dbapi, key: EventKey, events: np.ndarray, run_id: int | None, n: int) -> None:
@@ -148,7 +149,7 @@ def _insert_events_sqlite(dbapi, key: EventKey, events: np.ndarray, run_id: int 
     rows = zip(
         [key.symbol] * size, ts, events["direction"].tolist(), events["price"].tolist(), [key.source_table] * size,
         [key.logic_version] * size, confirm, [n] * size, [run_id] * size, [key.detector] * size, [key.params] * size,
-        strict=True,
+        [key.adjustment] * size, strict=True,
     )
     cur = dbapi.cursor()
     try:
@@ -191,6 +192,7 @@ def _copy_events_postgres(dbapi, key: EventKey, events: np.ndarray, run_id: int 
     field("run_id", None if run_id is None else ">i4", run_id)
     text_field("detector", key.detector)
     text_field("detector_params", key.params)
+    text_field("adjustment", key.adjustment)
 
     records = pgcopy.new_rows(fields, len(events))
     for name, value in values.items():

@@ -6,8 +6,14 @@
   whose pivot bar lies in [window.start, window.end). The stage uses that itself: it works through long
   windows in pieces of PIECE_SPAN (bounded memory); the storage layer decides how the pieces are read while
   events are written (engine/db/producers.py).
-* Writes replace the events of (symbol, source_table, logic_version, detector, detector_params) in the window
-  in one transaction: a rerun leaves the same rows, and other detectors' events stay.
+* Writes replace the events of (symbol, source_table, logic_version, detector, detector_params, adjustment) in
+  the window in one transaction: a rerun leaves the same rows, and other detectors' events stay.
+* ``adjust=difference|ratio`` detects on the back-adjusted series (engine/adjust.py: every bar adjusted by all the
+  symbol's rolls after it, anchored on the latest contract): events record the adjustment, their prices are
+  adjusted prices, and they sit beside the unadjusted events (adjust=none), which they never replace. Rolls
+  that cannot be adjusted are logged and listed in the result (their raw jump stays in the series). The prices
+  are those of the anchor at detection time (the result names it): after a newer roll is ingested, a rerun
+  moves them onto the new anchor; their ts and direction do not change.
 * Clean-only contract: unless ``policy.allow_legacy``, reads market_bars_ohlcv_1m_clean and requires the
   coverage of successful clean ingests (clean_coverage: closed market time, and the sessions where they landed
   bars; see engine/coverage.py) over the whole window, and over the warm-up and look-ahead bars it reads: where
@@ -25,7 +31,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from engine.config import EngineConfig
+from engine.adjust import adjust_bars, roll_note, why_unadjusted
+from engine.config import Adjustment, EngineConfig
 from engine.console import showing_chunk_lines
 from engine.context import StageContext
 from engine.coverage import open_market_ranges
@@ -33,6 +40,7 @@ from engine.db.bars import read_bars
 from engine.db.chunks import count_bars
 from engine.db.coverage import covered_intervals
 from engine.db.events import EventKey, bar_span, nth_bar_before, nth_bar_from, replace_events
+from engine.db.rolls import Roll, rolls_of
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS
 from engine.db.types import datetime_to_ns
 from engine.detectors import DIRECTIONS, Detector, check_detector, checked_events, detector_params, params_json
@@ -59,10 +67,13 @@ def detector_of(ctx: StageContext) -> tuple[str, Detector]:
     return ctx.plugins.detector.name, check_detector(ctx.plugins.detector.name, ctx.detector)
 
 
-def event_key(ctx: StageContext, table: str, logic_version: str) -> tuple[EventKey, Detector]:
-    """The events key of this run's detector over `table` at `logic_version`, and the detector."""
+def event_key(ctx: StageContext, table: str, logic_version: str, adjustment: Adjustment | str | None = None
+              ) -> tuple[EventKey, Detector]:
+    """The events key of this run's detector over `table` at `logic_version` on the series read with
+    `adjustment` (None: the run's `adjust`), and the detector."""
     name, detector = detector_of(ctx)
-    return EventKey(ctx.symbol.internal_symbol, table, logic_version, name, params_json(detector)), detector
+    how = Adjustment(ctx.cfg.adjust if adjustment is None else adjustment)
+    return EventKey(ctx.symbol.internal_symbol, table, logic_version, name, params_json(detector), how.value), detector
 
 
 @dataclass
@@ -89,6 +100,9 @@ class DetectResult(StageResult):
     lookahead_complete: bool = True
     pieces: int = 0
     seconds: float = 0.0
+    adjustment: str = "none"  # none | difference | ratio: the series the events were detected on
+    anchor: str | None = None  # adjusted: the contract whose own prices the series keeps (its latest)
+    unadjusted_rolls: list[str] = field(default_factory=list)  # rolls the adjustment had to skip (roll_note)
 
     def merge(self, later: DetectResult) -> DetectResult:
         """Two detections of one run (consecutive chunks): counts added, the window spanning both, the warm-up of
@@ -100,7 +114,8 @@ class DetectResult(StageResult):
             **{name: getattr(self, name) + getattr(later, name) for name in _SUMMED},
             warmup_bars=first.warmup_bars, confirm_bars=last.confirm_bars, events=total(self.events, later.events),
             lookahead_complete=self.lookahead_complete and later.lookahead_complete,
-            seconds=round(self.seconds + later.seconds, 3))
+            seconds=round(self.seconds + later.seconds, 3), anchor=later.anchor or self.anchor,
+            unadjusted_rolls=list(dict.fromkeys([*self.unadjusted_rolls, *later.unadjusted_rolls])))
 
     def describe(self) -> str:
         count = sum(self.events.values())
@@ -108,10 +123,21 @@ class DetectResult(StageResult):
         return f"{self.bars_in_window:,} bars, {count:,} events" + (f" ({by_direction})" if count else "")
 
     def brief(self, stage: str) -> str:
-        return "events " + " ".join(f"{k} {v:,}" for k, v in self.events.items())
+        adjusted = f"({self.adjustment}) " if self.adjustment != Adjustment.none else ""
+        return f"events {adjusted}" + " ".join(f"{k} {v:,}" for k, v in self.events.items())
 
     def rows(self, stage: str) -> list[tuple[str, str]]:
-        return [("events", f"{self.describe()} from {self.source_table} ({self.logic_version})")]
+        rows = [("events", f"{self.describe()} from {self.source_table} ({self.logic_version})")]
+        if self.adjustment != Adjustment.none:
+            rows.append(("adjustment", self.adjustment_note()))
+        return rows
+
+    def adjustment_note(self) -> str:
+        """`difference, anchored on ESU4; not adjusted: ESM4 → ESU4 at ...` (adjusted series only)."""
+        text = f"{self.adjustment}, anchored on {self.anchor or 'the stored prices (no roll on record)'}"
+        if self.unadjusted_rolls:
+            text += f"; not adjusted (raw jump kept): {', '.join(self.unadjusted_rolls)}"
+        return text
 
     def pending_reason(self) -> str:
         """Why a detection with `lookahead_complete` false is not final (for the chunk's closing log line)."""
@@ -120,7 +146,7 @@ class DetectResult(StageResult):
                 "they exist)")
 
 
-_SHARED = ("symbol", "source_table", "logic_version", "detector", "detector_params", "n")
+_SHARED = ("symbol", "source_table", "logic_version", "detector", "detector_params", "n", "adjustment")
 _SUMMED = ("bars_in_window", "bars_read", "events_written", "events_replaced", "pieces")
 
 
@@ -150,6 +176,9 @@ def run(ctx: StageContext) -> DetectResult:
     else:
         log.info("detect %s: reading %s (clean-only policy)", symbol, table)
         require_clean_coverage(ctx, symbol)
+    how = Adjustment(key.adjustment)
+    rolls = series_rolls(ctx, symbol, how)
+    adjusted = {"anchor": None, "unadjusted": {}}
 
     # Pieces cover the bars actually there (the last one runs to window.end), so a window much wider than
     # the data costs nothing extra.
@@ -173,6 +202,10 @@ def run(ctx: StageContext) -> DetectResult:
             counts["bars_in_window"] += i1 - i0
             counts["bars_read"] += len(bars)
             counts["confirm_bars"] = len(bars) - i1
+            if how is not Adjustment.none:
+                view = adjust_bars(bars, rolls, how, copy=False)  # bars of this read only
+                bars, adjusted["anchor"] = view.bars, view.anchor
+                adjusted["unadjusted"].update((roll_note(r), r) for r in view.unadjusted_rolls)
             events = checked_events(key.detector, detector.detect(bars), bars)
             events = events[(events["ts"] >= start_ns) & (events["ts"] < end_ns)]
             for direction in DIRECTIONS:
@@ -190,10 +223,17 @@ def run(ctx: StageContext) -> DetectResult:
         detector_params=key.params, n=lookahead, window_start=_fmt(window.start), window_end=_fmt(window.end),
         **counts, events=by_direction, events_written=inserted, events_replaced=deleted,
         lookahead_complete=counts["confirm_bars"] >= lookahead or not counts["bars_in_window"], pieces=len(pieces),
-        seconds=round(seconds, 3))
-    log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, %.3f s (%.0f bars/s)", symbol,
-             counts["bars_in_window"], counts["bars_read"], ", ".join(f"{v} {k}" for k, v in by_direction.items()),
-             table, key.logic_version, seconds, counts["bars_in_window"] / max(seconds, 1e-9))
+        seconds=round(seconds, 3), adjustment=how.value, anchor=adjusted["anchor"],
+        unadjusted_rolls=list(adjusted["unadjusted"]))
+    for note in result.unadjusted_rolls:
+        log.warning("detect %s: roll %s cannot be adjusted (%s): skipped, its raw jump stays in the %s series "
+                    "(events near it may be false)", symbol, note, why_unadjusted(adjusted["unadjusted"][note], how),
+                    how.value)
+    log.info("detect %s: %d bars in window (%d read), %s from %s, logic version %s, adjust %s, %.3f s (%.0f bars/s)",
+             symbol, counts["bars_in_window"], counts["bars_read"],
+             ", ".join(f"{v} {k}" for k, v in by_direction.items()), table, key.logic_version,
+             result.adjustment_note() if how is not Adjustment.none else "none", seconds,
+             counts["bars_in_window"] / max(seconds, 1e-9))
     return result
 
 
@@ -207,13 +247,28 @@ def chunk_settings(ctx: StageContext) -> dict:
     redoes them.
     """
     name, detector = detector_of(ctx)
-    return {
+    settings = {
         "symbol": ctx.symbol.internal_symbol,
         "source_table": bars_table(ctx.cfg),
         "logic_version": ctx.run.code.logic_version,
         "detector": {**detector_params(detector), "name": name},
         "done_when": "lookahead_complete",
     }
+    if Adjustment(ctx.cfg.adjust) is not Adjustment.none:  # absent for none: chunks recorded before still match
+        settings["adjustment"] = Adjustment(ctx.cfg.adjust).value
+    return settings
+
+
+def series_rolls(ctx: StageContext, symbol: str, how: Adjustment) -> list[Roll]:
+    """All the symbol's rolls (an adjusted bar is adjusted by every roll after it, up to the latest contract);
+    none are needed for adjust=none."""
+    if how is Adjustment.none:
+        return []
+    rolls = rolls_of(ctx.db, symbol)
+    if not rolls:
+        ctx.log.warning("detect %s: adjust=%s but no rolls of %s are on record (contract_rolls): the series is read "
+                        "as stored", symbol, how.value, symbol)
+    return rolls
 
 
 def lookahead_ready(ctx: StageContext, through: datetime) -> bool:

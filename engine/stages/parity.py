@@ -1,8 +1,11 @@
 """Stage `parity`: compare the triangle events of two sides for the symbol and window.
 
-A side is either events in triangle_events_v1 ({source_table, logic_version}, this run's detector) or a CSV file
-exported from another tool (columns ts, direction). Events match on (ts, direction). The differences go to
-<run dir>/parity_differences.csv; more mismatches than ``parity.tolerance`` fail the job.
+A side is either events in triangle_events_v1 ({source_table, logic_version, adjust}, this run's detector) or a
+CSV file exported from another tool (columns ts, direction). A database side compares the events detected on the
+series read with its `adjust` (none | difference | ratio; null: the run's `adjust`), so
+`parity.right.adjust=difference` alone compares the unadjusted events with the difference-adjusted ones.
+Events match on (ts, direction). The differences go to <run dir>/parity_differences.csv; more mismatches than
+``parity.tolerance`` fail the job.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from engine.config import BarsTable, ParitySideConfig
+from engine.config import Adjustment, BarsTable, ParitySideConfig
 from engine.console import console
 from engine.context import StageContext
 from engine.db.events import read_events
@@ -77,8 +80,9 @@ def run(ctx: StageContext) -> ParityResult:
     if _is_unset(cfg.right):
         raise EngineError(
             "parity needs a right side to compare with; parity.right is not set",
-            "set parity.right.csv=<events.csv> (columns ts, direction), or parity.right.logic_version=<version> "
-            "and/or parity.right.source_table=clean|legacy for events already in the database",
+            "set parity.right.csv=<events.csv> (columns ts, direction), or parity.right.logic_version=<version>, "
+            "parity.right.source_table=clean|legacy and/or parity.right.adjust=none|difference|ratio for events "
+            "already in the database",
         )
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     left = load_side(ctx, "left", cfg.left, start_ns, end_ns)
@@ -111,14 +115,14 @@ def run(ctx: StageContext) -> ParityResult:
 
 
 def _is_unset(side: ParitySideConfig) -> bool:
-    return side.csv is None and side.source_table is None and side.logic_version is None
+    return side.csv is None and side.source_table is None and side.logic_version is None and side.adjust is None
 
 
 def load_side(ctx: StageContext, name: str, side: ParitySideConfig, start_ns: int, end_ns: int) -> Side:
     if side.csv is not None:
-        if side.source_table is not None or side.logic_version is not None:
+        if side.source_table is not None or side.logic_version is not None or side.adjust is not None:
             raise EngineError(
-                f"parity.{name} sets both csv and source_table/logic_version",
+                f"parity.{name} sets both csv and source_table/logic_version/adjust",
                 f"a side is either a CSV file or events in the database: drop parity.{name}.csv or the others",
             )
         path = Path(side.csv).expanduser()
@@ -126,10 +130,23 @@ def load_side(ctx: StageContext, name: str, side: ParitySideConfig, start_ns: in
         return Side(name, f"csv {path}", frozenset(events))
     table = _table(name, side.source_table) if side.source_table is not None else bars_table(ctx.cfg)
     version = side.logic_version if side.logic_version is not None else ctx.run.code.logic_version
-    key, detector = event_key(ctx, table, str(version))
+    key, detector = event_key(ctx, table, str(version), _adjustment(name, side.adjust))
     rows = read_events(ctx.db, key, ctx.window.start, ctx.window.end)
     events = frozenset(zip(rows["ts"].tolist(), rows["direction"].tolist(), strict=True))
-    return Side(name, f"{table} @ {version} (n={detector.lookahead_bars})", events)
+    adjusted = "" if key.adjustment == Adjustment.none else f", adjust={key.adjustment}"
+    return Side(name, f"{table} @ {version} (n={detector.lookahead_bars}{adjusted})", events)
+
+
+def _adjustment(name: str, value) -> Adjustment | None:
+    """A side's `adjust` (None: the run's)."""
+    if value is None:
+        return None
+    try:
+        return Adjustment(getattr(value, "value", str(value).strip()))
+    except ValueError:
+        raise EngineError(f"parity.{name}.adjust={value!r} is not an adjustment",
+                          f"use one of: {', '.join(a.value for a in Adjustment)} (or null for the run's adjust)"
+                          ) from None
 
 
 def _table(name: str, value: str) -> str:
