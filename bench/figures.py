@@ -428,6 +428,29 @@ class Bench:
                     "baseline_seconds_extrapolated": ref_s}
         self.judge("detect_compute", self.n / engine_s >= 30e6)
 
+    def fig_futures(self) -> None:
+        """Issue 12: the roll schedule + per-bar contract choice, and an adjusted read against the plain one."""
+        from bench.adjusted_read import adjusted_read_ratio  # noqa: PLC0415 - only when this group runs
+        from bench.rolls import rolls_bars_per_second  # noqa: PLC0415
+
+        rolls = rolls_bars_per_second(repeat=max(self.reps, 3))
+        row = self.rows["rolls_compute"]
+        row.engine = f"{fmt_seconds(rolls['seconds'])} · {fmt_rate(rolls['bars'], rolls['seconds'])} (best of 3)"
+        row.target = "≥ 2M bars/s"
+        row.note = (f"{rolls['bars']:,} ES outright bars of 2024 (3 contracts every minute): volume per session and "
+                    "contract, the rule-v schedule, the chosen contract's bars; one contract per minute checked")
+        row.data = rolls
+        self.judge("rolls_compute", rolls["bars_per_second"] >= 2e6, info=self.smoke)
+        read = adjusted_read_ratio(self.run_dir / "adjusted_read.sqlite", n=self.n, reps=max(self.reps, 3))
+        row = self.rows["adjusted_read_sqlite"]
+        row.engine = f"{fmt_seconds(read['adjusted_seconds'])} (median of {max(self.reps, 3)})"
+        row.baseline = f"{fmt_seconds(read['plain_seconds'])} plain read_bars"
+        row.ratio = f"{read['ratio']:.2f}× time"
+        row.target = f"≤ {read['target']}× time"
+        row.note = f"{read['bars']:,} bars, {read['rolls']} rolls read from contract_rolls and applied"
+        row.data = read
+        self.judge("adjusted_read_sqlite", read["ratio"] <= read["target"], info=self.smoke)
+
     def fig_sqlite(self) -> None:
         rows = self.rows
         empty = []
@@ -706,6 +729,7 @@ class Bench:
         self.prepare()
         self.run_group("help", ("help_time", "refusal_time", "plan_time"), self.fig_help)
         self.run_group("compute", ("detect_compute",), self.fig_compute)
+        self.run_group("futures", ("rolls_compute", "adjusted_read_sqlite"), self.fig_futures)
         self.run_group("sqlite", ("ingest_empty_sqlite", "reingest_unchanged_sqlite", "reingest_changed_sqlite",
                                   "detect_stage_sqlite", "detect_rerun_sqlite"), self.fig_sqlite)
         self.run_group("postgresql", ("ingest_empty_pg_copy", "ingest_empty_pg_tosql", "ingest_bookkeeping_pg",
