@@ -51,8 +51,8 @@ UTC = dt.UTC
 def run_engine(url: str, workdir: Path, *overrides: str) -> dict:
     """One job in this process, as engine/app.py runs it: composed config, a real run row, run_stages."""
     with initialize_config_dir(config_dir=str(REPO / "engine" / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"db.url={url}", f"data_dir={workdir / 'data'}", "stages=[ingest]",
-                                           *overrides])
+        stages = [] if any(o.startswith("stages=") for o in overrides) else ["stages=[ingest]"]
+        cfg = compose("config", overrides=[f"db.url={url}", f"data_dir={workdir / 'data'}", *stages, *overrides])
     typed = to_typed(cfg)
     db = create_db_engine(url)
     try:
@@ -334,7 +334,7 @@ def test_continuous_file_alone_says_raw_symbol_is_unknown(db_url, tmp_path):
     assert result["rolls"] == ["2024-06-14T14:30Z id 5602 → id 118"]
 
 
-def test_continuous_file_raw_symbol_in_table(db_url, tmp_path):
+def test_continuous_file_plus_outright_file_table_raw_symbol(db_url, tmp_path):
     """(Passes once the writer stores raw_symbol, another helper's branch.)"""
     _, a, b = continuous_and_outrights(tmp_path)
     run_engine(db_url, tmp_path, "symbol=ES", *source(a, b), *WEEK)
