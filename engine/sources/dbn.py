@@ -71,8 +71,9 @@ _MONTH_CODES = "FGHJKMNQUVXZ"
 class SymbolFilter:
     """Which records to keep: the continuous symbol itself, or any outright contract of ``root``.
 
-    ``instrument_labels``: also keep records whose mapping label is the instrument id itself (files requested
-    with stype_in instrument_id, e.g. landed outright contracts): they are outright bars of unknown name."""
+    ``instrument_labels``: also keep records whose mapping label is the instrument id itself, or that no mapping
+    covers (files requested with stype_in instrument_id, e.g. landed outright contracts): outright bars of unknown
+    name (raw_symbol b"", named by instrument definitions)."""
 
     root: str  # e.g. "ES"
     continuous: str  # e.g. "ES.v.0"
@@ -400,6 +401,7 @@ class _Resolver:
     labels: tuple[str, ...]
     continuous: np.ndarray  # bool: the kept record maps to the continuous symbol
     raw: np.ndarray  # S16 per segment: the outright symbol it maps to (b"" when none)
+    keep_unmapped: bool = False  # SymbolFilter.instrument_labels
 
     @classmethod
     def build(cls, intervals: Sequence[tuple[int, int, int, str]], flt: SymbolFilter) -> _Resolver:
@@ -439,21 +441,24 @@ class _Resolver:
             labels=tuple(labels),
             continuous=np.array(continuous, dtype=bool),
             raw=np.array(raw, dtype="S16"),
+            keep_unmapped=flt.instrument_labels,
         )
 
     def resolve(self, iid: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per record: keep mask, label index (-1 when no mapping interval covers the record) and segment index
-        (valid where kept)."""
+        """Per record: keep mask, label index and segment index (both -1 when no mapping interval covers it)."""
         n = len(iid)
         if len(self.keys) == 0:
-            return np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+            keep = np.full(n, self.keep_unmapped, dtype=bool)
+            return keep, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
         day = (ts // NS_PER_DAY).astype(np.int64)
         rkey = (iid.astype(np.uint64) << np.uint64(32)) | day.astype(np.uint64)
         pos = np.searchsorted(self.keys, rkey, side="right") - 1
         posc = np.maximum(pos, 0)
         mapped = (pos >= 0) & (self.iids[posc] == iid) & (day < self.ends[posc])
         keep = mapped & self.keep[posc]
-        return keep, np.where(mapped, self.label[posc], -1), posc
+        if self.keep_unmapped:
+            keep |= ~mapped
+        return keep, np.where(mapped, self.label[posc], -1), np.where(mapped, posc, -1)
 
 
 class DbnBarFile:
@@ -619,8 +624,15 @@ class DbnBarFile:
         out["instrument_id"] = recs["instrument_id"]
         for name in ("open", "high", "low", "close", "volume"):
             out[name] = recs[name]
-        via_continuous = resolver.continuous[segment]
-        out["raw_symbol"] = np.where(via_continuous, b"", resolver.raw[segment])
+        mapped = segment >= 0
+        if mapped.all():
+            via_continuous = resolver.continuous[segment]
+            out["raw_symbol"] = np.where(via_continuous, b"", resolver.raw[segment])
+        else:  # SymbolFilter.instrument_labels: records no mapping covers are outright bars of unknown name
+            via_continuous = np.zeros(len(out), dtype=bool)
+            via_continuous[mapped] = resolver.continuous[segment[mapped]]
+            out["raw_symbol"] = b""
+            out["raw_symbol"][mapped] = np.where(via_continuous[mapped], b"", resolver.raw[segment[mapped]])
         return out, via_continuous
 
     def _count_ignored(self, iid: np.ndarray, label: np.ndarray, labels: tuple[str, ...]) -> None:
