@@ -6,6 +6,12 @@ with their reason. Every ingest leaves a clean_ingest_runs row, on failure too.
 One commit unit = one decoded chunk of `source.batch_size` records: its good bars, its quarantine rows and the
 row's counter increments commit (or roll back) in one transaction, so the row always describes exactly what is
 committed, whatever stops the ingest. Records of a local file outside the window are counted, not received.
+
+One contract per minute (`_Selection`, decided from the files' metadata before any bar is read): the continuous
+symbol's records when an input maps it, else the contract the roll rule picks each session from the outright
+bars (engine/rolls.py), or the one contract of an outright series. Other contracts' records of the root are
+counted per contract in contracts_not_chosen (neither received nor quarantined); the series' rolls are written to
+contract_rolls after the last batch (`_record_rolls`).
 """
 
 from __future__ import annotations
