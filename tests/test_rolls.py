@@ -167,13 +167,16 @@ def test_contract_codes():
 
 
 def test_schedule_rule_v_uses_only_the_previous_session_and_falls_back_to_expiry_order():
-    # contracts 0 (front) and 1; contract 1 leads session 1's own volume and every later session's
-    volume = np.array([[0.0, 0.0], [10.0, 90.0], [10.0, 90.0], [0.0, 0.0], [5.0, 9.0]])
+    # contracts 0 (front) and 1; contract 1 leads the first session's own volume: the first session has no
+    # previous one, so it falls back to expiry order (contract 0); so does session 4 after a session without bars
+    volume = np.array([[10.0, 90.0], [10.0, 90.0], [10.0, 90.0], [0.0, 0.0], [5.0, 9.0]])
     expiry = np.array([20, 40])
     chosen, fallback = schedule("v", 0, volume, np.array([True, True]), expiry, 0)
-    assert chosen.tolist() == [0, 0, 1, 1, 0] and fallback.tolist() == [True, True, False, False, True]
+    assert chosen.tolist() == [0, 1, 1, 1, 0] and fallback.tolist() == [True, False, False, False, True]
     second, _ = schedule("v", 1, volume, np.array([True, True]), expiry, 0)
-    assert second.tolist() == [1, 1, 0, 0, 1]
+    assert second.tolist() == [1, 0, 0, 0, 1]
+    expired, _ = schedule("v", 0, volume, np.array([True, True]), np.array([2, 40]), 0)
+    assert expired.tolist() == [0, 1, 1, 1, 1]  # contract 0 expires at session 2: never chosen after
     by_c, _ = schedule("c", 0, volume, np.array([True, True]), np.array([3, 40]), 1)
     assert by_c.tolist() == [0, 0, 1, 1, 1]  # roll one session before contract 0's expiry session (3)
     none, _ = schedule("c", 0, volume, np.array([True, False]), np.array([3, 40]), 0)
