@@ -427,7 +427,6 @@ class _Selection:
     chosen: np.ndarray  # mode outrights: contract code per session, NONE appended for bars after the last one
     contract: bytes = b""  # mode outright
     spans: list[tuple[int, int]] = field(default_factory=list)  # where bars are kept to price the rolls
-    fallback_sessions: int = 0  # rule v: sessions chosen by expiry order (no volume in the previous session)
 
     def select(self, chunk: np.ndarray, via_continuous: np.ndarray) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
         """(the chosen records, the others counted per contract, the records inside the price spans)."""
@@ -503,8 +502,7 @@ def _selection(ctx: StageContext, bars: DbnBarFile, landing, window: tuple[int, 
     if symbol.roll_rule == "v" and fallback_sessions:
         ctx.log.info("ingest %s: rule v: %d session(s) without volume in the previous session (e.g. the first one of "
                      "the inputs) chose by expiry order instead", symbol.internal_symbol, fallback_sessions)
-    return _Selection("outrights", flt, codes, names, sessions, np.append(chosen, NONE), spans=spans,
-                      fallback_sessions=fallback_sessions)
+    return _Selection("outrights", flt, codes, names, sessions, np.append(chosen, NONE), spans=spans)
 
 
 def _expiry_day(label: str, root: str, sessions: Sessions, first_session: int) -> int:
