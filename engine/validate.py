@@ -8,6 +8,10 @@ the good bar is kept and the bad one is rejected for its own reason. Among the b
 rule, the first one in file order (across all chunks of the ingest, tracked by ``SeenTimestamps``) wins and
 every later one is rejected as ``duplicate_ts``, whatever its values. Because the claim is made per chunk in
 file order, it does not depend on whether the input is sorted.
+
+A duplicate is the same instrument twice: the ingest picks one contract per minute (``engine.stages.ingest``,
+``engine.rolls``) before validation, so another contract's bar at the same minute never reaches it (it is
+counted as not chosen, not quarantined).
 """
 
 from __future__ import annotations

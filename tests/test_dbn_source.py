@@ -15,7 +15,14 @@ import zstandard
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
 from engine.errors import EngineError
-from engine.sources.dbn import DBN_OHLCV_DTYPE, DbnBarFile, SymbolFilter, expand_paths
+from engine.sources.dbn import (
+    DBN_OHLCV_DTYPE,
+    DbnBarFile,
+    InstrumentNames,
+    SymbolFilter,
+    expand_paths,
+    read_definitions,
+)
 
 ESU4_NQU4 = "nt_ESU4_NQU4_20240701T2340-0010.ohlcv-1m.dbn.zst"
 ESM4_NQM4 = "nt_ESM4_NQM4_20240509T0955-1005.ohlcv-1m.dbn.zst"
@@ -127,6 +134,36 @@ def test_esu4_nqu4_es(dbn_fixtures: Path) -> None:
     assert (np.diff(bars["ts"]) == NS_PER_MINUTE).all()  # crosses UTC midnight, one bar per minute
     assert bars["ts"][-1] == ns(dt.date(2024, 7, 2), 0, 9)
     assert src.ignored == {"NQU4": 30}
+
+
+def test_real_outright_records_are_labelled_with_their_contract(dbn_fixtures: Path) -> None:
+    [(bars, via_continuous)] = list(DbnBarFile([dbn_fixtures / ESU4_NQU4]).iter_labelled(ES))
+    assert set(bars["raw_symbol"].tolist()) == {b"ESU4"} and not via_continuous.any()
+    [(both, _)] = list(DbnBarFile([dbn_fixtures / ESM4_NQM4]).iter_labelled(ES))
+    assert set(both["raw_symbol"].tolist()) == {b"ESM4"}
+
+
+def test_real_instrument_definitions_name_the_instruments(dbn_fixtures: Path) -> None:
+    intervals = read_definitions([dbn_fixtures / "nt_ESU4_NQU4_20240701.definition.dbn.zst"])
+    assert sorted((iid, sym) for iid, _, _, sym in intervals) == [(118, "ESU4"), (4358, "NQU4")]
+    names = InstrumentNames(intervals)
+    ts = np.array([ns(dt.date(2024, 7, 1), 23, 40), ns(dt.date(2024, 9, 20), 13, 0), ns(dt.date(2024, 9, 21)),
+                   ns(dt.date(2024, 7, 1), 23, 40)])
+    # named from the file's day through the expiration day (2024-09-20); another id is not named
+    assert names.lookup(np.array([118, 118, 118, 7]), ts).tolist() == [b"ESU4", b"ESU4", b"", b""]
+
+
+def test_instrument_labelled_files_are_kept_as_unnamed_outrights(tmp_path: Path) -> None:
+    """A file requested by instrument id (stype_in instrument_id, no symbol mappings): with instrument_labels its
+    records are kept, raw_symbol unknown; without, they are other instruments."""
+    t = ns(dt.date(2024, 6, 14), 14, 30)
+    path = write_dbn(tmp_path / "ids.dbn", stype_in=databento_dbn.SType.INSTRUMENT_ID, mappings={},
+                     records=[(118, t), (5602, t)])
+    src = DbnBarFile([path])
+    [(bars, via_continuous)] = list(src.iter_labelled(SymbolFilter("ES", "ES.v.0", instrument_labels=True)))
+    assert bars["instrument_id"].tolist() == [118, 5602] and bars["raw_symbol"].tolist() == [b"", b""]
+    assert not via_continuous.any()
+    assert len(src.read(ES)) == 0 and src.ignored == {"instrument_id=118": 1, "instrument_id=5602": 1}
 
 
 def test_esu4_nqu4_nq(dbn_fixtures: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from dbn_files import T0, bars, write_dbn
 from fake_databento import GET_COST, GET_RANGE, Reply
 from sql_rows import query
+from test_contract_selection import bars_at, minute, write_outrights
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE
 from engine.validate import REASONS, UNDEF_PRICE
@@ -196,3 +198,21 @@ def test_databento_cost_guard_and_auth_failure_are_logged_as_failed(engine_cli, 
     assert [log["status"] for log in logs] == ["failed", "failed"]
     assert "max_cost_usd" in logs[0]["error"] and "DATABENTO_API_KEY" in logs[1]["error"]
     assert KEY not in json.dumps(logs, default=str)
+
+
+def test_two_outrights_report_the_contract_not_chosen(engine_cli, db_url, tmp_path):
+    """End to end: an ESM4 + ESU4 file gives one series (ESM4, the front: the only session has no previous one);
+    the run's table and result show ESU4's bars as not chosen, and the counts add up without them."""
+    day = dt.date(2024, 5, 9)
+    rows = np.concatenate([bars_at([minute(day, 14, m) for m in range(10) if m not in (2, 5)], "ESM4", 5300.0, 9),
+                           bars_at([minute(day, 14, m) for m in range(10)], "ESU4", 5360.75, 9)])
+    path = write_outrights(tmp_path / "es.dbn.zst", rows)
+    run = ingest(engine_cli, db_url, *from_file(path), "window.start=2024-05-09T14:00:00Z",
+                 "window.end=2024-05-09T15:00:00Z", symbol="ES")
+    assert run.returncode == 0, run.output
+    assert "not chosen" in run.output and "10 ESU4" in run.output
+    summary = run.result["stages"]["ingest"]
+    assert summary["contracts_not_chosen"] == {"ESU4": 10} and summary["bars_received"] == 8
+    [log] = ingest_runs(db_url)
+    assert json.loads(log["contracts_not_chosen"]) == {"ESU4": 10} and log["bars_skipped"] == 0
+    assert log["bars_received"] == log["bars_inserted"] == 8

@@ -61,7 +61,7 @@ def claim_data_kind(engine: Engine, kind: str, run_id: int) -> dict:
 
 
 def _as_json(fields: dict) -> dict:
-    for key in ("skipped_by_reason", "ignored_instruments", "raw_files"):
+    for key in ("skipped_by_reason", "ignored_instruments", "raw_files", "contracts_not_chosen"):
         if key in fields and not isinstance(fields[key], str):
             fields = {**fields, key: json.dumps(fields[key], sort_keys=True)}
     return fields

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, delete, insert, select
 
-from engine.db.schema import contract_rolls
+from engine.db.schema import clean_bars, contract_rolls
 
-__all__ = ["Roll", "record_rolls", "rolls_of"]
+__all__ = ["Roll", "last_bar_before", "record_rolls", "rolls_of"]
 
 
 @dataclass(frozen=True)
@@ -68,3 +68,17 @@ def rolls_of(engine: Engine | Connection, symbol: str, start: datetime | None = 
         return [Roll(**row) for row in engine.execute(query).mappings()]
     with engine.connect() as conn:
         return [Roll(**row) for row in conn.execute(query).mappings()]
+
+
+def last_bar_before(engine: Engine | Connection, symbol: str, since: datetime, before: datetime
+                    ) -> tuple[datetime, int, str | None] | None:
+    """(ts, instrument_id, raw_symbol) of the symbol's latest clean bar in [since, before), or None."""
+    c = clean_bars.c
+    query = (select(c.ts, c.instrument_id, c.raw_symbol).where(c.symbol == symbol, c.ts >= since, c.ts < before)
+             .order_by(c.ts.desc()).limit(1))
+    if isinstance(engine, Connection):
+        row = engine.execute(query).first()
+    else:
+        with engine.connect() as conn:
+            row = conn.execute(query).first()
+    return None if row is None or row.instrument_id is None else (row.ts, int(row.instrument_id), row.raw_symbol)

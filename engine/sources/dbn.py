@@ -33,7 +33,8 @@ from engine.errors import EngineError
 from engine.sources import Landing, SourceParams
 from engine.sources.landing import file_digest
 
-__all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "SymbolFilter", "count_records", "expand_paths"]
+__all__ = ["DBN_OHLCV_DTYPE", "DbnBarFile", "DbnFileInfo", "InstrumentNames", "SymbolFilter", "count_records",
+           "expand_paths", "read_definitions"]
 
 OHLCV_1M = "ohlcv-1m"
 NS_PER_DAY = 86_400_000_000_000
@@ -68,10 +69,15 @@ _MONTH_CODES = "FGHJKMNQUVXZ"
 
 @dataclass(frozen=True)
 class SymbolFilter:
-    """Which records to keep: the continuous symbol itself, or any outright contract of ``root``."""
+    """Which records to keep: the continuous symbol itself, or any outright contract of ``root``.
+
+    ``instrument_labels``: also keep records whose mapping label is the instrument id itself, or that no mapping
+    covers (files requested with stype_in instrument_id, e.g. landed outright contracts): outright bars of unknown
+    name (raw_symbol b"", named by instrument definitions)."""
 
     root: str  # e.g. "ES"
     continuous: str  # e.g. "ES.v.0"
+    instrument_labels: bool = False
     _outright: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +89,11 @@ class SymbolFilter:
 
         Spreads ("ESU4-ESZ4"), other products sharing a prefix ("ESTX") and other roots ("NQU4") do not match.
         """
-        return symbol == self.continuous or self._outright.match(symbol) is not None
+        return symbol == self.continuous or self.is_outright(symbol) or (self.instrument_labels and symbol.isdigit())
+
+    def is_outright(self, symbol: str) -> bool:
+        """An outright contract of the root ("ESU4")."""
+        return self._outright.match(symbol) is not None
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,10 @@ class DbnFileInfo:
     metadata_length: int  # bytes before the first record in the decompressed stream
     # Symbology as (instrument_id, start_day, end_day, symbol), days since the epoch, end exclusive.
     intervals: tuple[tuple[int, int, int, str], ...]
+
+    def maps(self, symbol: str) -> bool:
+        """Whether the file's symbology maps `symbol` (e.g. the continuous ES.v.0) to an instrument."""
+        return any(iv[3] == symbol for iv in self.intervals)
 
 
 def expand_paths(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -385,6 +399,9 @@ class _Resolver:
     keep: np.ndarray  # bool
     label: np.ndarray  # int64 index into labels
     labels: tuple[str, ...]
+    continuous: np.ndarray  # bool: the kept record maps to the continuous symbol
+    raw: np.ndarray  # S16 per segment: the outright symbol it maps to (b"" when none)
+    keep_unmapped: bool = False  # SymbolFilter.instrument_labels
 
     @classmethod
     def build(cls, intervals: Sequence[tuple[int, int, int, str]], flt: SymbolFilter) -> _Resolver:
@@ -403,15 +420,18 @@ class _Resolver:
         segments.sort(key=lambda seg: (seg[0], seg[1]))
         labels: list[str] = []
         label_ix: dict[str, int] = {}
-        keep, label = [], []
+        keep, label, continuous, raw = [], [], [], []
         for _, _, _, symbols in segments:
             matching = [s for s in symbols if flt.matches(s)]
-            name = matching[0] if matching else symbols[0]
+            via_continuous = flt.continuous in matching
+            name = flt.continuous if via_continuous else matching[0] if matching else symbols[0]
             if name not in label_ix:
                 label_ix[name] = len(labels)
                 labels.append(name)
             keep.append(bool(matching))
             label.append(label_ix[name])
+            continuous.append(via_continuous)
+            raw.append(next((s for s in symbols if flt.is_outright(s)), "").encode())
         return cls(
             keys=np.array([(s[0] << 32) | s[1] for s in segments], dtype=np.uint64),
             iids=np.array([s[0] for s in segments], dtype=np.uint32),
@@ -419,20 +439,26 @@ class _Resolver:
             keep=np.array(keep, dtype=bool),
             label=np.array(label, dtype=np.int64),
             labels=tuple(labels),
+            continuous=np.array(continuous, dtype=bool),
+            raw=np.array(raw, dtype="S16"),
+            keep_unmapped=flt.instrument_labels,
         )
 
-    def resolve(self, iid: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per record: keep mask, and label index (-1 when no mapping interval covers the record)."""
+    def resolve(self, iid: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per record: keep mask, label index and segment index (both -1 when no mapping interval covers it)."""
         n = len(iid)
         if len(self.keys) == 0:
-            return np.zeros(n, dtype=bool), np.full(n, -1, dtype=np.int64)
+            keep = np.full(n, self.keep_unmapped, dtype=bool)
+            return keep, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
         day = (ts // NS_PER_DAY).astype(np.int64)
         rkey = (iid.astype(np.uint64) << np.uint64(32)) | day.astype(np.uint64)
         pos = np.searchsorted(self.keys, rkey, side="right") - 1
         posc = np.maximum(pos, 0)
         mapped = (pos >= 0) & (self.iids[posc] == iid) & (day < self.ends[posc])
         keep = mapped & self.keep[posc]
-        return keep, np.where(mapped, self.label[posc], -1)
+        if self.keep_unmapped:
+            keep |= ~mapped
+        return keep, np.where(mapped, self.label[posc], -1), np.where(mapped, posc, -1)
 
 
 class DbnBarFile:
@@ -500,6 +526,16 @@ class DbnBarFile:
         (checked record by record), have reached the window end (two records at or past it, so that one
         corrupted timestamp cannot end the read); such files are listed in ``self.stopped_early``.
         """
+        for chunk, _ in self.iter_labelled(flt, chunk_size, window):
+            yield chunk
+
+    def iter_labelled(
+        self, flt: SymbolFilter, chunk_size: int = 250_000, window: tuple[int, int] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """As ``iter_chunks``, each chunk with a bool array: True where the record came via the continuous symbol.
+
+        ``raw_symbol`` of each bar is the outright symbol the file's mapping gives its instrument that day
+        (b"" for records mapped to the continuous symbol only, or labelled by their instrument id)."""
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.ignored = {}
@@ -508,6 +544,10 @@ class DbnBarFile:
         for info in self.files:
             yield from self._iter_file(info, flt, chunk_size, window)
 
+    def outright_names(self, flt: SymbolFilter) -> list[tuple[int, int, int, str]]:
+        """The mapping intervals (instrument_id, start_day, end_day, symbol) of the root's outrights, all files."""
+        return [iv for info in self.files for iv in info.intervals if flt.is_outright(iv[3])]
+
     def read(self, flt: SymbolFilter) -> np.ndarray:
         """All matching bars of all files as one RAW_BAR_DTYPE array (convenience for small inputs)."""
         chunks = list(self.iter_chunks(flt))
@@ -515,7 +555,7 @@ class DbnBarFile:
 
     def _iter_file(
         self, info: DbnFileInfo, flt: SymbolFilter, chunk_size: int, window: tuple[int, int] | None
-    ) -> Iterator[np.ndarray]:
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         dtype = _DBN_OHLCV_TS_OUT_DTYPE if info.ts_out else DBN_OHLCV_DTYPE
         itemsize = dtype.itemsize
         resolver = _Resolver.build(info.intervals, flt)
@@ -545,7 +585,7 @@ class DbnBarFile:
                         whole, outside = trim.apply(whole)
                         self.outside_window += outside
                     out = self._select(whole, resolver) if len(whole) else None
-                    if out is not None and len(out):
+                    if out is not None and len(out[0]):
                         yield out
                     if trim is not None and trim.past_end:
                         self.stopped_early.append(info.path)
@@ -573,19 +613,27 @@ class DbnBarFile:
                 fix="the file is damaged or mixes schemas; download a plain ohlcv-1m file again",
             )
 
-    def _select(self, recs: np.ndarray, resolver: _Resolver) -> np.ndarray:
+    def _select(self, recs: np.ndarray, resolver: _Resolver) -> tuple[np.ndarray, np.ndarray]:
         iid, ts = recs["instrument_id"], recs["ts_event"].view(np.int64)
-        keep, label = resolver.resolve(iid, ts)
+        keep, label, segment = resolver.resolve(iid, ts)
         if not keep.all():
             self._count_ignored(iid[~keep], label[~keep], resolver.labels)
-            recs = recs[keep]
+            recs, segment = recs[keep], segment[keep]
         out = np.empty(len(recs), dtype=RAW_BAR_DTYPE)
         out["ts"] = recs["ts_event"]
         out["instrument_id"] = recs["instrument_id"]
         for name in ("open", "high", "low", "close", "volume"):
             out[name] = recs[name]
-        out["raw_symbol"] = b""
-        return out
+        mapped = segment >= 0
+        if mapped.all():
+            via_continuous = resolver.continuous[segment]
+            out["raw_symbol"] = np.where(via_continuous, b"", resolver.raw[segment])
+        else:  # SymbolFilter.instrument_labels: records no mapping covers are outright bars of unknown name
+            via_continuous = np.zeros(len(out), dtype=bool)
+            via_continuous[mapped] = resolver.continuous[segment[mapped]]
+            out["raw_symbol"] = b""
+            out["raw_symbol"][mapped] = np.where(via_continuous[mapped], b"", resolver.raw[segment[mapped]])
+        return out, via_continuous
 
     def _count_ignored(self, iid: np.ndarray, label: np.ndarray, labels: tuple[str, ...]) -> None:
         mapped = label >= 0
@@ -599,6 +647,63 @@ class DbnBarFile:
             for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
                 name = f"instrument_id={i}"
                 self.ignored[name] = self.ignored.get(name, 0) + c
+
+
+class InstrumentNames:
+    """Vectorised (instrument_id, UTC day) -> raw symbol, from mapping intervals (outright files' symbology,
+    instrument definitions). The first interval given wins where two name one instrument on the same day."""
+
+    def __init__(self, intervals: Sequence[tuple[int, int, int, str]]):
+        rows = sorted({(iid, start, end, sym) for iid, start, end, sym in intervals}, key=lambda r: (r[0], r[1]))
+        self._keys = np.array([(r[0] << 32) | r[1] for r in rows], dtype=np.uint64)
+        self._iids = np.array([r[0] for r in rows], dtype=np.uint32)
+        self._ends = np.array([r[2] for r in rows], dtype=np.int64)
+        self._names = np.array([r[3].encode() for r in rows], dtype="S16")
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def lookup(self, iid: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """S16 raw symbol per (instrument_id, ts); b"" where no interval names the instrument that day."""
+        out = np.zeros(len(iid), dtype="S16")
+        if not len(self._keys) or not len(iid):
+            return out
+        day = np.asarray(ts, dtype=np.int64) // NS_PER_DAY
+        rkey = (np.asarray(iid).astype(np.uint64) << np.uint64(32)) | day.astype(np.uint64)
+        pos = np.searchsorted(self._keys, rkey, side="right") - 1
+        posc = np.maximum(pos, 0)
+        found = (pos >= 0) & (self._iids[posc] == iid) & (day < self._ends[posc])
+        out[found] = self._names[posc[found]]
+        return out
+
+
+def read_definitions(paths: Sequence[Path]) -> list[tuple[int, int, int, str]]:
+    """(instrument_id, start_day, end_day, raw_symbol) of every instrument definition in the given DBN files
+    (schema definition): each names its instrument from the file's first day through its expiration day."""
+    out: list[tuple[int, int, int, str]] = []
+    for path in paths:
+        stream = _open_stream(Path(path))
+        try:
+            data = stream.read(1 << 40)
+        finally:
+            stream.close()
+        decoder = databento_dbn.DBNDecoder()
+        try:
+            decoder.write(data)
+            records = decoder.decode()
+        except Exception as exc:  # DBNError: a damaged file
+            raise EngineError(f"cannot decode the instrument definitions in {path}: {exc}",
+                              "the file is damaged; download it again") from None
+        meta = records[0] if records and isinstance(records[0], databento_dbn.Metadata) else None
+        for rec in records:
+            if not isinstance(rec, databento_dbn.InstrumentDefMsg) or not rec.raw_symbol:
+                continue
+            first = (int(meta.start) if meta is not None else int(rec.ts_recv)) // NS_PER_DAY
+            last = max(int(rec.ts_recv), int(rec.expiration) if rec.expiration < 2**63 else 0) // NS_PER_DAY
+            if meta is not None and meta.end is not None:
+                last = max(last, (int(meta.end) - 1) // NS_PER_DAY)
+            out.append((int(rec.instrument_id), first, last + 1, str(rec.raw_symbol)))
+    return out
 
 
 class _WindowTrim:

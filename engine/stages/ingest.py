@@ -6,20 +6,31 @@ with their reason. Every ingest leaves a clean_ingest_runs row, on failure too.
 One commit unit = one decoded chunk of `source.batch_size` records: its good bars, its quarantine rows and the
 row's counter increments commit (or roll back) in one transaction, so the row always describes exactly what is
 committed, whatever stops the ingest. Records of a local file outside the window are counted, not received.
+
+One contract per minute (`_Selection`, decided from the files' metadata before any bar is read): the continuous
+symbol's records when an input maps it, else the contract the roll rule picks each session from the outright
+bars (engine/rolls.py), or the one contract of an outright series. Other contracts' records of the root are
+counted per contract in contracts_not_chosen (neither received nor quarantined); the series' rolls are written to
+contract_rolls after the last batch (`_record_rolls`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import functools
+import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engine.background import in_background
+from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
 from engine.console import progress_bars
 from engine.context import StageContext
 from engine.coverage import IngestCoverage
@@ -27,12 +38,24 @@ from engine.db.bars import CleanBarWriter, PreparedBatch, WriteCounts
 from engine.db.connect import masked_url
 from engine.db.ingest_runs import add_batch_counts, claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
 from engine.db.quarantine import write_quarantine
-from engine.db.types import datetime_to_ns
+from engine.db.rolls import Roll, last_bar_before, record_rolls
+from engine.db.types import datetime_to_ns, ns_to_datetime
 from engine.errors import EngineError
 from engine.interrupts import is_interruption
 from engine.provenance import redact
 from engine.results import StageResult, instant, same, total
-from engine.sources.dbn import DbnBarFile, SymbolFilter
+from engine.rolls import (
+    NONE,
+    ContractCodes,
+    SeriesRuns,
+    Sessions,
+    contract_expiry,
+    expiry_sessions,
+    roll_prices,
+    schedule,
+    session_volumes,
+)
+from engine.sources.dbn import DbnBarFile, InstrumentNames, SymbolFilter, read_definitions
 from engine.validate import REASONS, SeenTimestamps, ValidatedChunk, tick_raw, validate_chunk
 from engine.windows import iso_minute
 
@@ -64,6 +87,10 @@ class IngestResult(StageResult):
     ingest_run_ids: list[int] = field(default_factory=list)  # one clean_ingest_runs row per ingest (per chunk)
     window_start: str = ""
     window_end: str = ""
+    contracts_not_chosen: dict[str, int] = field(default_factory=dict)  # other contracts' bars, not received
+    raw_symbol_unknown: int = 0  # accepted bars whose contract the inputs do not name (stored NULL)
+    rolls: list[str] = field(default_factory=list)  # "2024-06-14T22:00Z ESM4 → ESU4" per roll recorded
+    rolls_unadjusted: list[str] = field(default_factory=list)  # rolls without a common minute to adjust them
 
     def merge(self, later: IngestResult) -> IngestResult:
         """The two ingests together: counts added, files and run rows listed, the window spanning both."""
@@ -73,6 +100,7 @@ class IngestResult(StageResult):
             **{name: getattr(self, name) + getattr(later, name) for name in _SUMMED},
             skipped_by_reason=total(self.skipped_by_reason, later.skipped_by_reason),
             ignored_instruments=total(self.ignored_instruments, later.ignored_instruments),
+            contracts_not_chosen=total(self.contracts_not_chosen, later.contracts_not_chosen),
             duration_seconds=round(self.duration_seconds + later.duration_seconds, 3),
             window_start=min(self.window_start, later.window_start, key=instant),
             window_end=max(self.window_end, later.window_end, key=instant),
@@ -96,6 +124,15 @@ class IngestResult(StageResult):
             ignored["outside the window"] = self.outside_window
         if ignored:
             rows.append(("ignored", ", ".join(f"{count:,} {what}" for what, count in ignored.items())))
+        if self.contracts_not_chosen:
+            rows.append(("not chosen", ", ".join(f"{count:,} {what}" for what, count in
+                                                 self.contracts_not_chosen.items())))
+        if self.rolls:
+            rows.append(("rolls", "; ".join(self.rolls)))
+        if self.rolls_unadjusted:
+            rows.append(("unadjusted", ", ".join(self.rolls_unadjusted) + " (no common minute of both contracts)"))
+        if self.raw_symbol_unknown:
+            rows.append(("contract unknown", f"{self.raw_symbol_unknown:,} bars (raw_symbol NULL)"))
         if self.retries:
             rows.append(("retries", f"{self.retries:,}"))
         return rows
@@ -103,7 +140,7 @@ class IngestResult(StageResult):
 
 # Fields of IngestResult that two ingests' results add up (lists concatenate).
 _SUMMED = ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped", "outside_window",
-           "batch_commits", "retries", "raw_files", "ingest_run_ids")
+           "batch_commits", "retries", "raw_files", "ingest_run_ids", "raw_symbol_unknown", "rolls", "rolls_unadjusted")
 
 
 class Ingest:
@@ -142,7 +179,11 @@ def run(ctx: StageContext) -> IngestResult:
                 tally.retries = _retries_of(exc)
                 raise
             tally.retries, tally.raw_files = landing.retries, landing.raw_files
-            accepted = _load(ctx, ingest_id, DbnBarFile(landing.paths), tally, progress, tick)
+            bars = DbnBarFile(landing.paths)
+            window = (datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)) if source.local else None
+            selection = _selection(ctx, bars, landing, window)
+            accepted = _load(ctx, ingest_id, bars, tally, progress, tick, selection)
+            _record_rolls(ctx, ingest_id, selection, tally, landing)
         coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, accepted, landing.paths)
     except BaseException as exc:
         status = "interrupted" if is_interruption(exc) else "failed"
@@ -152,6 +193,7 @@ def run(ctx: StageContext) -> IngestResult:
     result = IngestResult(symbol=symbol.internal_symbol, databento_symbol=symbol.databento_symbol,
                           ingest_run_ids=[ingest_id], window_start=iso_minute(ctx.window.start),
                           window_end=iso_minute(ctx.window.end), **tally.summary(time.monotonic() - started))
+    _log_contracts(ctx, result)
     rate = result.bars_received / result.duration_seconds if result.duration_seconds else 0.0
     ctx.log.info("ingest %s: %s, %.2f s (%s bars/s)", symbol.internal_symbol, result.describe(),
                  result.duration_seconds, f"{rate:,.0f}")
@@ -165,8 +207,8 @@ def chunk_settings(ctx: StageContext) -> dict:
             "tick_size": ctx.cfg.registry.tick_sizes.get(ctx.symbol.root)}
 
 
-def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None
-          ) -> SeenTimestamps:
+def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None,
+          selection: _Selection) -> SeenTimestamps:
     """Decode, validate and commit chunk by chunk; `tally` holds what is committed. Returns the accepted minutes.
 
     A worker thread decodes, validates and encodes the next chunks (at most two ahead, no database access) while
@@ -181,9 +223,18 @@ def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, pr
     tally.files = bars
 
     def prepared() -> Iterator[_Batch]:
-        for chunk in bars.iter_chunks(SymbolFilter(symbol.root, symbol.continuous), source.batch_size, window):
-            checked = validate_chunk(chunk, start_ns, end_ns, seen, tick)
-            yield _Batch(len(chunk), checked, writer.prepare(checked.good), tally.ignored())
+        for chunk, via_continuous in bars.iter_labelled(selection.flt, source.batch_size, window):
+            chosen, not_chosen, priced = selection.select(chunk, via_continuous)
+            tally.not_chosen_read.update(not_chosen)
+            if len(priced):
+                tally.priced.append(priced)
+            if not len(chosen):
+                continue  # its not-chosen records are counted with the next batch (or when the row closes)
+            checked = validate_chunk(chosen, start_ns, end_ns, seen, tick)
+            tally.runs.add(checked.good["ts"], checked.good["instrument_id"], checked.good["raw_symbol"])
+            unknown = int(np.count_nonzero(checked.good["raw_symbol"] == b""))
+            yield _Batch(len(chosen), checked, writer.prepare(checked.good), tally.ignored(),
+                         dict(tally.not_chosen_read), unknown)
 
     with contextlib.closing(in_background(prepared(), name="ingest-prepare")) as batches:
         for batch in batches:
@@ -191,6 +242,7 @@ def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, pr
             record = functools.partial(_record_batch, ingest_id=ingest_id, symbol=symbol.internal_symbol,
                                        batch=batch, skipped=skipped, retries=tally.retries)
             tally.add(batch.received, writer.commit(batch.bars, also=record), skipped)
+            tally.not_chosen, tally.raw_symbol_unknown = batch.not_chosen, tally.raw_symbol_unknown + batch.unknown
             progress.update(task, advance=batch.received)
     tally.read_all = True
     return seen
@@ -204,6 +256,8 @@ class _Batch:
     checked: ValidatedChunk
     bars: PreparedBatch  # its good bars
     ignored: dict[str, int]  # the decoder's _Tally.ignored() right after this chunk
+    not_chosen: dict[str, int]  # other contracts' records read so far (contracts_not_chosen)
+    unknown: int  # its good bars without a raw symbol
 
 
 def _record_batch(conn, counts: WriteCounts, *, ingest_id: int, symbol: str, batch: _Batch, skipped: Counter[str],
@@ -213,7 +267,8 @@ def _record_batch(conn, counts: WriteCounts, *, ingest_id: int, symbol: str, bat
     if len(checked.bad):
         write_quarantine(conn, ingest_id, symbol, checked.bad, checked.bad_reason)
     add_batch_counts(conn, ingest_id, received=batch.received, counts=counts, skipped=len(checked.bad),
-                     skipped_by_reason=_by_reason(skipped), ignored_instruments=batch.ignored, retries=retries)
+                     skipped_by_reason=_by_reason(skipped), ignored_instruments=batch.ignored, retries=retries,
+                     contracts_not_chosen=batch.not_chosen)
 
 
 class _Tally:
@@ -227,6 +282,12 @@ class _Tally:
         self.raw_files: list[dict] = []
         self.files: DbnBarFile | None = None
         self.read_all = False
+        self.not_chosen: dict[str, int] = {}  # committed with the batches
+        self.not_chosen_read: Counter[str] = Counter()  # read by the decoding thread
+        self.raw_symbol_unknown = 0
+        self.runs = SeriesRuns()
+        self.priced: list[np.ndarray] = []  # records near the rolls, to price them
+        self.rolls: list[Roll] = []
 
     def add(self, received: int, counts: WriteCounts, skipped: Counter[str]) -> None:
         self.received += received
@@ -262,6 +323,10 @@ class _Tally:
             "retries": self.retries,
             "raw_files": self.raw_file_entries(),
             "duration_seconds": round(seconds, 3),
+            "contracts_not_chosen": dict(sorted(self.not_chosen_read.items())) if self.read_all else self.not_chosen,
+            "raw_symbol_unknown": self.raw_symbol_unknown,
+            "rolls": [_roll_text(r) for r in self.rolls],
+            "rolls_unadjusted": [r.label for r in self.rolls if not r.adjustable],
         }
 
 
@@ -275,6 +340,7 @@ def _finish(ctx, ingest_id, tally: _Tally, started: float, status: str, error: s
               "retries": tally.retries, "raw_files": tally.raw_file_entries()}
     if tally.read_all:
         fields["ignored_instruments"] = tally.ignored()
+        fields["contracts_not_chosen"] = dict(sorted(tally.not_chosen_read.items()))
     if status == "success":
         finish_ingest_run(ctx.db, ingest_id, **fields)
         return
@@ -333,3 +399,200 @@ def _refuse_mixing(ctx: StageContext) -> None:
         "give demo data its own database (the default db=sqlite does: data/demo.sqlite vs "
         f"data/market.sqlite), e.g. db.url=sqlite:///data/{kind}.sqlite{empty}",
     )
+
+
+# --- one contract per minute ------------------------------------------------------------------------------------
+
+_DAY_NS = 86_400_000_000_000
+_LOOKBACK_NS = 7 * _DAY_NS  # how far before the window the outright bars' volumes and the stored bars are read
+_PRICE_SESSIONS = 3  # the adjustment prices of a roll are searched this many sessions back from the roll
+
+
+@dataclass
+class _Selection:
+    """Which records make the series, decided from the files' metadata before any bar is read (module docstring):
+
+    - ``continuous``: an input maps the continuous symbol: the series is exactly its records; outright records
+      of the root are not chosen (they only name instruments and price the rolls);
+    - ``outrights``: only outrights of the root: the series is built by the roll rule (``engine.rolls``), one
+      contract per session;
+    - ``outright``: the symbol is one contract (GLBX.MDP3:ESU4): exactly its records.
+    """
+
+    mode: str
+    flt: SymbolFilter
+    codes: ContractCodes  # the root's outright contracts in the inputs
+    names: InstrumentNames  # (instrument_id, day) -> contract, from outright files and instrument definitions
+    sessions: Sessions
+    chosen: np.ndarray  # mode outrights: contract code per session, NONE appended for bars after the last one
+    contract: bytes = b""  # mode outright
+    spans: list[tuple[int, int]] = field(default_factory=list)  # where bars are kept to price the rolls
+
+    def select(self, chunk: np.ndarray, via_continuous: np.ndarray) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
+        """(the chosen records, the others counted per contract, the records inside the price spans)."""
+        if self.mode == "continuous":
+            keep = via_continuous
+            chunk["raw_symbol"][keep] = self.names.lookup(chunk["instrument_id"][keep], chunk["ts"][keep])
+        elif self.mode == "outright":
+            keep = ~via_continuous & (chunk["raw_symbol"] == self.contract)
+        else:
+            session = self.sessions.index(chunk["ts"])
+            code = self.codes.codes(chunk["raw_symbol"])
+            keep = (code >= 0) & (code == self.chosen[np.minimum(session, self.sessions.count)])
+        in_span = np.zeros(len(chunk), dtype=bool)
+        for lo, hi in self.spans:
+            in_span |= (chunk["ts"] >= lo) & (chunk["ts"] < hi)
+        priced = chunk[in_span][["ts", "instrument_id", "close"]]
+        if keep.all():
+            return chunk, {}, priced
+        return chunk[keep], self.count(chunk["raw_symbol"][~keep]), priced
+
+    def count(self, raw: np.ndarray) -> dict[str, int]:
+        """Records per contract (b"": the continuous symbol's, named so)."""
+        code = self.codes.codes(raw)
+        counts = np.bincount(code[code >= 0], minlength=len(self.codes))
+        out = {self.codes.labels[i]: int(counts[i]) for i in np.flatnonzero(counts)}
+        if (code < 0).any():
+            names, n = np.unique(raw[code < 0], return_counts=True)
+            for name, c in zip(names.tolist(), n.tolist(), strict=True):
+                key = name.decode() or self.flt.continuous
+                out[key] = out.get(key, 0) + c
+        return out
+
+
+def _selection(ctx: StageContext, bars: DbnBarFile, landing, window: tuple[int, int] | None) -> _Selection:
+    symbol = ctx.symbol
+    flt = SymbolFilter(symbol.root, symbol.continuous)
+    start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
+    sessions = Sessions(start_ns - 10 * _DAY_NS, end_ns + 10 * _DAY_NS)
+    extra = DbnBarFile(landing.outrights).outright_names(flt) if landing.outrights else []
+    intervals = bars.outright_names(flt) + extra
+    names = InstrumentNames(intervals + read_definitions(landing.definitions))
+    codes = ContractCodes([iv[3] for iv in intervals])
+    none = np.full(sessions.count + 1, NONE, dtype=np.int64)
+    if symbol.is_outright:
+        return _Selection("outright", flt, codes, names, sessions, none, contract=symbol.databento_symbol.encode())
+    if any(info.maps(flt.continuous) for info in bars.files):
+        return _Selection("continuous", flt, codes, names, sessions, none, spans=_mapping_spans(bars, flt))
+    if symbol.roll_rule not in ("c", "v"):
+        raise EngineError(
+            f"roll_rule={symbol.roll_rule} ({symbol.continuous}) cannot be built from the inputs: they hold outright "
+            "OHLCV bars only, and rule n ranks contracts by open interest, which OHLCV bars do not carry",
+            f"ingest a continuous file of {symbol.continuous} (Databento's own mapping), or choose a rule the bars "
+            "can decide: roll_rule=v (previous session's volume) or roll_rule=c (expiry order)",
+        )
+    extended = None if window is None else (window[0] - _LOOKBACK_NS, window[1])
+    volume = np.zeros((sessions.count, len(codes)))
+    present = np.zeros((sessions.count, len(codes)), dtype=np.int64)
+    for chunk, _ in bars.iter_labelled(flt, ctx.source.batch_size, extended):  # pass 1: volume per session
+        vol, n = session_volumes(sessions.index(chunk["ts"]), codes.codes(chunk["raw_symbol"]), chunk["volume"],
+                                 sessions.count, len(codes))
+        volume += vol
+        present += n
+    has_bars = present.sum(axis=0) > 0
+    first_session = np.argmax(present > 0, axis=0)
+    expiry = np.array([_expiry_day(label, symbol.root, sessions, int(s))
+                       for label, s in zip(codes.labels, first_session, strict=True)], dtype=np.int64)
+    chosen, fallback = schedule(symbol.roll_rule, symbol.rank, volume, has_bars,
+                                expiry_sessions(sessions, expiry), ctx.cfg.roll_days_before_expiry)
+    rolls_at = np.flatnonzero((chosen[1:] != chosen[:-1]) & (chosen[1:] >= 0) & (chosen[:-1] >= 0)) + 1
+    spans = [(int(sessions.opens[max(s - _PRICE_SESSIONS, 0)]), int(sessions.closes[s])) for s in rolls_at]
+    in_window = (sessions.closes > start_ns) & (sessions.opens < end_ns)
+    fallback_sessions = int(np.count_nonzero(fallback & in_window & (chosen >= 0)))
+    if symbol.roll_rule == "v" and fallback_sessions:
+        ctx.log.info("ingest %s: rule v: %d session(s) without volume in the previous session (e.g. the first one of "
+                     "the inputs) chose by expiry order instead", symbol.internal_symbol, fallback_sessions)
+    return _Selection("outrights", flt, codes, names, sessions, np.append(chosen, NONE), spans=spans)
+
+
+def _expiry_day(label: str, root: str, sessions: Sessions, first_session: int) -> int:
+    """A contract's expiry as a day number, its year decoded relative to the first session it has bars in."""
+    on = sessions.trade_date(min(first_session, sessions.count - 1))
+    expiry = contract_expiry(label, root, on)
+    return (expiry - dt.date(1970, 1, 1)).days if expiry is not None else np.iinfo(np.int32).max
+
+
+def _mapping_spans(bars: DbnBarFile, flt: SymbolFilter) -> list[tuple[int, int]]:
+    """Around each day where a file's mapping of the continuous symbol changes instrument: the days whose bars
+    can price that roll (a week before the new interval to two days into it)."""
+    spans = []
+    for info in bars.files:
+        ivs = sorted((start, iid) for iid, start, _, sym in info.intervals if sym == flt.continuous)
+        for (_, before), (start, iid) in itertools.pairwise(ivs):
+            if iid != before:
+                spans.append(((start - 7) * _DAY_NS, (start + 2) * _DAY_NS))
+    return spans
+
+
+def _record_rolls(ctx: StageContext, ingest_id: int, selection: _Selection, tally: _Tally, landing) -> None:
+    """Write the rolls of the window's series to contract_rolls, right after its last batch (idempotent).
+
+    A roll is where the instrument of the accepted bars changes, the latest stored bar of the week before the
+    window included (so a roll at a chunk boundary is found). roll_ts: for rolls computed from outrights, the
+    open of the incoming contract's first session (its first bar when that open is before the window); for
+    continuous files, the first bar of the new instrument (Databento's mapping intervals are whole UTC days,
+    the bars say when the series really changed). Prices: both contracts' closes at the latest common minute
+    in the _PRICE_SESSIONS sessions up to roll_ts, from the outright (and continuous) bars read."""
+    if selection.mode == "outright":
+        return
+    symbol, sessions = ctx.symbol, selection.sessions
+    start_ns = datetime_to_ns(ctx.window.start)
+    before = last_bar_before(ctx.db, symbol.internal_symbol, ns_to_datetime(start_ns - _LOOKBACK_NS),
+                             ctx.window.start)
+    prev = None if before is None else (datetime_to_ns(before[0]), before[1], (before[2] or "").encode())
+    changes = tally.runs.changes(prev)
+    rolls: list[Roll] = []
+    priced = _priced(ctx, selection, tally, landing, changes)
+    for first_ns, out_iid, out_raw, in_iid, in_raw in changes:
+        roll_ns = first_ns
+        if selection.mode == "outrights":
+            open_ns = int(sessions.opens[min(int(sessions.index([first_ns])[0]), sessions.count - 1)])
+            roll_ns = open_ns if start_ns <= open_ns <= first_ns else first_ns
+        lo = int(sessions.opens[max(int(sessions.index([roll_ns])[0]) - _PRICE_SESSIONS, 0)])
+        price = roll_prices(priced["ts"], priced["instrument_id"], priced["close"], lo, roll_ns, out_iid, in_iid)
+        out_name = out_raw or selection.names.lookup(np.array([out_iid]), np.array([roll_ns - NS_PER_MINUTE]))[0]
+        in_name = in_raw or selection.names.lookup(np.array([in_iid]), np.array([roll_ns]))[0]
+        rolls.append(Roll(
+            symbol=symbol.internal_symbol, roll_ts=ns_to_datetime(roll_ns), outgoing_instrument_id=out_iid,
+            incoming_instrument_id=in_iid, rule=symbol.rule,
+            origin="computed" if selection.mode == "outrights" else "databento",
+            outgoing_raw_symbol=out_name.decode() or None, incoming_raw_symbol=in_name.decode() or None,
+            price_ts=None if price is None else ns_to_datetime(price[0]),
+            outgoing_close=None if price is None else price[1] / PRICE_SCALE,
+            incoming_close=None if price is None else price[2] / PRICE_SCALE,
+        ))
+    with ctx.db.begin() as conn:
+        record_rolls(conn, symbol.internal_symbol, ctx.window.start, ctx.window.end, rolls, ingest_id)
+    tally.rolls = rolls
+
+
+def _priced(ctx: StageContext, selection: _Selection, tally: _Tally, landing, changes) -> np.ndarray:
+    """The bars that can price the rolls: those read near them, plus landing.outrights' (continuous series)."""
+    parts = list(tally.priced)
+    if changes and landing.outrights and selection.mode == "continuous":
+        lo = min(c[0] for c in changes) - 7 * _DAY_NS
+        hi = max(c[0] for c in changes) + NS_PER_MINUTE
+        flt = SymbolFilter(ctx.symbol.root, ctx.symbol.continuous, instrument_labels=True)
+        for chunk, _ in DbnBarFile(landing.outrights).iter_labelled(flt, ctx.source.batch_size, (lo, hi)):
+            parts.append(chunk[(chunk["ts"] >= lo) & (chunk["ts"] < hi)])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=RAW_BAR_DTYPE)
+
+
+def _roll_text(roll: Roll) -> str:
+    return f"{iso_minute(roll.roll_ts)} {roll.label}"
+
+
+def _log_contracts(ctx: StageContext, result: IngestResult) -> None:
+    """Say what the series left out and what it could not name or adjust."""
+    if result.contracts_not_chosen:
+        ctx.log.info("ingest %s: bars of other contracts not chosen (not received): %s", result.symbol,
+                     ", ".join(f"{n:,} {c}" for c, n in result.contracts_not_chosen.items()))
+    if result.raw_symbol_unknown:
+        ctx.log.warning("ingest %s: %s bars stored without raw_symbol: no outright file or instrument definition "
+                        "names their instrument that day", result.symbol, f"{result.raw_symbol_unknown:,}")
+    if result.rolls:
+        ctx.log.info("ingest %s: rolls %s", result.symbol, "; ".join(result.rolls))
+    if result.rolls_unadjusted:
+        ctx.log.warning("ingest %s: rolls without adjustment prices (no common minute of both contracts in the "
+                        "%d sessions before the roll): %s", result.symbol, _PRICE_SESSIONS,
+                        ", ".join(result.rolls_unadjusted))
