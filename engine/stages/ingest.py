@@ -43,6 +43,7 @@ from engine.db.types import datetime_to_ns, ns_to_datetime
 from engine.errors import EngineError
 from engine.interrupts import is_interruption
 from engine.provenance import redact
+from engine.quality import QualitySummary, record_session_quality
 from engine.results import StageResult, instant, same, total
 from engine.rolls import (
     NONE,
@@ -91,6 +92,9 @@ class IngestResult(StageResult):
     raw_symbol_unknown: int = 0  # accepted bars whose contract the inputs do not name (stored NULL)
     rolls: list[str] = field(default_factory=list)  # "2024-06-14T22:00Z ESM4 → ESU4" per roll recorded
     rolls_unadjusted: list[str] = field(default_factory=list)  # rolls without a common minute to adjust them
+    # The session_quality rows this ingest recomputed (engine/quality.py), summarised: sessions, first_date,
+    # last_date, sessions_with_missing, missing_minutes, bars_outside_session, longest_gap_minutes, longest_gap_date.
+    session_quality: dict = field(default_factory=dict)
 
     def merge(self, later: IngestResult) -> IngestResult:
         """The two ingests together: counts added, files and run rows listed, the window spanning both."""
@@ -101,6 +105,7 @@ class IngestResult(StageResult):
             skipped_by_reason=total(self.skipped_by_reason, later.skipped_by_reason),
             ignored_instruments=total(self.ignored_instruments, later.ignored_instruments),
             contracts_not_chosen=total(self.contracts_not_chosen, later.contracts_not_chosen),
+            session_quality=_merge_quality(self.session_quality, later.session_quality),
             duration_seconds=round(self.duration_seconds + later.duration_seconds, 3),
             window_start=min(self.window_start, later.window_start, key=instant),
             window_end=max(self.window_end, later.window_end, key=instant),
@@ -133,6 +138,8 @@ class IngestResult(StageResult):
             rows.append(("unadjusted", ", ".join(self.rolls_unadjusted) + " (no common minute of both contracts)"))
         if self.raw_symbol_unknown:
             rows.append(("contract unknown", f"{self.raw_symbol_unknown:,} bars (raw_symbol NULL)"))
+        if self.session_quality.get("sessions"):
+            rows.append(("sessions", _describe_quality(self.session_quality)))
         if self.retries:
             rows.append(("retries", f"{self.retries:,}"))
         return rows
@@ -141,6 +148,34 @@ class IngestResult(StageResult):
 # Fields of IngestResult that two ingests' results add up (lists concatenate).
 _SUMMED = ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped", "outside_window",
            "batch_commits", "retries", "raw_files", "ingest_run_ids", "raw_symbol_unknown", "rolls", "rolls_unadjusted")
+
+
+def _quality_fields(summary: QualitySummary) -> dict:
+    out = dataclasses.asdict(summary)
+    return {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in out.items()}
+
+
+def _merge_quality(first: dict, later: dict) -> dict:
+    """Two chunks' summaries: the date span of both, the longer gap; counts added (a session cut by a chunk boundary
+    is recomputed by both chunks, so it counts twice: the session_quality table has each session once)."""
+    if not first or not later:
+        return first or later
+    longest = later if later["longest_gap_minutes"] > first["longest_gap_minutes"] else first
+    dates = [d for d in (first["first_date"], later["first_date"], first["last_date"], later["last_date"]) if d]
+    return {**{k: first[k] + later[k] for k in ("sessions", "sessions_with_missing", "missing_minutes",
+                                                  "bars_outside_session")},
+            "longest_gap_minutes": longest["longest_gap_minutes"], "longest_gap_date": longest["longest_gap_date"],
+            "first_date": min(dates) if dates else None, "last_date": max(dates) if dates else None}
+
+
+def _describe_quality(q: dict) -> str:
+    text = (f"{q['sessions']:,} ({q['first_date']} … {q['last_date']}): {q['sessions_with_missing']:,} with missing "
+            f"minutes ({q['missing_minutes']:,} in all)")
+    if q["longest_gap_minutes"]:
+        text += f", longest gap {q['longest_gap_minutes']:,} min on {q['longest_gap_date']}"
+    if q["bars_outside_session"]:
+        text += f", {q['bars_outside_session']:,} bars outside any session"
+    return text + " (table session_quality)"
 
 
 class Ingest:
@@ -185,6 +220,7 @@ def run(ctx: StageContext) -> IngestResult:
             accepted = _load(ctx, ingest_id, bars, tally, progress, tick, selection)
             _record_rolls(ctx, ingest_id, selection, tally, landing)
         coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, accepted, landing.paths)
+        quality = record_session_quality(ctx.db, symbol.internal_symbol, ctx.window.start, ctx.window.end, ingest_id)
     except BaseException as exc:
         status = "interrupted" if is_interruption(exc) else "failed"
         _finish(ctx, ingest_id, tally, started, status, _error_text(exc))
@@ -192,7 +228,8 @@ def run(ctx: StageContext) -> IngestResult:
     _finish(ctx, ingest_id, tally, started, "success", None)
     result = IngestResult(symbol=symbol.internal_symbol, databento_symbol=symbol.databento_symbol,
                           ingest_run_ids=[ingest_id], window_start=iso_minute(ctx.window.start),
-                          window_end=iso_minute(ctx.window.end), **tally.summary(time.monotonic() - started))
+                          window_end=iso_minute(ctx.window.end), session_quality=_quality_fields(quality),
+                          **tally.summary(time.monotonic() - started))
     _log_contracts(ctx, result)
     rate = result.bars_received / result.duration_seconds if result.duration_seconds else 0.0
     ctx.log.info("ingest %s: %s, %.2f s (%s bars/s)", symbol.internal_symbol, result.describe(),
@@ -203,8 +240,11 @@ def run(ctx: StageContext) -> IngestResult:
 def chunk_settings(ctx: StageContext) -> dict:
     """What makes two ingests of the same chunk the same work (for resuming chunked backfills)."""
     source = {"name": ctx.plugins.source.name, **ctx.plugins.source.params}  # as recorded by earlier versions
-    return {"symbol": dataclasses.asdict(ctx.symbol), "source": source,
-            "tick_size": ctx.cfg.registry.tick_sizes.get(ctx.symbol.root)}
+    settings = {"symbol": dataclasses.asdict(ctx.symbol), "source": source,
+                "tick_size": ctx.cfg.registry.tick_sizes.get(ctx.symbol.root)}
+    if ctx.cfg.roll_days_before_expiry:  # only when set, so chunks recorded before the setting existed still match
+        settings["roll_days_before_expiry"] = ctx.cfg.roll_days_before_expiry
+    return settings
 
 
 def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None,
