@@ -121,9 +121,7 @@ class SqliteBars:
             rows[:, i] = columns.prices[name][mask].astype(object)
         rows[:, 6] = columns.volume[mask].astype(object)
         rows[:, 7] = columns.instrument[mask].astype(object)
-        raw_symbol = columns.raw_symbol[mask]
-        rows[:, 8] = raw_symbol.astype("U16").astype(object)  # raw symbols are ASCII: anything else raises
-        rows[raw_symbol == b"", 8] = None
+        rows[:, 8] = _texts(columns.raw_symbol[mask])
         rows[:, 9] = self.ingest_run_id
         return rows
 
@@ -135,6 +133,15 @@ class SqliteBars:
         # always takes its DO UPDATE branch; it lets many rows share one statement.
         assignments = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "ingest_run_id"))
         _insert_many(cur, self._sqlite_rows(mask, columns), f" ON CONFLICT (symbol, ts) DO UPDATE SET {assignments}")
+
+
+def _texts(raw_symbol: np.ndarray) -> np.ndarray:
+    """S16 raw symbols as an object array of str, None for b"" (a batch holds a few distinct contracts: each is
+    decoded once). Raw symbols are ASCII: anything else raises."""
+    if len(raw_symbol) and (raw_symbol == raw_symbol[0]).all():
+        return np.full(len(raw_symbol), raw_symbol[0].decode("ascii") or None, dtype=object)
+    distinct, which = np.unique(raw_symbol, return_inverse=True)
+    return np.array([value.decode("ascii") or None for value in distinct], dtype=object)[which]
 
 
 def _insert_many(cur, rows: np.ndarray, tail: str) -> None:
