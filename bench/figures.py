@@ -40,8 +40,8 @@ SYMBOL = "GLBX.MDP3:NQ"
 DETECTOR_N = 5  # detector.n default (conf/detector/williams_fractals.yaml)
 SWEEP_SYMBOLS = ("NQ", "ES", "YM", "RTY")
 _TRUNCATE = f"TRUNCATE {CLEAN_BARS}, clean_ingest_quarantine"
-_COPY_SQL = (f"COPY {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, ingest_run_id) "
-             "FROM STDIN (FORMAT BINARY)")
+_COPY_SQL = (f"COPY {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, ingest_run_id, "
+             "raw_symbol) FROM STDIN (FORMAT BINARY)")
 _COPY_WRITE = 1 << 20
 _SCRATCH_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".migrate.lock", ".dbn", ".dbn.zst")
 

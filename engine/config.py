@@ -98,6 +98,7 @@ class SymbolDefaults:
 
 @dataclass
 class RegistryConfig:
+    # Roots (a continuous series each) and outright contracts (ESU4: one contract as its own series).
     seed: list[str] = field(default_factory=lambda: ["NQ", "ES", "YM", "RTY"])
     defaults: SymbolDefaults = field(default_factory=SymbolDefaults)
     # Minimum price increment per root, in points: ingest quarantines prices off it as `off_tick`. A root
@@ -176,13 +177,15 @@ def register_configs() -> None:
 
 
 def normalize_symbol(symbol: str, default_dataset: str) -> str:
-    """`NQ` -> `GLBX.MDP3:NQ`; `GLBX.MDP3:NQ` stays; roots are upper-cased."""
+    """`NQ` -> `GLBX.MDP3:NQ`; `GLBX.MDP3:NQ` stays; likewise an outright contract (`esu4` -> `GLBX.MDP3:ESU4`,
+    see ``engine.symbols``); names are upper-cased."""
     text = str(symbol).strip()
     dataset, _, root = text.rpartition(":")
     if not root or any(ch in root for ch in " .,/"):
         raise EngineError(
             f"symbol={text!r} is not a symbol",
-            "use a root such as symbol=NQ or a stored symbol such as symbol=GLBX.MDP3:NQ",
+            "use a root such as symbol=NQ, a contract such as symbol=ESU4 or a stored symbol such as "
+            "symbol=GLBX.MDP3:NQ",
         )
     return f"{dataset or default_dataset}:{root.upper()}"
 

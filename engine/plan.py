@@ -25,7 +25,7 @@ from engine.db.connect import current_revision, head_revision, masked_url
 from engine.errors import EngineError
 from engine.job_plugins import JobPlugins
 from engine.sources.databento import DatabentoSource
-from engine.symbols import ResolvedSymbol, resolve_symbol
+from engine.symbols import ResolvedSymbol, resolve_row, resolve_symbol, seed_rows
 from engine.windows import Window
 
 PLAN_FILE = "plan.md"
@@ -127,10 +127,8 @@ def _symbol_from_conf(cfg: EngineConfig) -> ResolvedSymbol:
     if root not in [r.upper() for r in cfg.registry.seed]:
         raise EngineError(f"unknown symbol {internal!r} (the registry would be seeded with "
                           f"{', '.join(cfg.registry.seed)})", "pick a seeded symbol or add it to registry.seed")
-    origin = {name: "config" if getattr(cfg, name, None) is not None else "defaults"
-              for name in ("roll_rule", "rank", "schema", "stype_in")}
-    return ResolvedSymbol(internal, dataset, root, cfg.roll_rule or defaults.roll_rule,
-                          defaults.rank if cfg.rank is None else cfg.rank, defaults.schema, defaults.stype_in, origin)
+    row = {**seed_rows(defaults, [root])[0], "dataset": dataset}
+    return resolve_row(internal, row, cfg, row_origin="defaults")
 
 
 def _bars_table(cfg: EngineConfig) -> str:

@@ -2,12 +2,13 @@
 reads of ``engine.db.bars_read``).
 
 Row values: open..close = raw / 1e9 as float64 (exact round trip, see ``engine.bars.to_prices``), volume and
-instrument_id as int64, ingest_run_id of the run that last changed the row.
+instrument_id as int64, raw_symbol as text (NULL for b"", the contract unknown), ingest_run_id of the run that
+last changed the row.
 
 Counting (key (symbol, ts)):
 * inserted  - no row with that key existed;
-* updated   - a row existed and open/high/low/close/volume/instrument_id differ: overwritten, ingest_run_id set
-  to the writing run;
+* updated   - a row existed and open/high/low/close/volume/instrument_id/raw_symbol differ (NULL differs from
+  any contract, either way): overwritten, ingest_run_id set to the writing run;
 * unchanged - a row existed with identical values: not rewritten, it keeps the ingest_run_id that wrote it.
 
 Each batch of ``batch_size`` rows is one transaction; ``CleanBarWriter.commit`` lets the caller write more in it

@@ -25,29 +25,47 @@ __all__ = ["PG_LOCK_NAMESPACE", "PostgresBars"]
 # pg_advisory_xact_lock(int4, int4): this namespace ('bars') + hashtext(symbol).
 PG_LOCK_NAMESPACE = 0x62617273
 _STAGE = "_clean_bars_stage"
-_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "instrument_id")
+_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "instrument_id", "raw_symbol")
+
+
+def raw_symbol_groups(raw_symbol: np.ndarray) -> list[tuple[int, np.ndarray | None]]:
+    """The batch's rows by byte length of their ``raw_symbol`` (S16): [(length, row indices)], indices None when
+    every row has the one length. Length 0 (b"", the contract unknown) is stored as NULL."""
+    lengths = np.strings.str_len(raw_symbol)
+    if len(lengths) == 0 or lengths.min() == lengths.max():
+        return [(int(lengths[0]) if len(lengths) else 0, None)]
+    return [(int(length), np.flatnonzero(lengths == length)) for length in np.unique(lengths)]
 
 
 def pg_encode(batch: np.ndarray, run_id: int | None, symbol: bytes | None) -> bytes:
-    """A complete PGCOPY binary stream for ([symbol], ts, open..close, volume, instrument_id, [ingest_run_id])."""
-    fields = []
+    """A complete PGCOPY binary stream for ([symbol], ts, open..close, volume, instrument_id, [ingest_run_id],
+    raw_symbol). A text field's length word is part of the numpy record, so rows are encoded in one record array
+    per raw_symbol length (``raw_symbol_groups``, usually one or two) and the stream holds them group after group:
+    not in ts order when a batch has several groups."""
+    head = []
     if symbol is not None:
-        fields.append(("symbol", f"S{len(symbol)}"))
-    fields += [("ts", ">i8"), ("open", ">f8"), ("high", ">f8"), ("low", ">f8"), ("close", ">f8"),
-               ("volume", ">i8"), ("instrument_id", ">i8")]
+        head.append(("symbol", f"S{len(symbol)}"))
+    head += [("ts", ">i8"), ("open", ">f8"), ("high", ">f8"), ("low", ">f8"), ("close", ">f8"),
+             ("volume", ">i8"), ("instrument_id", ">i8")]
     if run_id is not None:
-        fields.append(("ingest_run_id", ">i4"))
-    rec = pgcopy.new_rows(fields, len(batch))
-    if symbol is not None:
-        rec["symbol"] = symbol
-    rec["ts"] = pgcopy.to_timestamptz(batch["ts"])
-    for name in ("open", "high", "low", "close"):
-        rec[name] = to_prices(batch[name])
-    rec["volume"] = batch["volume"].view(np.int64)
-    rec["instrument_id"] = batch["instrument_id"]
-    if run_id is not None:
-        rec["ingest_run_id"] = run_id
-    return pgcopy.encode(rec)
+        head.append(("ingest_run_id", ">i4"))
+    parts = []
+    for length, rows in raw_symbol_groups(batch["raw_symbol"]):
+        group = batch if rows is None else batch[rows]
+        rec = pgcopy.new_rows([*head, ("raw_symbol", f"S{length}" if length else None)], len(group))
+        if symbol is not None:
+            rec["symbol"] = symbol
+        rec["ts"] = pgcopy.to_timestamptz(group["ts"])
+        for name in ("open", "high", "low", "close"):
+            rec[name] = to_prices(group[name])
+        rec["volume"] = group["volume"].view(np.int64)
+        rec["instrument_id"] = group["instrument_id"]
+        if run_id is not None:
+            rec["ingest_run_id"] = run_id
+        if length:
+            rec["raw_symbol"] = group["raw_symbol"]  # S16 -> S<length>: exactly the group's bytes
+        parts.append(rec)
+    return pgcopy.encode(*parts)
 
 
 class PostgresBars:
@@ -85,7 +103,8 @@ class PostgresBars:
 
     def _pg_copy_direct(self, cur, payload: bytes) -> None:
         with cur.copy(
-            f"COPY {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, ingest_run_id) "
+            f"COPY {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, ingest_run_id, "
+            "raw_symbol) "
             "FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.write(payload)
@@ -94,10 +113,11 @@ class PostgresBars:
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (ts timestamptz NOT NULL, open float8 NOT NULL, "
             "high float8 NOT NULL, low float8 NOT NULL, close float8 NOT NULL, volume int8 NOT NULL, "
-            "instrument_id int8) ON COMMIT DELETE ROWS"
+            "instrument_id int8, raw_symbol text) ON COMMIT DELETE ROWS"
         )
         with cur.copy(
-            f"COPY {_STAGE} (ts, open, high, low, close, volume, instrument_id) FROM STDIN (FORMAT BINARY)"
+            f"COPY {_STAGE} (ts, open, high, low, close, volume, instrument_id, raw_symbol) "
+            "FROM STDIN (FORMAT BINARY)"
         ) as copy:
             copy.write(pg_encode(batch, None, None))
         if cur.rowcount != len(batch):
@@ -116,10 +136,12 @@ class PostgresBars:
                 LEFT JOIN {CLEAN_BARS} t
                        ON t.symbol = %(symbol)s AND t.ts = s.ts AND t.ts BETWEEN %(lo)s AND %(hi)s
                 WHERE (t.open = s.open AND t.high = s.high AND t.low = s.low AND t.close = s.close
-                       AND t.volume = s.volume AND t.instrument_id IS NOT DISTINCT FROM s.instrument_id) IS NOT TRUE
+                       AND t.volume = s.volume AND t.instrument_id IS NOT DISTINCT FROM s.instrument_id
+                       AND t.raw_symbol IS NOT DISTINCT FROM s.raw_symbol) IS NOT TRUE
             ), up AS (
-                INSERT INTO {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, ingest_run_id)
-                SELECT %(symbol)s, ts, open, high, low, close, volume, instrument_id, %(run)s
+                INSERT INTO {CLEAN_BARS} (symbol, ts, open, high, low, close, volume, instrument_id, raw_symbol,
+                                          ingest_run_id)
+                SELECT %(symbol)s, ts, open, high, low, close, volume, instrument_id, raw_symbol, %(run)s
                 FROM diff
                 ON CONFLICT (symbol, ts) DO UPDATE SET {set_values}
                 RETURNING 1

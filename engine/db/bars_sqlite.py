@@ -18,11 +18,17 @@ from engine.db.types import NS_PER_SECOND, sqlite_ts_text
 
 __all__ = ["SqliteBars"]
 
-_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "instrument_id")
-_SQLITE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume", "instrument_id", "ingest_run_id")
+_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "instrument_id", "raw_symbol")
+_SQLITE_COLUMNS = ("symbol", "ts", *_VALUE_COLUMNS, "ingest_run_id")
+# A stored raw_symbol is read as bytes comparable with the batch's S16 values: NULL as b"" (what the batch has
+# for an unknown contract), an empty string as b"\xff" and a longer text kept to 17 bytes, both unequal to any
+# value the writer stores.
 _SQLITE_EXISTING_DTYPE = np.dtype(
     [("secs", "i8"), ("open", "f8"), ("high", "f8"), ("low", "f8"), ("close", "f8"), ("volume", "i8"),
-     ("instrument_id", "i8")]
+     ("instrument_id", "i8"), ("raw_symbol", "S17")]
+)
+_SQLITE_EXISTING_RAW_SYMBOL = (
+    "CASE WHEN raw_symbol IS NULL THEN x'' WHEN raw_symbol = '' THEN x'ff' ELSE CAST(raw_symbol AS BLOB) END"
 )
 # SQLite before 3.32 allows 999 bound variables per statement.
 _SQLITE_MAX_VARIABLES = 999
@@ -36,6 +42,7 @@ class _Columns:
     prices: dict[str, np.ndarray]
     volume: np.ndarray
     instrument: np.ndarray
+    raw_symbol: np.ndarray  # S16, b"" for NULL
 
 
 class SqliteBars:
@@ -55,6 +62,7 @@ class SqliteBars:
             prices={name: to_prices(batch[name]) for name in ("open", "high", "low", "close")},
             volume=batch["volume"].view(np.int64),
             instrument=batch["instrument_id"].astype(np.int64),
+            raw_symbol=batch["raw_symbol"],
         )
 
     def upsert(self, conn: Connection, batch: np.ndarray, columns: _Columns, direct: bool) -> tuple[int, int, int]:
@@ -77,7 +85,8 @@ class SqliteBars:
         """(existed, same) masks over the batch, from one primary-key range query."""
         cur.execute(
             f"SELECT CAST(strftime('%s', ts) AS INTEGER), open, high, low, close, volume, "
-            f"COALESCE(instrument_id, -1) FROM {CLEAN_BARS} WHERE symbol = ? AND ts BETWEEN ? AND ?",
+            f"COALESCE(instrument_id, -1), {_SQLITE_EXISTING_RAW_SYMBOL} "
+            f"FROM {CLEAN_BARS} WHERE symbol = ? AND ts BETWEEN ? AND ?",
             (self.symbol, str(columns.ts_text[0]), str(columns.ts_text[-1])),
         )
         rows = cur.fetchall()
@@ -96,12 +105,14 @@ class SqliteBars:
             equal &= existing[name] == columns.prices[name][pos]
         equal &= existing["volume"] == columns.volume[pos]
         equal &= existing["instrument_id"] == columns.instrument[pos]
+        equal &= existing["raw_symbol"] == columns.raw_symbol[pos]
         existed[pos] = True
         same[pos] = equal
         return existed, same
 
     def _sqlite_rows(self, mask: np.ndarray, columns: _Columns) -> np.ndarray:
-        """The masked rows as an (n, 9) object array of Python values, in _SQLITE_COLUMNS order."""
+        """The masked rows as an (n, 10) object array of Python values, in _SQLITE_COLUMNS order (raw_symbol
+        None for b"")."""
         n = int(mask.sum())
         rows = np.empty((n, len(_SQLITE_COLUMNS)), dtype=object)
         rows[:, 0] = self.symbol
@@ -110,7 +121,8 @@ class SqliteBars:
             rows[:, i] = columns.prices[name][mask].astype(object)
         rows[:, 6] = columns.volume[mask].astype(object)
         rows[:, 7] = columns.instrument[mask].astype(object)
-        rows[:, 8] = self.ingest_run_id
+        rows[:, 8] = _texts(columns.raw_symbol[mask])
+        rows[:, 9] = self.ingest_run_id
         return rows
 
     def _sqlite_insert(self, cur, mask: np.ndarray, columns: _Columns) -> None:
@@ -121,6 +133,15 @@ class SqliteBars:
         # always takes its DO UPDATE branch; it lets many rows share one statement.
         assignments = ", ".join(f"{c} = excluded.{c}" for c in (*_VALUE_COLUMNS, "ingest_run_id"))
         _insert_many(cur, self._sqlite_rows(mask, columns), f" ON CONFLICT (symbol, ts) DO UPDATE SET {assignments}")
+
+
+def _texts(raw_symbol: np.ndarray) -> np.ndarray:
+    """S16 raw symbols as an object array of str, None for b"" (a batch holds a few distinct contracts: each is
+    decoded once). Raw symbols are ASCII: anything else raises."""
+    if len(raw_symbol) and (raw_symbol == raw_symbol[0]).all():
+        return np.full(len(raw_symbol), raw_symbol[0].decode("ascii") or None, dtype=object)
+    distinct, which = np.unique(raw_symbol, return_inverse=True)
+    return np.array([value.decode("ascii") or None for value in distinct], dtype=object)[which]
 
 
 def _insert_many(cur, rows: np.ndarray, tail: str) -> None:

@@ -3,7 +3,8 @@
 A stream is ``HEADER``, then one record per row -- an int16 field count, then for each field an int32 byte
 length (-1 for NULL, with no data) followed by the value, all big-endian -- then ``TRAILER``. When every field
 of a row has a fixed width, each row is one numpy record (``row_dtype``), so a whole batch is encoded
-(``new_rows`` + ``encode``) or decoded (``decode``) without per-row Python. ``timestamptz`` travels as int64
+(``new_rows`` + ``encode``; rows whose variable-width fields differ in width go in one array per
+layout) or decoded (``decode``) without per-row Python. ``timestamptz`` travels as int64
 microseconds since ``PG_EPOCH_US``.
 """
 
@@ -71,9 +72,10 @@ def new_rows(fields: Sequence[Field], count: int) -> np.ndarray:
     return rows
 
 
-def encode(rows: np.ndarray) -> bytes:
-    """A complete binary COPY stream of ``rows`` (records made by ``new_rows``)."""
-    return b"".join((HEADER, rows.tobytes(), TRAILER))
+def encode(*rows: np.ndarray) -> bytes:
+    """A complete binary COPY stream of the records of each ``rows`` array (made by ``new_rows``), in turn: arrays
+    of different row layouts (e.g. one per text length) make one stream."""
+    return b"".join((HEADER, *(part.tobytes() for part in rows), TRAILER))
 
 
 def decode(data: bytes | bytearray, fields: Sequence[Field]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Stage `registry`: make sure the seed symbols exist, show the registry, resolve the job's symbol."""
+"""Stage `registry`: make sure the seed symbols exist (roots, and outright contracts such as ESU4: see
+``engine.symbols``), show the registry, resolve the job's symbol."""
 
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ def run(ctx: StageContext) -> RegistryResult:
     for column in ("internal_symbol", "dataset", "root", "roll_rule", "rank", "schema", "stype_in", "is_active"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[column.header]) for column in table.columns))
+        table.add_row(*("NULL" if row[column.header] is None else str(row[column.header]) for column in table.columns))
     console.print(table)
     symbol = ctx.symbol
     return RegistryResult(seeded=added, registered=len(rows), symbol=symbol.internal_symbol,
