@@ -392,6 +392,11 @@ class SyntheticSource(SourceParams):
 def acquire(ctx, progress) -> Landing:
     """Write (or reuse) the demo DBN file for the job's symbol and window under <data_dir>/synthetic/."""
     symbol, source = ctx.symbol, ctx.source
+    if symbol.is_outright:
+        raise EngineError(f"the synthetic source makes continuous demo series only, not one contract "
+                          f"({symbol.databento_symbol})",
+                          "use a continuous symbol (e.g. symbol=ES) with source=synthetic, or source=dbn_file / "
+                          "source=databento for one contract")
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     path = (
         Path(ctx.cfg.data_dir) / "synthetic" / symbol.continuous
