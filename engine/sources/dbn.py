@@ -76,7 +76,7 @@ class SymbolFilter:
     name (raw_symbol b"", named by instrument definitions)."""
 
     root: str  # e.g. "ES"
-    continuous: str  # e.g. "ES.v.0"
+    continuous: str | None  # e.g. "ES.v.0"; None for an outright series (one contract, no continuous symbol)
     instrument_labels: bool = False
     _outright: re.Pattern[str] = field(init=False, repr=False, compare=False)
 

@@ -502,7 +502,7 @@ class _Selection:
 
 def _selection(ctx: StageContext, bars: DbnBarFile, landing, window: tuple[int, int] | None) -> _Selection:
     symbol = ctx.symbol
-    flt = SymbolFilter(symbol.root, symbol.databento_symbol)  # an outright series keeps exactly its contract
+    flt = SymbolFilter(symbol.root, None if symbol.is_outright else symbol.continuous)
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
     sessions = Sessions(start_ns - 10 * _DAY_NS, end_ns + 10 * _DAY_NS)
     extra = DbnBarFile(landing.outrights).outright_names(flt) if landing.outrights else []
@@ -612,7 +612,7 @@ def _priced(ctx: StageContext, selection: _Selection, tally: _Tally, landing, ch
     if changes and landing.outrights and selection.mode == "continuous":
         lo = min(c[0] for c in changes) - 7 * _DAY_NS
         hi = max(c[0] for c in changes) + NS_PER_MINUTE
-        flt = SymbolFilter(ctx.symbol.root, ctx.symbol.databento_symbol, instrument_labels=True)
+        flt = SymbolFilter(ctx.symbol.root, ctx.symbol.continuous, instrument_labels=True)
         for chunk, _ in DbnBarFile(landing.outrights).iter_labelled(flt, ctx.source.batch_size, (lo, hi)):
             parts.append(chunk[(chunk["ts"] >= lo) & (chunk["ts"] < hi)])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=RAW_BAR_DTYPE)
