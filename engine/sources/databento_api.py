@@ -429,8 +429,9 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
     shown = ", ".join(f"{kind} ${usd:,.2f}" for kind, usd in parts.items())
     extras = [f"source.{name}=false" for kind, name in ((DEFINITIONS, "definitions"), (OUTRIGHTS, "roll_outrights"))
               if kind in parts]
+    also = f" and its extra requests ({shown})" if len(parts) > 1 else ""
     raise EngineError(
-        f"Databento quotes ${total:,.2f} for {planned[0].req.describe()} and its extra requests ({shown}), "
+        f"Databento quotes ${total:,.2f} for {planned[0].req.describe()}{also}, "
         f"above the limit source.max_cost_usd=${limit:,.2f}; nothing was downloaded",
         f"raise the limit, e.g. source.max_cost_usd={math.ceil(total * 100) / 100:.2f}, request a shorter window"
         + (f", or leave out extras ({' / '.join(extras)})" if extras else ""),
