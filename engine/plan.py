@@ -176,25 +176,26 @@ def _tables(cfg: EngineConfig, downloads: bool, symbol: str) -> dict[str, dict[s
 
 
 def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Window]) -> list[dict]:
-    """The Databento request of each chunk: its landing file, whether it is there already, and its cost."""
+    """The Databento requests of each chunk (its bars, then the extras of a continuous download: definitions and
+    the outrights of each roll): landing file, whether it is there already, and cost."""
     if not isinstance(source, DatabentoSource) or "ingest" not in cfg.stages:
         return []
-    from engine.sources.databento_api import RawRequest, estimate_cost, timeouts
+    from engine.sources.databento_api import BARS, estimate_cost, planned_requests, timeouts
 
     online = bool(os.environ.get("DATABENTO_API_KEY"))
     out = []
     for piece in pieces:
-        req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, piece.start,
-                         piece.end)
-        path = req.landing_path(Path(cfg.data_dir))
-        landed = path.is_file()
-        cost: float | None = 0.0
-        if not landed:  # a landed file is reused, never paid again
-            cost = round(estimate_cost(req, gateway=source.gateway, max_retries=source.max_retries,
-                                       backoff_seconds=source.backoff_seconds, timeouts=timeouts(source)),
-                         4) if online else None
-        out.append({"chunk": [_iso(piece.start), _iso(piece.end)], "path": path.as_posix(), "landed": landed,
-                    "cost_usd": cost})
+        for item in planned_requests(source, symbol, piece, Path(cfg.data_dir), online=online):
+            path = item.req.landing_path(Path(cfg.data_dir))
+            landed = path.is_file()
+            cost: float | None = 0.0
+            if not landed:  # a landed file is reused, never paid again
+                cost = round(estimate_cost(item.req, gateway=source.gateway, max_retries=source.max_retries,
+                                           backoff_seconds=source.backoff_seconds, timeouts=timeouts(source)),
+                             4) if online else None
+            row = {"chunk": [_iso(item.req.start), _iso(item.req.end)], "path": path.as_posix(), "landed": landed,
+                   "cost_usd": cost}
+            out.append(row if item.kind == BARS else {**row, "request": item.label()})
     return out
 
 
@@ -258,7 +259,8 @@ def _render(cfg: EngineConfig, window: Window, symbol: ResolvedSymbol, steps: di
     if requests:
         lines += [f"Raw files land under `{Path(requests[0]['path']).parent.as_posix()}/`.", "",
                   "| # | start | end | raw file | cost |", "|---|---|---|---|---|"]
-        rows = [f"| {k} | {r['chunk'][0]} | {r['chunk'][1]} | {'landed: reused' if r['landed'] else 'to download'} "
+        rows = [f"| {k} | {r['chunk'][0]} | {r['chunk'][1]} | {r['request'] + ': ' if 'request' in r else ''}"
+                f"{'landed: reused' if r['landed'] else 'to download'} "
                 f"| {_usd(r['cost_usd'])} |" for k, r in enumerate(requests, 1)]
         gap = "| … | | | | |"
     else:

@@ -1,6 +1,6 @@
 """A scriptable stand-in for Databento's historical HTTP API, on a real socket.
 
-It answers the three endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls
+It answers the four endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls
 them (databento 0.88, API v0):
 
     POST /v0/metadata.get_cost      form: dataset, start, end, symbols, schema, stype_in, stype_out
@@ -10,6 +10,14 @@ them (databento 0.88, API v0):
     POST /v0/timeseries.get_range   form: ... + stype_out, encoding=dbn, compression=zstd
                                      -> 200 application/octet-stream, a zstd-compressed DBN stream
                                         (no Content-Encoding: the client writes the bytes as they arrive)
+    POST /v0/symbology.resolve      form: dataset, symbols, stype_in, stype_out, start_date, end_date
+                                     -> 200 application/json {"result": {symbol: [{"d0", "d1", "s"}]},
+                                        "symbols", "stype_in", "stype_out", "start_date", "end_date",
+                                        "partial", "not_found", "message", "status"}
+
+Served data: schema ohlcv-* (`ohlcv_dbn`) or definition (`definition_dbn`, InstrumentDefMsg records), for a
+continuous symbol (mapping to CONTRACTS[0], then the next contract from each of `rolls` on) or for a list of
+instrument ids (stype_in instrument_id). get_record_count counts the records of the body get_range would send.
 
 Errors are JSON `{"detail": {"case", "message", "status_code", "docs"}}`, which the client turns into
 BentoClientError (4xx) / BentoServerError (5xx). Auth is HTTP basic with the key as user name.
@@ -43,12 +51,22 @@ from urllib.parse import parse_qsl, urlsplit
 
 import databento_dbn
 import zstandard
-from databento_dbn import Metadata, OHLCVMsg, RType, Schema, SType
+from databento_dbn import (
+    InstrumentClass,
+    InstrumentDefMsg,
+    Metadata,
+    OHLCVMsg,
+    RType,
+    Schema,
+    SecurityUpdateAction,
+    SType,
+)
 
 GET_COST = "metadata.get_cost"
 GET_RECORD_COUNT = "metadata.get_record_count"
 GET_RANGE = "timeseries.get_range"
-ENDPOINTS = (GET_COST, GET_RECORD_COUNT, GET_RANGE)
+RESOLVE = "symbology.resolve"
+ENDPOINTS = (GET_COST, GET_RECORD_COUNT, GET_RANGE, RESOLVE)
 
 INSTRUMENT_ID = 42_005_804  # what NQ.v.0 resolved to, any stable number will do
 _OHLCV = {
@@ -59,6 +77,7 @@ _OHLCV = {
 }
 _NS = 1_000_000_000
 _PX = 1_000_000_000  # DBN fixed-point price scale
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 # --------------------------------------------------------------------------------------------- DBN bytes
@@ -77,6 +96,44 @@ class _Mapping:
     intervals: list[_Interval]
 
 
+#: The instrument of each contract the fake's continuous symbol maps to, in roll order, with its month code and
+#: expiration (the third Friday, 13:30 UTC, of the contract month). The raw symbol is the root plus the code.
+CONTRACTS = (
+    (INSTRUMENT_ID, "Z5", dt.datetime(2025, 12, 19, 13, 30, tzinfo=dt.UTC)),
+    (42_140_878, "H6", dt.datetime(2026, 3, 20, 13, 30, tzinfo=dt.UTC)),
+    (42_288_528, "M6", dt.datetime(2026, 6, 18, 13, 30, tzinfo=dt.UTC)),
+)
+_CONTRACT = {iid: (code, expiry) for iid, code, expiry in CONTRACTS}
+
+
+def raw_symbol(instrument_id: int, root: str = "NQ") -> str:
+    """The contract the fake names instrument `instrument_id` (NQZ5, NQH6, ...; `root?` for an unknown id)."""
+    return root + _CONTRACT.get(instrument_id, ("?", None))[0]
+
+
+def _ns(value: dt.datetime | int) -> int:
+    return value if isinstance(value, int) else int(value.timestamp()) * _NS + value.microsecond * 1000
+
+
+def _day_ns(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()) * _NS
+
+
+def continuous_intervals(first_day: dt.date, last_day: dt.date, rolls: tuple[dt.date, ...] = ()) -> list[_Interval]:
+    """The mapping intervals of the continuous symbol over [first_day, last_day): CONTRACTS[k] from the k-th roll
+    day on (every roll day inside the range; end dates exclusive, as Databento writes them)."""
+    days = [first_day, *[d for d in sorted(rolls) if first_day < d < last_day], last_day]
+    return [_Interval(a, b, str(CONTRACTS[k][0])) for k, (a, b) in enumerate(zip(days, days[1:], strict=False))]
+
+
+def _instrument_at(intervals: list[_Interval], ts_ns: int) -> int:
+    day = dt.datetime.fromtimestamp(ts_ns // _NS, dt.UTC).date()
+    for interval in intervals:
+        if interval.start_date <= day < interval.end_date:
+            return int(interval.symbol)
+    return int(intervals[-1].symbol)
+
+
 def ohlcv_dbn(
     *,
     dataset: str = "GLBX.MDP3",
@@ -90,22 +147,29 @@ def ohlcv_dbn(
     compress: bool = True,
     first_frame_records: int | None = None,
     stride: int = 1,
+    rolls: tuple[dt.date, ...] = (),
 ) -> bytes:
     """Real DBN (as Databento streams it: zstd-compressed) with `records` bars of a random walk, one every
     `stride` bar intervals.
 
-    With `first_frame_records`, the zstd stream is two concatenated frames: metadata plus that many
+    A continuous `symbol` maps to CONTRACTS[0], and to the next contract from each of `rolls` (UTC days) on;
+    each bar carries the instrument id of its day. With stype_in instrument_id, `symbol` is a comma-separated
+    list of ids, each of which has `records` bars (the k-th id 50 points above the walk: contango) and maps to
+    itself. With `first_frame_records`, the zstd stream is two concatenated frames: metadata plus that many
     records, then the rest.
     """
     rtype, step = _OHLCV[schema]
-    start_ns = start if isinstance(start, int) else int(start.timestamp()) * _NS
-    end_ns = (
-        end
-        if isinstance(end, int)
-        else (start_ns + records * step * stride * _NS if end is None else int(end.timestamp()) * _NS)
-    )
+    start_ns = _ns(start)
+    end_ns = _ns(end) if end is not None else start_ns + records * step * stride * _NS
     first_day = dt.datetime.fromtimestamp(start_ns / _NS, dt.UTC).date()
     last_day = dt.datetime.fromtimestamp(end_ns / _NS, dt.UTC).date() + dt.timedelta(days=1)
+    if stype_in == "instrument_id":
+        ids = [int(part) for part in symbol.split(",")]
+        mappings = [_Mapping(str(iid), [_Interval(first_day, last_day, str(iid))]) for iid in ids]
+        symbols = [str(iid) for iid in ids]
+    else:
+        intervals = continuous_intervals(first_day, last_day, rolls)
+        mappings, symbols, ids = [_Mapping(symbol, intervals)], [symbol], [None]
     metadata = Metadata(
         dataset=dataset,
         start=start_ns,
@@ -113,8 +177,8 @@ def ohlcv_dbn(
         stype_in=SType(stype_in),
         stype_out=SType.INSTRUMENT_ID,
         schema=Schema(schema),
-        symbols=[symbol],
-        mappings=[_Mapping(symbol, [_Interval(first_day, last_day, str(INSTRUMENT_ID))])],
+        symbols=symbols,
+        mappings=mappings,
     )
     rng = random.Random(seed)
     price = 21_000.0
@@ -125,27 +189,90 @@ def ohlcv_dbn(
         close = max(1.0, open_ + rng.randint(-40, 40) * 0.25)
         high = max(open_, close) + rng.randint(0, 12) * 0.25
         low = min(open_, close) - rng.randint(0, 12) * 0.25
+        volume = rng.randint(1, 5000)
         price = close
-        out += bytes(
-            OHLCVMsg(
-                rtype=rtype,
-                publisher_id=1,
-                instrument_id=INSTRUMENT_ID,
-                ts_event=start_ns + i * step * stride * _NS,
-                open=round(open_ * _PX),
-                high=round(high * _PX),
-                low=round(low * _PX),
-                close=round(close * _PX),
-                volume=rng.randint(1, 5000),
+        ts = start_ns + i * step * stride * _NS
+        for k, iid in enumerate(ids):
+            premium = 50.0 * k
+            out += bytes(
+                OHLCVMsg(
+                    rtype=rtype,
+                    publisher_id=1,
+                    instrument_id=_instrument_at(intervals, ts) if iid is None else iid,
+                    ts_event=ts,
+                    open=round((open_ + premium) * _PX),
+                    high=round((high + premium) * _PX),
+                    low=round((low + premium) * _PX),
+                    close=round((close + premium) * _PX),
+                    volume=volume,
+                )
             )
-        )
+    return _finish(out, header_bytes, compress, first_frame_records)
+
+
+def definition_dbn(
+    *,
+    dataset: str = "GLBX.MDP3",
+    symbol: str = "NQ.v.0",
+    stype_in: str = "continuous",
+    start: dt.datetime | int = dt.datetime(2025, 11, 30, 23, tzinfo=dt.UTC),
+    end: dt.datetime | int = dt.datetime(2025, 12, 2, 5, tzinfo=dt.UTC),
+    rolls: tuple[dt.date, ...] = (),
+    compress: bool = True,
+    first_frame_records: int | None = None,
+) -> bytes:
+    """Real DBN of schema `definition`, as Databento sends it for [start, end): one InstrumentDefMsg for each
+    instrument mapped on each UTC day of the window (at the later of the day's start and `start`), naming the
+    contract (raw_symbol NQZ5, expiration, tick size, ...), with the same symbology mappings as the bars."""
+    start_ns, end_ns = _ns(start), _ns(end)
+    first_day = dt.datetime.fromtimestamp(start_ns / _NS, dt.UTC).date()
+    last_day = dt.datetime.fromtimestamp((end_ns - 1) // _NS, dt.UTC).date() + dt.timedelta(days=1)
+    if stype_in == "instrument_id":
+        ids = [int(part) for part in symbol.split(",")]
+        mappings = [_Mapping(str(iid), [_Interval(first_day, last_day, str(iid))]) for iid in ids]
+        root, symbols = "NQ", [str(iid) for iid in ids]
+    else:
+        intervals = continuous_intervals(first_day, last_day, rolls)
+        mappings, symbols, root = [_Mapping(symbol, intervals)], [symbol], symbol.split(".")[0]
+    metadata = Metadata(dataset=dataset, start=start_ns, end=end_ns, stype_in=SType(stype_in),
+                        stype_out=SType.INSTRUMENT_ID, schema=Schema.DEFINITION, symbols=symbols, mappings=mappings)
+    out = bytearray(bytes(metadata))
+    header_bytes = len(out)
+    day = first_day
+    while day < last_day:
+        ts = max(_day_ns(day), start_ns)
+        if ts < end_ns:
+            todays = ids if stype_in == "instrument_id" else [_instrument_at(intervals, ts)]
+            for iid in todays:
+                expiry = _CONTRACT.get(iid, (None, dt.datetime(2026, 12, 18, 13, 30, tzinfo=dt.UTC)))[1]
+                out += bytes(InstrumentDefMsg(
+                    publisher_id=1, instrument_id=iid, ts_event=ts, ts_recv=ts, min_price_increment=250_000_000,
+                    display_factor=1_000_000_000, raw_symbol=raw_symbol(iid, root), asset=root, security_type="FUT",
+                    instrument_class=InstrumentClass.FUTURE, security_update_action=SecurityUpdateAction.ADD,
+                    expiration=_ns(expiry), activation=_ns(expiry - dt.timedelta(days=270)),
+                    currency="USD", exchange="XCME", group=root, cfi="FFIXSX", unit_of_measure="IPNT",
+                    unit_of_measure_qty=20 * _PX, contract_multiplier=20,
+                ))
+        day += dt.timedelta(days=1)
+    return _finish(out, header_bytes, compress, first_frame_records)
+
+
+def _finish(out: bytearray, header_bytes: int, compress: bool, first_frame_records: int | None) -> bytes:
     if not compress:
         return bytes(out)
     zstd = zstandard.ZstdCompressor(level=3)
     if first_frame_records is None:
         return zstd.compress(bytes(out))
-    cut = header_bytes + first_frame_records * (len(out) - header_bytes) // max(records, 1)
+    size = out[header_bytes] * 4 if len(out) > header_bytes else 1
+    cut = header_bytes + min(first_frame_records, (len(out) - header_bytes) // size) * size
     return zstd.compress(bytes(out[:cut])) + zstd.compress(bytes(out[cut:]))
+
+
+def record_count(body: bytes) -> int:
+    """How many records the (zstd-compressed) DBN `body` holds: what metadata.get_record_count answers."""
+    data = zstandard.ZstdDecompressor().decompressobj().decompress(body) if body[:4] == _ZSTD_MAGIC else body
+    records = data[8 + int.from_bytes(data[4:8], "little"):]
+    return len(records) // (records[0] * 4) if records else 0
 
 
 def zstd_frames(body: bytes) -> list[bytes]:
@@ -257,10 +384,11 @@ class FakeDatabento:
     """`with FakeDatabento(...) as fake:` -- then `fake.gateway`, `fake.script(...)`, `fake.seen(...)`."""
 
     def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None,
-                 stride: int = 1):
+                 stride: int = 1, rolls: tuple[dt.date, ...] = ()):
         self.cost_usd = cost_usd
         self.records = records
         self.stride = stride
+        self.rolls = tuple(rolls)  # UTC days on which the continuous symbol maps to the next of CONTRACTS
         self.cert = cert
         self.requests: list[Seen] = []
         self._queues: dict[str, deque[Reply]] = {e: deque() for e in ENDPOINTS}
@@ -285,9 +413,21 @@ class FakeDatabento:
 
     def body_for(self, params: dict[str, str], first_frame_records: int | None = None) -> bytes:
         """The DBN the fake streams for a get_range with these form params."""
+        if params["stype_in"] not in ("continuous", "instrument_id"):
+            raise ValueError(f"stype_in {params['stype_in']} is not served")
+        if params["schema"] == "definition":
+            return definition_dbn(
+                dataset=params["dataset"],
+                symbol=params["symbols"],
+                stype_in=params["stype_in"],
+                start=_parse_ts(params["start"]),
+                end=_parse_ts(params["end"]),
+                rolls=self.rolls,
+                first_frame_records=first_frame_records,
+            )
         return ohlcv_dbn(
             dataset=params["dataset"],
-            symbol=params["symbols"].split(",")[0],
+            symbol=params["symbols"] if params["stype_in"] == "instrument_id" else params["symbols"].split(",")[0],
             schema=params["schema"],
             stype_in=params["stype_in"],
             start=_parse_ts(params["start"]),
@@ -295,7 +435,23 @@ class FakeDatabento:
             records=self.records,
             first_frame_records=first_frame_records,
             stride=self.stride,
+            rolls=self.rolls,
         )
+
+    def resolve(self, params: dict[str, str]) -> dict:
+        """symbology.resolve: the continuous symbols' mappings over [start_date, end_date), as Databento answers."""
+        first, last = dt.date.fromisoformat(params["start_date"]), dt.date.fromisoformat(params["end_date"])
+        symbols = params["symbols"].split(",")
+        result = {}
+        for symbol in symbols:
+            if params["stype_in"] == "instrument_id":
+                result[symbol] = [{"d0": first.isoformat(), "d1": last.isoformat(), "s": symbol}]
+            else:
+                result[symbol] = [{"d0": i.start_date.isoformat(), "d1": i.end_date.isoformat(), "s": i.symbol}
+                                  for i in continuous_intervals(first, last, self.rolls)]
+        return {"result": result, "symbols": symbols, "stype_in": params["stype_in"],
+                "stype_out": params["stype_out"], "start_date": first.isoformat(), "end_date": last.isoformat(),
+                "partial": [], "not_found": [], "message": "OK", "status": 0}
 
     # lifecycle
     @property
@@ -436,8 +592,16 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
             if reply.status == 200 and reply.json is None and reply.body is None:
                 if endpoint == GET_COST:
                     reply = replace(reply, json=fake.cost_usd)
+                elif endpoint == RESOLVE:
+                    try:
+                        reply = replace(reply, json=fake.resolve(params))
+                    except (KeyError, ValueError) as exc:
+                        return self._send(Reply.error(422, f"fake cannot resolve {params}: {exc}"))
                 elif endpoint == GET_RECORD_COUNT:
-                    reply = replace(reply, json=fake.records)
+                    try:
+                        reply = replace(reply, json=record_count(fake.body_for(params)))
+                    except (KeyError, ValueError, databento_dbn.DBNError) as exc:
+                        return self._send(Reply.error(422, f"fake cannot count {params}: {exc}"))
                 else:
                     split = reply.first_frame_records if reply.fault == "cut_frame" else None
                     try:

@@ -170,9 +170,10 @@ def test_databento_source_downloads_once_then_reuses_the_raw_file(engine_cli, db
     assert first.returncode == 0, first.output
     summary = first.result["stages"]["ingest"]
     assert summary["bars_inserted"] == 90 and summary["retries"] == 2
-    [raw] = summary["raw_files"]
-    assert raw["reused"] is False and len(raw["sha256"]) == 64
-    assert [s.params["symbols"] for s in fake.seen(GET_RANGE)] == ["NQ.v.0"] * 3
+    raw, definitions = summary["raw_files"]  # the bars, then the window's instrument definitions
+    assert raw["reused"] is False and len(raw["sha256"]) == 64 and definitions["kind"] == "definitions"
+    assert [(s.params["symbols"], s.params["schema"]) for s in fake.seen(GET_RANGE)] == \
+        [("NQ.v.0", "ohlcv-1m")] * 3 + [("NQ.v.0", "definition")]
     requests_before = len(fake.seen())
 
     second = ingest(engine_cli, db_url, *from_databento(fake), *WINDOW)

@@ -147,7 +147,7 @@ def test_a_compare_path_that_holds_no_plan_is_refused(engine_cli, tmp_path, targ
 @pytest.mark.slow
 def test_offline_cost_is_unknown_and_a_landed_raw_file_is_reused_at_no_cost(engine_cli, tmp_path, monkeypatch):
     monkeypatch.delenv("DATABENTO_API_KEY", raising=False)
-    job = ["source=databento", "stages=[registry,ingest,detect]", *THREE_DAYS]
+    job = ["source=databento", "source.definitions=false", "stages=[registry,ingest,detect]", *THREE_DAYS]
     landed = land(tmp_path / "data", dt.datetime(2025, 12, 10, tzinfo=UTC), dt.datetime(2025, 12, 11, tzinfo=UTC))
 
     _, text, result = dry_run(engine_cli, *job, run_dir="plans/offline")
@@ -210,7 +210,8 @@ def test_with_a_key_each_request_not_landed_shows_its_quote(engine_cli, fake_dat
     fake = fake_databento("db-PLANTESTKEY0000000000000", records=50, stride=29, subprocess=True)
     land(tmp_path / "data", dt.datetime(2025, 12, 10, tzinfo=UTC), dt.datetime(2025, 12, 11, tzinfo=UTC))
     _, text, result = dry_run(engine_cli, "source=databento", f"source.gateway={fake.gateway}",
-                              "stages=[registry,ingest]", *THREE_DAYS, run_dir="plans/online")
+                              "source.definitions=false", "stages=[registry,ingest]", *THREE_DAYS,
+                              run_dir="plans/online")
     assert "| Databento cost | $0.5000 for 2 of 3 requests; 1 landed raw file reused at $0 |" in text
     assert "| 1 | 2025-12-09T00:00:00Z | 2025-12-10T00:00:00Z | to download | $0.2500 |" in text
     assert "| 2 | 2025-12-10T00:00:00Z | 2025-12-11T00:00:00Z | landed: reused | $0.0000 |" in text

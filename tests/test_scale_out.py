@@ -145,7 +145,8 @@ def fake(fake_databento):
 
 
 def test_chunked_backfill_resumes_after_a_failure_in_the_middle_chunk(engine_cli, db_url, fake):
-    source = ["source=databento", f"source.gateway={fake.gateway}", f"db.url={db_url}", "stages=[ingest,detect]"]
+    source = ["source=databento", f"source.gateway={fake.gateway}", "source.definitions=false", f"db.url={db_url}",
+              "stages=[ingest,detect]"]
     fake.script(GET_RANGE, Reply(), Reply.error(401, "key revoked mid-backfill"))
     failed = engine_cli(*source, *THREE_DAYS)
     assert failed.returncode == 2 and "DATABENTO_API_KEY" in failed.output
@@ -172,7 +173,8 @@ def test_chunked_backfill_resumes_after_a_failure_in_the_middle_chunk(engine_cli
 
 
 def test_dry_run_prints_the_plan_and_leaves_the_database_untouched(engine_cli, db_url, fake):
-    source = ["source=databento", f"source.gateway={fake.gateway}", f"db.url={db_url}", "stages=[ingest,detect]"]
+    source = ["source=databento", f"source.gateway={fake.gateway}", "source.definitions=false", f"db.url={db_url}",
+              "stages=[ingest,detect]"]
     fake.script(GET_RANGE, Reply())
     first_day = engine_cli(*source, "window.start=2025-12-09", "window.end=2025-12-10")
     assert first_day.returncode == 0, first_day.output

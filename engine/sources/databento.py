@@ -26,6 +26,12 @@ class DatabentoSource(SourceParams):
     read_timeout_seconds: float = 60.0
     retry_budget_seconds: float = 600.0
     gateway: str | None = None
+    # Continuous downloads only, each landed once beside the bars and priced by the same cost guard:
+    # the window's instrument definitions (without them raw_symbol stays NULL on the clean bars, and the
+    # ingest says so), and the outgoing and incoming contracts' bars of each roll session (without them a
+    # back-adjusted series cannot adjust Databento's rolls, and the ingest says which).
+    definitions: bool = True
+    roll_outrights: bool = True
     local: ClassVar[bool] = False
 
     def check(self) -> None:

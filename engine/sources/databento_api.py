@@ -28,6 +28,7 @@ This module decides what to fetch, what it may cost and whether a landing can be
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import math
 import os
@@ -42,10 +43,10 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
-from engine.sources.databento_client import download, get_cost, get_record_count, historical
+from engine.sources.databento_client import download, get_cost, get_record_count, historical, resolve_intervals
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
-from engine.sources.dbn import count_records
+from engine.sources.dbn import _read_info, count_records
 from engine.sources.landing import (
     exclusive,
     file_digest,
@@ -63,9 +64,11 @@ from engine.sources.progress import ProgressPoller, notify
 if TYPE_CHECKING:
     from engine.sources.databento import DatabentoSource
 
-__all__ = ["FetchResult", "RawRequest", "Timeouts", "acquire", "estimate_cost", "fetch_raw", "timeouts"]
+__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "estimate_cost", "extra_requests",
+           "fetch_raw", "planned_requests", "rolls_of", "timeouts"]
 
 log = logging.getLogger(__name__)
+_EPOCH = dt.date(1970, 1, 1)
 
 
 @dataclass
@@ -92,8 +95,11 @@ def fetch_raw(
     on_status: Callable[[str], None] | None = None,
     sleep: Callable[[float], Any] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    quote: float | None = None,
 ) -> FetchResult:
     """Land the raw DBN for `req` under `data_dir` (see `RawRequest.landing_path`), or reuse it.
+
+    `quote`: the price already asked of `metadata.get_cost` for `req` (then it is not asked again).
 
     `on_bytes(n)` is told the bytes written so far, `on_status(text)` what is going wrong ("stalled 3 s,
     retry 1/5", "" when nothing); both may be called from a background thread.
@@ -102,7 +108,7 @@ def fetch_raw(
     """
     policy = RetryPolicy(max_retries, backoff_seconds, max_backoff_seconds, sleep, timeouts, clock, on_status)
     try:
-        return _fetch(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes)
+        return _fetch(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes, quote)
     except BaseException as exc:
         if policy.retries:
             with contextlib.suppress(AttributeError):
@@ -117,6 +123,7 @@ def _fetch(
     policy: RetryPolicy,
     gateway: str | None,
     on_bytes: Callable[[int], None] | None,
+    quote: float | None = None,
 ) -> FetchResult:
     final = req.landing_path(data_dir)
     reused = _reuse(req, final, on_bytes, gateway, policy)
@@ -124,7 +131,7 @@ def _fetch(
         return reused
 
     client = historical(gateway)
-    cost = get_cost(client, req, policy)
+    cost = get_cost(client, req, policy) if quote is None else quote
     if cost > max_cost_usd:
         raise EngineError(
             f"Databento quotes ${cost:,.2f} for {req.describe()}, "
@@ -315,26 +322,177 @@ def _verify_download(part: Path, req: RawRequest, expected: int) -> int:
     return count
 
 
+# --------------------------------------------------------------------------------------------- the job's requests
+
+BARS, DEFINITIONS, OUTRIGHTS = "bars", "definitions", "outrights"
+#: The outright bars of a roll on UTC day D cover [D - 2 days, D + 1 day), clipped to the window's end: the last
+#: full session before the roll (a continuous mapping changes at 00:00 UTC, inside the CME session that opened
+#: at 17:00 Chicago the evening before), the roll session itself and, over a weekend, at least Friday's close.
+ROLL_DAYS_BEFORE = 2
+ROLL_DAYS_AFTER = 1
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request of a job: what it is for (`kind`), and for an outright request the roll it prices."""
+
+    kind: str  # BARS | DEFINITIONS | OUTRIGHTS
+    req: RawRequest
+    roll: tuple[dt.date, int, int] | None = None  # (roll day, outgoing instrument_id, incoming instrument_id)
+
+    def label(self) -> str:
+        if self.roll is None:
+            return self.kind
+        day, out, inc = self.roll
+        return f"{self.kind} {out} → {inc} (roll {day.isoformat()})"
+
+
+def bars_request(symbol, window) -> RawRequest:
+    """The bars of the job's window, exactly as asked for (continuous symbol or outright)."""
+    return RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, window.start,
+                      window.end)
+
+
+def rolls_of(intervals, continuous: str) -> list[tuple[dt.date, int, int]]:
+    """(roll day, outgoing id, incoming id) wherever the instrument of `continuous` changes between consecutive
+    mapping intervals ((instrument_id, start_day, end_day, symbol), as `DbnFileInfo.intervals`)."""
+    mine = sorted((start, end, iid) for iid, start, end, sym in intervals if sym == continuous)
+    return [(_EPOCH + dt.timedelta(days=b_start), a_iid, b_iid)
+            for (_, _, a_iid), (b_start, _, b_iid) in zip(mine, mine[1:], strict=False) if a_iid != b_iid]
+
+
+def extra_requests(source, symbol, window, intervals) -> list[Planned]:
+    """Beside the bars of a continuous download: its instrument definitions (source.definitions) and, for each
+    roll in `intervals` (the continuous symbol's mappings; None when not known), the outgoing and incoming
+    contracts' ohlcv-1m bars by instrument_id over the roll session (source.roll_outrights)."""
+    if symbol.stype_in != "continuous":
+        return []
+    out = []
+    if source.definitions:
+        out.append(Planned(DEFINITIONS, RawRequest(symbol.dataset, symbol.databento_symbol, "definition",
+                                                   symbol.stype_in, window.start, window.end)))
+    if source.roll_outrights and intervals is not None:
+        for day, old, new in rolls_of(intervals, symbol.databento_symbol):
+            midnight = dt.datetime.combine(day, dt.time(), UTC)
+            start = midnight - dt.timedelta(days=ROLL_DAYS_BEFORE)
+            end = min(midnight + dt.timedelta(days=ROLL_DAYS_AFTER), window.end)
+            out.append(Planned(OUTRIGHTS, RawRequest(symbol.dataset, f"{old},{new}", "ohlcv-1m", "instrument_id",
+                                                     start, end), (day, old, new)))
+    return out
+
+
+def planned_requests(source, symbol, window, data_dir: Path, *, online: bool) -> list[Planned]:
+    """Every request of one job (bars first), for the cost guard and the dry run. The rolls come from the
+    landed bars' mappings, else (`online`) from Databento's free `symbology.resolve`, else they are unknown
+    and no outright request is listed."""
+    bars = bars_request(symbol, window)
+    return [Planned(BARS, bars), *extra_requests(source, symbol, window, _intervals(source, symbol, bars, data_dir,
+                                                                                   online))]
+
+
+def _intervals(source, symbol, bars: RawRequest, data_dir: Path, online: bool):
+    if symbol.stype_in != "continuous" or not source.roll_outrights:
+        return None
+    landed = bars.landing_path(data_dir)
+    if landed.is_file():
+        with contextlib.suppress(EngineError):  # a damaged landing is refused (and bought again) by fetch_raw
+            return _read_info(landed).intervals
+    if not online:
+        return None
+    return resolve_intervals(historical(source.gateway), bars, _policy(source))
+
+
+def _policy(source, on_status: Callable[[str], None] | None = None) -> RetryPolicy:
+    return RetryPolicy(source.max_retries, source.backoff_seconds, 60.0, time.sleep, timeouts(source),
+                       on_status=on_status)
+
+
+def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawRequest, float]) -> None:
+    """Price every request not landed yet (into `quotes`, free) and refuse, before anything is bought, when
+    all of them together cost more than source.max_cost_usd; stops asking once the limit is passed."""
+    limit = source.max_cost_usd
+    client = None
+    for item in planned:
+        if item.req in quotes or item.req.landing_path(data_dir).is_file():
+            continue
+        client = client or historical(source.gateway)
+        quotes[item.req] = get_cost(client, item.req, _policy(source))
+        if sum(quotes.values()) > limit:
+            break
+    total = sum(quotes.values())
+    if total <= limit:
+        return
+    parts = {}
+    for item in planned:
+        if item.req in quotes:
+            parts[item.kind] = parts.get(item.kind, 0.0) + quotes[item.req]
+    shown = ", ".join(f"{kind} ${usd:,.2f}" for kind, usd in parts.items())
+    extras = [f"source.{name}=false" for kind, name in ((DEFINITIONS, "definitions"), (OUTRIGHTS, "roll_outrights"))
+              if kind in parts]
+    also = f" and its extra requests ({shown})" if len(parts) > 1 else ""
+    raise EngineError(
+        f"Databento quotes ${total:,.2f} for {planned[0].req.describe()}{also}, "
+        f"above the limit source.max_cost_usd=${limit:,.2f}; nothing was downloaded",
+        f"raise the limit, e.g. source.max_cost_usd={math.ceil(total * 100) / 100:.2f}, request a shorter window"
+        + (f", or leave out extras ({' / '.join(extras)})" if extras else ""),
+    )
+
+
 def acquire(ctx, progress) -> Landing:
-    """Download (or reuse) the job's window from Databento, with a byte counter on the progress bar."""
-    symbol, source = ctx.symbol, ctx.source
-    req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in, ctx.window.start,
-                     ctx.window.end)
-    label = f"download {symbol.databento_symbol}"
+    """Download (or reuse) the job's window from Databento, with a byte counter on the progress bar.
+
+    A continuous download also lands the window's instrument definitions and the outright bars of each roll
+    session (see `extra_requests`). All requests not landed yet are priced first and the cost guard applies to
+    their sum. The rolls are then read again from the landed bars' own mappings: those are what is bought.
+    """
+    symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
+    planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
+    quotes: dict[RawRequest, float] = {}
+    _quote_all(planned, data_dir, source, quotes)
+    landing = Landing([])
+    bars = _land(planned[0], ctx, progress, quotes, landing)
+    landing.paths.append(bars.path)
+    if symbol.stype_in == "continuous" and source.roll_outrights:
+        extras = extra_requests(source, symbol, ctx.window, _read_info(bars.path).intervals)
+        if any(item.req not in quotes and not item.req.landing_path(data_dir).is_file() for item in extras):
+            _quote_all([planned[0], *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
+    else:
+        extras = planned[1:]
+    for item in extras:
+        result = _land(item, ctx, progress, quotes, landing)
+        (landing.definitions if item.kind == DEFINITIONS else landing.outrights).append(result.path)
+    return landing
+
+
+def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing: Landing) -> FetchResult:
+    source = ctx.source
+    label = f"download {item.label()} {item.req.symbol}" if item.kind != BARS else f"download {item.req.symbol}"
     task = progress.add_task(label, total=None, unit="bytes")
-    result = fetch_raw(
-        req, Path(ctx.cfg.data_dir), max_cost_usd=source.max_cost_usd, max_retries=source.max_retries,
-        backoff_seconds=source.backoff_seconds, timeouts=timeouts(source), gateway=source.gateway,
-        on_bytes=lambda n: progress.update(task, completed=n),
-        on_status=lambda text: progress.update(task, description=f"{label} ({text})" if text else label),
-    )
+    try:
+        result = fetch_raw(
+            item.req, Path(ctx.cfg.data_dir), max_cost_usd=source.max_cost_usd, max_retries=source.max_retries,
+            backoff_seconds=source.backoff_seconds, timeouts=timeouts(source), gateway=source.gateway,
+            on_bytes=lambda n: progress.update(task, completed=n),
+            on_status=lambda text: progress.update(task, description=f"{label} ({text})" if text else label),
+            quote=quotes.get(item.req),
+        )
+    except BaseException as exc:
+        if landing.retries:
+            with contextlib.suppress(AttributeError):
+                exc.retries = landing.retries + getattr(exc, "retries", 0)  # type: ignore[attr-defined]
+        raise
     progress.update(task, visible=False)
-    return Landing(
-        [result.path],
-        retries=result.retries,
-        raw_files=[{"path": str(result.path), "sha256": result.sha256, "reused": result.reused,
-                    "bytes": result.bytes, "cost_usd": result.cost_usd}],
-    )
+    landing.retries += result.retries
+    entry = {"path": str(result.path), "sha256": result.sha256, "reused": result.reused, "bytes": result.bytes,
+             "cost_usd": result.cost_usd}
+    if item.kind != BARS:
+        entry["kind"] = item.kind
+    landing.raw_files.append(entry)
+    return result
+
+
+def _has_key() -> bool:
+    return bool(os.environ.get(API_KEY_ENV, "").strip())
 
 
 def timeouts(source: DatabentoSource) -> Timeouts:

@@ -5,6 +5,7 @@ The API key comes only from the DATABENTO_API_KEY environment variable and is ne
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import socket
@@ -20,6 +21,8 @@ from databento.common.error import BentoError, BentoHttpError
 from engine.errors import EngineError
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, RetryPolicy
+
+_EPOCH = dt.date(1970, 1, 1)
 
 
 def api_key() -> str:
@@ -89,6 +92,42 @@ def get_record_count(client: databento.Historical, req: RawRequest, policy: Retr
             "try again later; if it persists contact support@databento.com",
         )
     return count
+
+
+def resolve_intervals(
+    client: databento.Historical, req: RawRequest, policy: RetryPolicy
+) -> list[tuple[int, int, int, str]]:
+    """The symbology mappings of `req`'s symbols over its UTC days, as `DbnFileInfo.intervals`
+    ((instrument_id, start_day, end_day, symbol), days since the epoch, end exclusive): `symbology.resolve`,
+    free of charge. Symbols Databento does not find map to nothing."""
+    start = req.start.date()
+    end = (req.end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)
+
+    def call() -> dict:
+        _prepare(client, client.symbology, policy)
+        return client.symbology.resolve(dataset=req.dataset, symbols=req.symbols, stype_in=req.stype_in,
+                                        stype_out="instrument_id", start_date=start, end_date=end)
+
+    answer = policy.run(call, "symbology.resolve", req)
+    result = answer.get("result") if isinstance(answer, dict) else None
+    if not isinstance(result, dict):
+        raise EngineError(
+            f"Databento's symbology.resolve answered {str(answer)[:200]!r} for {req.describe()}",
+            "try again later; if it persists contact support@databento.com",
+        )
+    intervals = []
+    try:
+        for symbol, entries in result.items():
+            for entry in entries:
+                first, last = dt.date.fromisoformat(entry["d0"]), dt.date.fromisoformat(entry["d1"])
+                if entry.get("s") and last > first:
+                    intervals.append((int(entry["s"]), (first - _EPOCH).days, (last - _EPOCH).days, symbol))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngineError(
+            f"Databento's symbology.resolve answered an unreadable mapping for {req.describe()}: {exc!r}",
+            "try again later; if it persists contact support@databento.com",
+        ) from None
+    return intervals
 
 
 def download(client: databento.Historical, req: RawRequest, part: Path, policy: RetryPolicy) -> None:

@@ -17,9 +17,9 @@ class RawRequest:
     """One Databento time-series request: `symbol` in `dataset`/`schema` over [start, end) UTC."""
 
     dataset: str  # "GLBX.MDP3"
-    symbol: str  # continuous symbol, e.g. "NQ.v.0"
-    schema: str  # "ohlcv-1m"
-    stype_in: str  # "continuous"
+    symbol: str  # continuous symbol, e.g. "NQ.v.0"; several joined by commas ("42005804,42140878")
+    schema: str  # "ohlcv-1m" (or "definition")
+    stype_in: str  # "continuous" (or "instrument_id", "raw_symbol")
     start: datetime  # tz-aware UTC, inclusive
     end: datetime  # tz-aware UTC, exclusive
 
@@ -62,12 +62,16 @@ class RawRequest:
         """The request as keyword arguments of the Databento client's metadata.get_cost / timeseries.get_range."""
         return {
             "dataset": self.dataset,
-            "symbols": [self.symbol],
+            "symbols": self.symbols,
             "schema": self.schema,
             "stype_in": self.stype_in,
             "start": self.start,
             "end": self.end,
         }
+
+    @property
+    def symbols(self) -> list[str]:
+        return [part.strip() for part in self.symbol.split(",")]
 
     def describe(self) -> str:
         return (
