@@ -15,6 +15,7 @@ import databento
 import pytest
 from fake_databento import CONTRACTS, GET_COST, GET_RANGE, RESOLVE, Reply, raw_symbol
 from rich.progress import Progress
+from sql_rows import query
 
 from engine.errors import EngineError
 from engine.sources import Landing
@@ -219,6 +220,18 @@ def test_ingest_lands_bars_definitions_and_outrights_once(engine_cli, db_url, se
     for entry in summary["raw_files"]:
         path = first.cwd / entry["path"] if not Path(entry["path"]).is_absolute() else Path(entry["path"])
         assert sidecar(path)["sha256"] == entry["sha256"]
+    rolls = query(db_url, "SELECT * FROM contract_rolls")
+    assert len(rolls) == 1 and summary["rolls_unadjusted"] == [], summary
+    roll = rolls[0]
+    assert (roll["origin"], roll["rule"], roll["outgoing_instrument_id"], roll["incoming_instrument_id"]) == (
+        "databento", "v.0", OLD, NEW)
+    # The definitions name both contracts; the landed outright bars price the roll at a minute both traded.
+    assert (roll["outgoing_raw_symbol"], roll["incoming_raw_symbol"]) == (raw_symbol(OLD, "NQ"), raw_symbol(NEW, "NQ"))
+    assert roll["price_ts"] is not None and roll["outgoing_close"] and roll["incoming_close"]
+    named = query(db_url, "SELECT raw_symbol, count(*) AS n FROM market_bars_ohlcv_1m_clean GROUP BY raw_symbol "
+                          "ORDER BY raw_symbol")
+    assert sum(r["n"] for r in named) == RECORDS and all(r["raw_symbol"] for r in named), named
+    assert summary["raw_symbol_unknown"] == 0
     before = len(served.seen())
 
     second = engine_cli(*job)

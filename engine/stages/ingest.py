@@ -62,6 +62,9 @@ from engine.windows import iso_minute
 
 log = logging.getLogger(__name__)
 
+# What pricing a roll needs of a bar (a view of RAW_BAR_DTYPE rows: the same dtype whichever file they came from).
+_PRICED_FIELDS = ("ts", "instrument_id", "close")
+
 # Key of the records-outside-the-window count in clean_ingest_runs.ignored_instruments (no symbol looks like it).
 OUTSIDE_WINDOW_KEY = "(outside window)"
 _UNCHECKED_ROOTS: set[str] = set()  # roots without a tick size already reported by this process
@@ -482,7 +485,7 @@ class _Selection:
         in_span = np.zeros(len(chunk), dtype=bool)
         for lo, hi in self.spans:
             in_span |= (chunk["ts"] >= lo) & (chunk["ts"] < hi)
-        priced = chunk[in_span][["ts", "instrument_id", "close"]]
+        priced = chunk[in_span][list(_PRICED_FIELDS)]
         if keep.all():
             return chunk, {}, priced
         return chunk[keep], self.count(chunk["raw_symbol"][~keep]), priced
@@ -614,7 +617,7 @@ def _priced(ctx: StageContext, selection: _Selection, tally: _Tally, landing, ch
         hi = max(c[0] for c in changes) + NS_PER_MINUTE
         flt = SymbolFilter(ctx.symbol.root, ctx.symbol.continuous, instrument_labels=True)
         for chunk, _ in DbnBarFile(landing.outrights).iter_labelled(flt, ctx.source.batch_size, (lo, hi)):
-            parts.append(chunk[(chunk["ts"] >= lo) & (chunk["ts"] < hi)])
+            parts.append(chunk[(chunk["ts"] >= lo) & (chunk["ts"] < hi)][list(_PRICED_FIELDS)])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=RAW_BAR_DTYPE)
 
 
