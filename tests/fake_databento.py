@@ -121,9 +121,11 @@ def _day_ns(day: dt.date) -> int:
 
 def continuous_intervals(first_day: dt.date, last_day: dt.date, rolls: tuple[dt.date, ...] = ()) -> list[_Interval]:
     """The mapping intervals of the continuous symbol over [first_day, last_day): CONTRACTS[k] from the k-th roll
-    day on (every roll day inside the range; end dates exclusive, as Databento writes them)."""
+    day on, whatever the range asked for (as Databento's mappings are: a request starting after a roll maps to the
+    contract after it; end dates exclusive, as Databento writes them)."""
     days = [first_day, *[d for d in sorted(rolls) if first_day < d < last_day], last_day]
-    return [_Interval(a, b, str(CONTRACTS[k][0])) for k, (a, b) in enumerate(zip(days, days[1:], strict=False))]
+    return [_Interval(a, b, str(CONTRACTS[sum(1 for r in rolls if r <= a)][0])) for a, b in zip(days, days[1:],
+                                                                                               strict=False)]
 
 
 def _instrument_at(intervals: list[_Interval], ts_ns: int) -> int:

@@ -142,9 +142,28 @@ def test_each_extra_can_be_turned_off(fake, tmp_path):
 
 def test_the_rolls_come_from_the_landed_bars_when_they_are_there(fake, tmp_path):
     land(fake, tmp_path, definitions=False, roll_outrights=False)
-    landing = land(fake, tmp_path)  # bars reused: their own mappings name the roll, no symbology.resolve
-    assert fake.seen(RESOLVE) == [] and ranges(fake) == [BARS, DEFINITIONS, OUTRIGHTS]
+    landing = land(fake, tmp_path)  # bars reused: their own mappings name the roll; only the day before is resolved
+    assert [(s.params["start_date"], s.params["end_date"]) for s in fake.seen(RESOLVE)] == [("2025-11-30",
+                                                                                             "2025-12-01")]
+    assert ranges(fake) == [BARS, DEFINITIONS, OUTRIGHTS]
     assert len(landing.outrights) == 1 and landing.raw_files[0]["reused"] is True
+
+
+def test_a_roll_on_the_windows_first_day_gets_its_outrights(fake, tmp_path):
+    """A chunk that starts on the roll day (window.chunk=1d) sees one contract in its own mappings: the mapping of the
+    day before (one free resolve, kept beside the landings) shows the roll, so its outright bars are landed."""
+    src = DatabentoSource(gateway=fake.gateway, backoff_seconds=0.01)
+    roll_day = dt.datetime.combine(ROLL, dt.time(), UTC)
+    ctx = SimpleNamespace(symbol=NQ, source=src, window=Window(roll_day, END), cfg=SimpleNamespace(data_dir=tmp_path))
+    with Progress(disable=True) as progress:
+        landing = acquire(ctx, progress)
+    assert ranges(fake)[-1] == OUTRIGHTS and len(landing.outrights) == 1
+    assert (tmp_path / "raw/GLBX.MDP3/symbology/NQ.v.0_20251201.json").is_file()
+    seen = len(fake.seen())
+    with Progress(disable=True) as progress:
+        again = acquire(ctx, progress)
+    assert len(fake.seen()) == seen, "the second run asks nothing, the day before included"
+    assert again.outrights == landing.outrights
 
 
 def test_a_cut_definitions_download_is_refused_and_never_kept(fake, tmp_path):

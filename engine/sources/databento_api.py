@@ -28,7 +28,9 @@ This module decides what to fetch, what it may cost and whether a landing can be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -396,10 +398,37 @@ def _intervals(source, symbol, bars: RawRequest, data_dir: Path, online: bool):
     landed = bars.landing_path(data_dir)
     if landed.is_file():
         with contextlib.suppress(EngineError):  # a damaged landing is refused (and bought again) by fetch_raw
-            return _read_info(landed).intervals
+            return _day_before(source, symbol, bars, data_dir, online) + list(_read_info(landed).intervals)
     if not online:
         return None
-    return resolve_intervals(historical(source.gateway), bars, _policy(source))
+    # One free call for the day before the window and the window; the day before is kept for the landing step.
+    day = bars.start.date() - dt.timedelta(days=1)
+    spanning = dataclasses.replace(bars, start=datetime.combine(day, dt.time(), UTC))
+    intervals = resolve_intervals(historical(source.gateway), spanning, _policy(source))
+    _day_before(source, symbol, bars, data_dir, online, resolved=intervals)
+    return intervals
+
+
+def _day_before(source, symbol, window, data_dir: Path, online: bool, resolved=None) -> list[tuple[int, int, int, str]]:
+    """The continuous symbol's mapping on the UTC day before the window (free `symbology.resolve`, or taken from
+    `resolved`, a resolve that spans it; kept beside the landings so it is asked once): a roll on the window's first
+    day, e.g. at a chunk boundary, is then a roll of this window and its outright bars are landed."""
+    day = window.start.date() - dt.timedelta(days=1)
+    req = RawRequest(symbol.dataset, symbol.databento_symbol, symbol.schema, symbol.stype_in,
+                     datetime.combine(day, dt.time(), UTC), datetime.combine(window.start.date(), dt.time(), UTC))
+    landing = req.landing_path(Path(data_dir))  # data_dir/raw/<dataset>/<schema>/<symbol>/...
+    path = landing.parents[2] / "symbology" / f"{landing.parent.name}_{day:%Y%m%d}.json"
+    if resolved is None and path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return [tuple(item) for item in json.loads(path.read_text())["intervals"]]
+    if resolved is None and not online:
+        return []
+    first = (day - _EPOCH).days
+    intervals = ([(iid, max(a, first), min(b, first + 1), sym) for iid, a, b, sym in resolved if a <= first < b]
+                 if resolved is not None else resolve_intervals(historical(source.gateway), req, _policy(source)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"request": req.as_dict(), "intervals": [list(iv) for iv in intervals]})
+    return intervals
 
 
 def _policy(source, on_status: Callable[[str], None] | None = None) -> RetryPolicy:
@@ -453,7 +482,9 @@ def acquire(ctx, progress) -> Landing:
     bars = _land(planned[0], ctx, progress, quotes, landing)
     landing.paths.append(bars.path)
     if symbol.stype_in == "continuous" and source.roll_outrights:
-        extras = extra_requests(source, symbol, ctx.window, _read_info(bars.path).intervals)
+        intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + list(
+            _read_info(bars.path).intervals)
+        extras = extra_requests(source, symbol, ctx.window, intervals)
         if any(item.req not in quotes and not item.req.landing_path(data_dir).is_file() for item in extras):
             _quote_all([planned[0], *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
     else:
