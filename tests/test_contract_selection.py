@@ -353,9 +353,9 @@ def test_rule_n_is_refused_with_exit_2(engine_cli, sqlite_url, tmp_path):
 def test_landing_definitions_and_outrights_name_and_price_a_continuous_series(tmp_path, dbn_fixtures):
     """What a Databento landing adds beside a continuous file: instrument definitions name its records (the real
     ESU4/NQU4 definitions), and landing.outrights (here one by instrument id) price its rolls."""
+    from engine.contracts import roll_price_bars, select_series
     from engine.rolls import roll_prices
     from engine.sources import Landing
-    from engine.stages.ingest import _priced, _selection
     from engine.symbols import ResolvedSymbol
 
     day = dt.date(2024, 7, 1)
@@ -369,12 +369,12 @@ def test_landing_definitions_and_outrights_name_and_price_a_continuous_series(tm
                                                  end=dt.datetime(2024, 7, 2, tzinfo=UTC)))
     landing = Landing([path], definitions=[dbn_fixtures / "nt_ESU4_NQU4_20240701.definition.dbn.zst"])
     bars = DbnBarFile([path])
-    selection = _selection(ctx, bars, landing, None)
+    selection = select_series(ctx, bars, landing, None)
     [(chunk, via_continuous)] = list(bars.iter_labelled(selection.flt))
     chosen, not_chosen, _ = selection.select(chunk, via_continuous)
     assert selection.mode == "continuous" and not_chosen == {}
     assert chosen["raw_symbol"].tolist() == [b"ESU4"] * 3 and chosen["instrument_id"].tolist() == [118] * 3
-    without = _selection(ctx, bars, Landing([path]), None)
+    without = select_series(ctx, bars, Landing([path]), None)
     [(chunk, via_continuous)] = list(bars.iter_labelled(without.flt))
     assert without.select(chunk, via_continuous)[0]["raw_symbol"].tolist() == [b""] * 3
 
@@ -383,7 +383,7 @@ def test_landing_definitions_and_outrights_name_and_price_a_continuous_series(tm
     by_id = np.concatenate([bars_at([minute(day, 22, 59), minute(day, 23, 0)], "ESM4", 5470.0, 5),
                             bars_at([minute(day, 23, 0)], "ESU4", 5527.0, 5)])
     outrights = _dbn(tmp_path / "by_id.dbn.zst", by_id, databento_dbn.SType.INSTRUMENT_ID, [], ["5602", "118"])
-    priced = _priced(ctx, selection, SimpleNamespace(priced=[]), Landing([path], outrights=[outrights]),
+    priced = roll_price_bars(ctx, selection, [], Landing([path], outrights=[outrights]),
                      [(roll_ns, ESM4, b"", ESU4, b"")])
     assert roll_prices(priced["ts"], priced["instrument_id"], priced["close"], 0, roll_ns, ESM4, ESU4) == (
         minute(day, 23, 0), int(by_id["close"][1]), int(by_id["close"][2]))
