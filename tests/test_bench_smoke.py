@@ -30,6 +30,8 @@ FIGURE_ROWS = {
     "reingest_changed_pg": ("re-ingest, 1% of bars changed", "PostgreSQL"),
     "reingest_changed_sqlite": ("re-ingest, 1% of bars changed", "SQLite"),
     "detect_compute": ("triangle detection, compute only", "— (numpy)"),
+    "rolls_compute": ("continuous series from 4 quarters of outright bars (rule v), compute only", "— (numpy)"),
+    "adjusted_read_sqlite": ("read of a back-adjusted series (difference, 8 rolls), vs plain read", "SQLite"),
     "detect_stage_pg": ("detect stage end to end", "PostgreSQL"),
     "detect_rerun_pg": ("detect stage end to end, rerun", "PostgreSQL"),
     "detect_stage_sqlite": ("detect stage end to end", "SQLite"),
