@@ -289,7 +289,8 @@ def test_an_exception_after_the_rows_are_sent_rolls_the_batch_back(db, monkeypat
 # PostgreSQL: which path each batch takes
 
 
-def test_postgres_direct_copy_and_staging_paths(pg_db, monkeypatch):
+def copy_paths(monkeypatch) -> list[str]:
+    """The PostgreSQL write path each batch takes from now on (_pg_copy_direct or _pg_copy_staged), in order."""
     calls: list[str] = []
     for name in ("_pg_copy_direct", "_pg_copy_staged"):
         original = getattr(PostgresBars, name)
@@ -299,6 +300,11 @@ def test_postgres_direct_copy_and_staging_paths(pg_db, monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(PostgresBars, name, spy)
+    return calls
+
+
+def test_postgres_direct_copy_and_staging_paths(pg_db, monkeypatch):
+    calls = copy_paths(monkeypatch)
 
     data = make_bars(400)
     run = new_run(pg_db)

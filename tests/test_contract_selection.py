@@ -18,22 +18,16 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 import zstandard
-from hydra import compose, initialize_config_dir
 from sql_rows import query
+from test_chunked_equality import run_engine as run_job
 
 from engine.bars import NS_PER_MINUTE, PRICE_SCALE, RAW_BAR_DTYPE
 from engine.calendar import sessions as calendar_sessions
-from engine.config import register_configs, to_typed
-from engine.context import RunRecord, StageContext
-from engine.db import runs
+from engine.config import register_configs
 from engine.db.connect import create_db_engine, upgrade
 from engine.db.schema import clean_bars
 from engine.db.types import datetime_to_ns
-from engine.job_plugins import load_plugins
-from engine.pipeline import run_stages
-from engine.provenance import CodeVersion
 from engine.sources.dbn import DBN_OHLCV_DTYPE, DbnBarFile, SymbolFilter
-from engine.windows import parse_window
 
 REPO = Path(__file__).resolve().parents[1]
 register_configs()
@@ -49,26 +43,9 @@ UTC = dt.UTC
 
 
 def run_engine(url: str, workdir: Path, *overrides: str) -> dict:
-    """One job in this process, as engine/app.py runs it: composed config, a real run row, run_stages."""
-    with initialize_config_dir(config_dir=str(REPO / "engine" / "conf"), version_base="1.3"):
-        stages = [] if any(o.startswith("stages=") for o in overrides) else ["stages=[ingest]"]
-        cfg = compose("config", overrides=[f"db.url={url}", f"data_dir={workdir / 'data'}", *stages, *overrides])
-    typed = to_typed(cfg)
-    db = create_db_engine(url)
-    try:
-        upgrade(db)
-        plugins = load_plugins(typed)
-        run_id = runs.start_run(db, symbol=typed.symbol, stages=runs.dumps(list(typed.stages)), run_dir=str(workdir),
-                                git_hash=None, git_dirty=None, logic_version="test", config_sha256="0" * 64,
-                                overrides=runs.dumps(list(overrides)), data_kind=plugins.source.obj.data_kind.value)
-        ctx = StageContext(cfg=typed, window=parse_window(typed.window), db=db,
-                           run=RunRecord(run_id, workdir, CodeVersion(None, None, "test")),
-                           log=logging.getLogger("engine"), plugins=plugins)
-        run_stages(ctx)
-        runs.finish_run(db, run_id, "success")
-        return {name: result.as_json() for name, result in ctx.run.results.items()}
-    finally:
-        db.dispose()
+    """One job in this process (test_chunked_equality.run_engine), stages=[ingest] unless the overrides say."""
+    stages = [] if any(o.startswith("stages=") for o in overrides) else ["stages=[ingest]"]
+    return run_job(url, workdir, *stages, *overrides)
 
 
 def source(*paths: Path) -> list[str]:

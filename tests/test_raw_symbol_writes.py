@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from test_bar_writer import copy_paths
 
 from engine.bars import NS_PER_MINUTE, RAW_BAR_DTYPE
 from engine.db import pgcopy
 from engine.db.bars import CleanBarWriter, WriteCounts
-from engine.db.bars_postgres import PostgresBars, pg_encode, raw_symbol_groups
+from engine.db.bars_postgres import pg_encode, raw_symbol_groups
 from engine.db.schema import clean_bars, clean_ingest_runs
 
 T0 = 1_719_792_000 * 1_000_000_000  # 2024-07-01 00:00:00 UTC
@@ -132,15 +133,7 @@ def test_a_mixed_batch_takes_one_layout_per_length():
 
 
 def test_postgres_direct_and_staged_copy_both_carry_raw_symbol(pg_db, monkeypatch):
-    calls: list[str] = []
-    for name in ("_pg_copy_direct", "_pg_copy_staged"):
-        original = getattr(PostgresBars, name)
-
-        def spy(self, *args, _original=original, _name=name, **kwargs):
-            calls.append(_name)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(PostgresBars, name, spy)
+    calls = copy_paths(monkeypatch)
 
     data = bars(600, MIXED)
     counts, _ = write(pg_db, data[:300], batch_size=150)
