@@ -49,15 +49,25 @@ class QualitySummary:
     last_date: date | None
 
 
-def record_session_quality(db: Engine, symbol: str, start: datetime, end: datetime, ingest_run_id: int | None
-                           ) -> QualitySummary:
+def record_session_quality(db: Engine, symbol: str, start: datetime, end: datetime, ingest_run_id: int | None,
+                           window_ts: np.ndarray | None = None) -> QualitySummary:
     """Recompute and upsert the session_quality rows of ``symbol``'s sessions touched by [start, end) (see the
-    module docstring) from the clean table, and summarise them."""
+    module docstring) from the clean table, and summarise them.
+
+    ``window_ts``: the ts of exactly the clean table's bars of ``symbol`` in [start, end), ascending, when the
+    caller knows them (an ingest into a window that held no bar and that no other ingest wrote to): only the parts
+    of the touched sessions outside the window are read from the table then."""
     start_ns, end_ns = datetime_to_ns(start), datetime_to_ns(end)
     opens, closes, span_end = _touched(start_ns, end_ns)
     if len(opens) == 0 or end_ns <= start_ns:
         return _summary([])
-    ts = read_bar_times(db, CLEAN_BARS, symbol, ns_to_datetime(int(opens[0])), ns_to_datetime(span_end))
+    span_start = ns_to_datetime(int(opens[0]))
+    if window_ts is None:
+        ts = read_bar_times(db, CLEAN_BARS, symbol, span_start, ns_to_datetime(span_end))
+    else:
+        ts = np.concatenate([read_bar_times(db, CLEAN_BARS, symbol, span_start, max(start, span_start)),
+                             np.asarray(window_ts, dtype=np.int64),
+                             read_bar_times(db, CLEAN_BARS, symbol, end, max(end, ns_to_datetime(span_end)))])
     if closes[0] <= start_ns:  # the session before the window: only when the window holds bars of it
         own_end = int(opens[1]) if len(opens) > 1 else span_end
         if not np.any((ts >= start_ns) & (ts < min(own_end, end_ns))):

@@ -95,6 +95,10 @@ class SeenTimestamps:
         hi = min(-(-end_ns // NS_PER_MINUTE) - self._origin, len(self._flags))
         return lo < hi and bool(self._flags[lo:hi].any())
 
+    def timestamps(self) -> np.ndarray:
+        """The minutes in the set as ts (ns since the epoch, int64), ascending."""
+        return (np.flatnonzero(self._flags).astype(np.int64) + self._origin) * NS_PER_MINUTE
+
     def add(self, ts: np.ndarray) -> None:
         """Add timestamps (need not be sorted or unique, but must not already be in the set)."""
         minutes = self._minutes(ts)

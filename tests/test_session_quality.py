@@ -234,3 +234,47 @@ def test_holiday_bars_belong_to_the_session_before_and_dst_moves_the_open_not_th
                                                    datetime_to_ns(utc(f"{first_day}T13:00")))
         [row] = compute(SYMBOL, np.zeros(0, np.int64), opens, closes)
         assert (str(row.trade_date), row.session_open, row.expected_minutes) == (first_day, utc(open_at), 1380)
+
+
+# --------------------------------------------------------------------------------------------- through the ingest
+
+
+def test_the_ingest_records_the_quality_of_its_sessions_exactly(db_url, tmp_path):
+    """The ingest recomputes the sessions it touched. Into an empty window it takes the bars from memory (they are
+    exactly the table's): the rows equal a recompute from the table. A bar already stored in the window at a minute
+    the next file lacks makes it read the table, and that bar is counted."""
+    from test_contract_selection import bars_at, run_engine, source, write_outrights
+
+    day = date(2024, 6, 4)  # the session 06-03 22:00 UTC -> 06-04 21:00 UTC
+    ts = without(every_minute("2024-06-04T13:00", "2024-06-04T15:00"), "2024-06-04T14:02", "2024-06-04T14:03")
+    ts = np.append(ts, at("2024-06-04T21:30"))  # a bar in the daily break
+    window = ["window.start=2024-06-04T12:00:00Z", "window.end=2024-06-04T22:30:00Z", "symbol=GLBX.MDP3:ESU4"]
+    engine = sa.create_engine(db_url)
+    from engine.db.connect import upgrade
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO symbol_registry (internal_symbol, dataset, root, schema, stype_in, "
+                             "is_active) VALUES ('GLBX.MDP3:ESU4', 'GLBX.MDP3', 'ES', 'ohlcv-1m', 'raw_symbol', TRUE)"))
+    first = write_outrights(tmp_path / "a.dbn.zst", bars_at(ts, "ESU4", 5300.0, 10))
+    result = run_engine(db_url, tmp_path / "one", *source(first), *window)["ingest"]
+    from engine.db.connect import create_db_engine
+    db = create_db_engine(db_url)
+    try:
+        row, next_session = stored(db, "GLBX.MDP3:ESU4")  # the window reaches into the 06-05 session (no bars)
+        assert (next_session.trade_date, next_session.bars_present) == (date(2024, 6, 5), 0)
+        assert (row.trade_date, row.bars_present, row.bars_outside_session, row.missing_minutes) == (
+            day, 118, 1, 1380 - 118)
+        assert json.loads(row.missing_ranges)[1] == ["2024-06-04T14:02Z", "2024-06-04T14:04Z"]
+        assert result["session_quality"]["sessions"] == 2 and result["session_quality"]["bars_outside_session"] == 1
+        record_session_quality(db, "GLBX.MDP3:ESU4", utc("2024-06-04T12:00"), utc("2024-06-04T22:30"), None)
+        assert facts(stored(db, "GLBX.MDP3:ESU4")) == facts([row, next_session]), "from memory == from the table"
+
+        # A second file without the 13:00 bar and with 14:02: the stored 13:00 bar stays and is counted.
+        second = write_outrights(tmp_path / "b.dbn.zst", bars_at(np.append(ts[1:], at("2024-06-04T14:02")), "ESU4",
+                                                                 5300.0, 10))
+        run_engine(db_url, tmp_path / "two", *source(second), *window)
+        again, _ = stored(db, "GLBX.MDP3:ESU4")
+        assert (again.bars_present, again.missing_minutes) == (119, 1380 - 119)
+    finally:
+        db.dispose()
+        engine.dispose()

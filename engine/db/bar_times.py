@@ -7,14 +7,22 @@ from datetime import datetime
 
 import numpy as np
 from psycopg import sql
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table, select
 
 from engine.db import pgcopy
 from engine.db.types import NS_PER_SECOND, datetime_to_ns, sqlite_ts_text
 
-__all__ = ["read_bar_times"]
+__all__ = ["any_bar_between", "read_bar_times"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def any_bar_between(engine: Engine, table: Table, symbol: str, start: datetime, end: datetime) -> bool:
+    """Whether ``symbol`` has a bar with start <= ts < end (one index probe)."""
+    c = table.c
+    with engine.connect() as conn:
+        query = select(c.ts).where(c.symbol == symbol, c.ts >= start, c.ts < end).limit(1)
+        return conn.execute(query).first() is not None
 
 
 def read_bar_times(engine: Engine, table_name: str, symbol: str, start: datetime, end: datetime) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.db.schema import clean_bars, clean_ingest_runs, engine_database
@@ -72,3 +72,15 @@ def _as_json(fields: dict) -> dict:
 def has_clean_bars(engine: Engine) -> bool:
     with engine.connect() as conn:
         return conn.execute(select(clean_bars.c.symbol).limit(1)).first() is not None
+
+
+def overlapping_ingests(engine: Engine, ingest_run_id: int, symbol: str, start: datetime, end: datetime, *,
+                        started_later: bool) -> bool:
+    """Whether another ingest of `symbol` over a window overlapping [start, end) is running (started_later=False:
+    any still `running`, or started after this one) or started after this one (True), whatever its status."""
+    c = clean_ingest_runs.c
+    later = c.id > ingest_run_id
+    query = select(c.id).where(c.symbol == symbol, c.id != ingest_run_id, c.start_ts < end, c.end_ts > start,
+                               later if started_later else or_(later, c.status == "running")).limit(1)
+    with engine.connect() as conn:
+        return conn.execute(query).first() is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection, Engine, delete, select
@@ -66,7 +66,8 @@ def write_quality(conn: Connection, symbol: str, span_start: datetime, span_end:
         index_elements=[c.symbol, c.trade_date],
         set_={name: stmt.excluded[name] for name in _COLUMNS if name not in ("symbol", "trade_date")},
     )
-    conn.execute(stmt, [{**asdict(row), "ingest_run_id": ingest_run_id, "computed_at": computed_at} for row in rows])
+    stamp = {"ingest_run_id": ingest_run_id, "computed_at": computed_at}
+    conn.execute(stmt, [{**{name: getattr(row, name) for name in _COLUMNS}, **stamp} for row in rows])
 
 
 def quality_of(engine: Engine | Connection, symbol: str, start: date | None = None, end: date | None = None

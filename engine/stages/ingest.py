@@ -33,11 +33,20 @@ from engine.console import progress_bars
 from engine.context import StageContext
 from engine.contracts import PRICE_SESSIONS, Selection, select_series, series_rolls
 from engine.coverage import IngestCoverage
+from engine.db.bar_times import any_bar_between
 from engine.db.bars import CleanBarWriter, PreparedBatch, WriteCounts
 from engine.db.connect import masked_url
-from engine.db.ingest_runs import add_batch_counts, claim_data_kind, finish_ingest_run, has_clean_bars, start_ingest_run
+from engine.db.ingest_runs import (
+    add_batch_counts,
+    claim_data_kind,
+    finish_ingest_run,
+    has_clean_bars,
+    overlapping_ingests,
+    start_ingest_run,
+)
 from engine.db.quarantine import write_quarantine
 from engine.db.rolls import Roll, record_rolls
+from engine.db.schema import clean_bars
 from engine.db.types import datetime_to_ns
 from engine.errors import EngineError
 from engine.interrupts import is_interruption
@@ -195,6 +204,11 @@ def run(ctx: StageContext) -> IngestResult:
         source=source_name,
         databento_symbol=symbol.databento_symbol,
     )
+    # Session quality reads the window's bars back from the table, unless this ingest's accepted bars are exactly
+    # them: no other ingest of the symbol over the window is running (asked first: what finished before is in the
+    # table), the window holds no bar yet, and none starts later (asked at the end).
+    alone = not _overlapped(ctx, ingest_id, started_later=False) and not any_bar_between(
+        ctx.db, clean_bars, symbol.internal_symbol, ctx.window.start, ctx.window.end)
     started = time.monotonic()
     tally = _Tally()
     try:
@@ -214,7 +228,9 @@ def run(ctx: StageContext) -> IngestResult:
                 record_rolls(conn, symbol.internal_symbol, ctx.window.start, ctx.window.end, rolls, ingest_id)
             tally.rolls = rolls
         coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, accepted, landing.paths)
-        quality = record_session_quality(ctx.db, symbol.internal_symbol, ctx.window.start, ctx.window.end, ingest_id)
+        known = accepted.timestamps() if alone and not _overlapped(ctx, ingest_id, started_later=True) else None
+        quality = record_session_quality(ctx.db, symbol.internal_symbol, ctx.window.start, ctx.window.end, ingest_id,
+                                         window_ts=known)
     except BaseException as exc:
         status = "interrupted" if is_interruption(exc) else "failed"
         _finish(ctx, ingest_id, tally, started, status, _error_text(exc))
@@ -229,6 +245,11 @@ def run(ctx: StageContext) -> IngestResult:
     ctx.log.info("ingest %s: %s, %.2f s (%s bars/s)", symbol.internal_symbol, result.describe(),
                  result.duration_seconds, f"{rate:,.0f}")
     return result
+
+
+def _overlapped(ctx: StageContext, ingest_id: int, *, started_later: bool) -> bool:
+    return overlapping_ingests(ctx.db, ingest_id, ctx.symbol.internal_symbol, ctx.window.start, ctx.window.end,
+                               started_later=started_later)
 
 
 def chunk_settings(ctx: StageContext) -> dict:
