@@ -161,8 +161,8 @@ def _tables(cfg: EngineConfig, downloads: bool, symbol: str) -> dict[str, dict[s
     known = {
         "registry": (["symbol_registry"], ["symbol_registry"]),
         "ingest": (["engine_database", "market_bars_ohlcv_1m_clean", "symbol_registry", *chunked],
-                   ["clean_coverage", "clean_ingest_quarantine", "clean_ingest_runs", "engine_database",
-                    "market_bars_ohlcv_1m_clean", *chunked, *raw]),
+                   ["clean_coverage", "clean_ingest_quarantine", "clean_ingest_runs", "contract_rolls",
+                    "engine_database", "market_bars_ohlcv_1m_clean", "session_quality", *chunked, *raw]),
         "detect": ([bars, *rolls, *coverage, *chunked], ["triangle_events_v1", *chunked]),
         "parity": (parity_reads, ["parity_differences.csv (run directory)"]),
         "chart": ([bars, "contract_rolls", "triangle_events_v1"], [chart_file]),

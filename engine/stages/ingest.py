@@ -462,11 +462,11 @@ def _log_contracts(ctx: StageContext, result: IngestResult) -> None:
         ctx.log.info("ingest %s: bars of other contracts not chosen (not received): %s", result.symbol,
                      ", ".join(f"{n:,} {c}" for c, n in result.contracts_not_chosen.items()))
     if result.raw_symbol_unknown:
-        ctx.log.warning("ingest %s: %s bars stored without raw_symbol: no outright file or instrument definition "
-                        "names their instrument that day", result.symbol, f"{result.raw_symbol_unknown:,}")
+        ctx.log.info("ingest %s: %s bars stored without raw_symbol: no outright file or instrument definition "
+                     "names their instrument that day", result.symbol, f"{result.raw_symbol_unknown:,}")
     if result.rolls:
         ctx.log.info("ingest %s: rolls %s", result.symbol, "; ".join(result.rolls))
     if result.rolls_unadjusted:
-        ctx.log.warning("ingest %s: rolls without adjustment prices (no common minute of both contracts in the "
-                        "%d sessions before the roll): %s", result.symbol, PRICE_SESSIONS,
-                        ", ".join(result.rolls_unadjusted))
+        ctx.log.info("ingest %s: rolls without adjustment prices (no common minute of both contracts in the "
+                     "%d sessions before the roll): %s", result.symbol, PRICE_SESSIONS,
+                     ", ".join(result.rolls_unadjusted))
