@@ -204,14 +204,14 @@ def run(ctx: StageContext) -> IngestResult:
         source=source_name,
         databento_symbol=symbol.databento_symbol,
     )
-    # Session quality reads the window's bars back from the table, unless this ingest's accepted bars are exactly
-    # them: no other ingest of the symbol over the window is running (asked first: what finished before is in the
-    # table), the window holds no bar yet, and none starts later (asked at the end).
-    alone = not _overlapped(ctx, ingest_id, started_later=False) and not any_bar_between(
-        ctx.db, clean_bars, symbol.internal_symbol, ctx.window.start, ctx.window.end)
     started = time.monotonic()
     tally = _Tally()
-    try:
+    try:  # from here on, whatever stops the ingest (a signal included) closes its row
+        # Session quality reads the window's bars back from the table, unless this ingest's accepted bars are
+        # exactly them: no other ingest of the symbol over the window is running (asked first: what finished before
+        # is in the table), the window holds no bar yet, and none starts later (asked at the end).
+        alone = not _overlapped(ctx, ingest_id, started_later=False) and not any_bar_between(
+            ctx.db, clean_bars, symbol.internal_symbol, ctx.window.start, ctx.window.end)
         with progress_bars() as progress:
             try:
                 landing = source.acquire(ctx, progress)
