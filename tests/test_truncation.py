@@ -130,7 +130,8 @@ def fake(fake_databento):
 def databento_args(fake, db_url: str) -> list[str]:
     return ["source=databento", f"source.gateway={fake.gateway}", f"db.url={db_url}", "stages=[ingest]", *DAY,
             "source.backoff_seconds=0.01", "source.connect_timeout_seconds=1", "source.read_timeout_seconds=1",
-            "source.retry_budget_seconds=2.5", "source.definitions=false"]  # the bars file alone
+            "source.retry_budget_seconds=2.5", "source.definitions=false",
+            "source.roll_outrights=false"]  # the bars file alone
 
 
 FAULTS = {
