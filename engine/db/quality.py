@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.db.schema import session_quality
+from engine.db.typed_rows import symbol_rows
 
 __all__ = ["SessionQuality", "quality_of", "write_quality"]
 
@@ -73,14 +74,4 @@ def write_quality(conn: Connection, symbol: str, span_start: datetime, span_end:
 def quality_of(engine: Engine | Connection, symbol: str, start: date | None = None, end: date | None = None
                ) -> list[SessionQuality]:
     """The symbol's rows with start <= trade_date < end (None = unbounded), in date order."""
-    c = session_quality.c
-    query = select(*(getattr(c, name) for name in _COLUMNS)).where(c.symbol == symbol)
-    if start is not None:
-        query = query.where(c.trade_date >= start)
-    if end is not None:
-        query = query.where(c.trade_date < end)
-    query = query.order_by(c.trade_date)
-    if isinstance(engine, Connection):
-        return [SessionQuality(**row) for row in engine.execute(query).mappings()]
-    with engine.connect() as conn:
-        return [SessionQuality(**row) for row in conn.execute(query).mappings()]
+    return symbol_rows(engine, session_quality, SessionQuality, symbol, "trade_date", start, end)

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from engine.db.schema import clean_bars, contract_rolls
+from engine.db.typed_rows import symbol_rows
 
 __all__ = ["Roll", "last_bar_before", "record_rolls", "rolls_of"]
 
@@ -57,17 +58,7 @@ def record_rolls(conn: Connection, symbol: str, start: datetime, end: datetime, 
 def rolls_of(engine: Engine | Connection, symbol: str, start: datetime | None = None, end: datetime | None = None
              ) -> list[Roll]:
     """The symbol's rolls with start <= roll_ts < end (None = unbounded), in time order."""
-    c = contract_rolls.c
-    query = select(*(getattr(c, name) for name in Roll.__dataclass_fields__)).where(c.symbol == symbol)
-    if start is not None:
-        query = query.where(c.roll_ts >= start)
-    if end is not None:
-        query = query.where(c.roll_ts < end)
-    query = query.order_by(c.roll_ts)
-    if isinstance(engine, Connection):
-        return [Roll(**row) for row in engine.execute(query).mappings()]
-    with engine.connect() as conn:
-        return [Roll(**row) for row in conn.execute(query).mappings()]
+    return symbol_rows(engine, contract_rolls, Roll, symbol, "roll_ts", start, end)
 
 
 def last_bar_before(engine: Engine | Connection, symbol: str, since: datetime, before: datetime
