@@ -42,6 +42,30 @@ def covered_intervals(window_start: datetime, window_end: datetime, accepted_min
     return covered
 
 
+def missing_ranges(intervals: list[Interval], start: datetime, end: datetime) -> list[Interval]:
+    """Parts of [start, end) that no [a, b) of `intervals` covers, in order."""
+    gaps = []
+    cursor = start
+    for a, b in sorted(intervals):
+        if cursor >= end:
+            break
+        if b <= cursor:
+            continue
+        if a > cursor:
+            gaps.append((cursor, min(a, end)))
+        cursor = max(cursor, b)
+    if cursor < end:
+        gaps.append((cursor, end))
+    return gaps
+
+
+def uncovered_ranges(db: Engine, symbol: str, start: datetime, end: datetime) -> list[Interval]:
+    """Parts of [start, end) outside the clean coverage of `symbol` that hold open-market time: what the clean-only
+    contract refuses (the calendar is only consulted, and imported, when there are such parts)."""
+    gaps = missing_ranges(coverage_db.covered_intervals(db, symbol, start, end), start, end)
+    return open_market_ranges(gaps) if gaps else []
+
+
 def open_market_ranges(ranges: Sequence[Interval]) -> list[Interval]:
     """The ranges that contain open market time (those lying wholly in closed time are dropped)."""
     return [(a, b) for a, b in ranges if calendar.sessions(a, b)]

@@ -291,10 +291,12 @@ def test_missing_clean_coverage_fails_with_the_contract_text_and_writes_nothing(
 
 
 def test_missing_ranges():
+    from engine.coverage import missing_ranges
+
     h = timedelta(hours=1)
-    assert detect.missing_ranges([], T0, T0 + h) == [(T0, T0 + h)]
-    assert detect.missing_ranges([(T0 - h, T0 + 2 * h)], T0, T0 + h) == []
-    assert detect.missing_ranges([(T0 + h, T0 + 2 * h), (T0 - h, T0 + h / 2)], T0, T0 + 3 * h) == [
+    assert missing_ranges([], T0, T0 + h) == [(T0, T0 + h)]
+    assert missing_ranges([(T0 - h, T0 + 2 * h)], T0, T0 + h) == []
+    assert missing_ranges([(T0 + h, T0 + 2 * h), (T0 - h, T0 + h / 2)], T0, T0 + 3 * h) == [
         (T0 + h / 2, T0 + h), (T0 + 2 * h, T0 + 3 * h)]
 
 

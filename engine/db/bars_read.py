@@ -21,6 +21,8 @@ BAR_READ_DTYPE = np.dtype(
 # What read_bars' COPY sends per row: ts timestamptz, open..close float8, volume int8 (BAR_READ_DTYPE's order).
 _PG_READ_FIELDS = [("ts", ">i8"), ("open", ">f8"), ("high", ">f8"), ("low", ">f8"), ("close", ">f8"),
                    ("volume", ">i8")]
+# How long a read waits for a SQLite lock (the engine's own connections wait as long: engine.db.connect).
+_SQLITE_BUSY_MS = 60_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -32,7 +34,8 @@ def read_bars(
 
     ``table_name`` is a bars table (symbol, ts, open, high, low, close, volume), e.g. the clean or legacy one.
     Neither path builds a Python object per bar: PostgreSQL sends a binary COPY that is drained straight from
-    libpq and decoded by numpy in one go; SQLite turns the timestamp text into integers itself.
+    libpq and decoded by numpy in one go; a SQLite file is read by the ADBC SQLite driver into Arrow columns (its
+    timestamp text parsed by Arrow), in one statement, so in one snapshot.
     """
     if not _IDENTIFIER.match(table_name):
         raise ValueError(f"not a plain table name: {table_name!r}")
@@ -61,17 +64,40 @@ def read_bars(
             ).format(*map(sql.Literal, params))
             out = _pg_decode_bars(pgcopy.copy_out(raw, query.as_bytes(raw)))
         else:
-            cur = raw.cursor()
-            try:
-                cur.execute(
-                    f"SELECT CAST(strftime('%s', ts) AS INTEGER) * 1000000000, open, high, low, close, volume "
-                    f'FROM "{table_name}" WHERE {condition} ORDER BY ts',
-                    params,
-                )
-                out = np.array(cur.fetchall(), dtype=BAR_READ_DTYPE)
-            finally:
-                cur.close()
+            out = _sqlite_read(engine, raw, f'FROM "{table_name}" WHERE {condition} ORDER BY ts', params)
         raw.rollback()  # end the driver's implicit read transaction (PostgreSQL; no-op on SQLite)
+    return out
+
+
+def _sqlite_read(engine: Engine, raw, rest: str, params: list) -> np.ndarray:
+    """`SELECT <the bar columns> <rest>` as BAR_READ_DTYPE: through ADBC for a database file; through the sqlite3
+    connection (one tuple per row) for an in-memory database, which no second connection can see, or a URL with
+    connection options."""
+    values = "CAST(open AS REAL), CAST(high AS REAL), CAST(low AS REAL), CAST(close AS REAL), CAST(volume AS INTEGER)"
+    database = engine.url.database
+    if not database or database == ":memory:" or engine.url.query:
+        cur = raw.cursor()
+        try:
+            rows = cur.execute(f"SELECT CAST(strftime('%s', ts) AS INTEGER) * 1000000000, {values} {rest}",
+                               params).fetchall()
+        finally:
+            cur.close()
+        return np.array(rows, dtype=BAR_READ_DTYPE)
+    import adbc_driver_sqlite.dbapi
+    import pyarrow as pa
+
+    with adbc_driver_sqlite.dbapi.connect(database) as conn, conn.cursor() as cur:
+        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+        cur.execute(f"SELECT ts, {values} {rest}", params)
+        table = cur.fetch_arrow_table()
+    out = np.empty(table.num_rows, dtype=BAR_READ_DTYPE)
+    if table.num_rows:
+        ts = table.column(0)
+        if ts.type != pa.string():
+            raise ValueError(f"{database}: ts is {ts.type}, not the text the engine stores on SQLite")
+        out["ts"] = ts.cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64()).to_numpy()
+        for k, name in enumerate(BAR_READ_DTYPE.names[1:], start=1):
+            out[name] = table.column(k).to_numpy()
     return out
 
 

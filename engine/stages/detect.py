@@ -35,10 +35,9 @@ from engine.adjust import adjust_bars, roll_note, why_unadjusted
 from engine.config import Adjustment, EngineConfig
 from engine.console import showing_chunk_lines
 from engine.context import StageContext
-from engine.coverage import open_market_ranges
+from engine.coverage import uncovered_ranges
 from engine.db.bars import read_bars
 from engine.db.chunks import count_bars
-from engine.db.coverage import covered_intervals
 from engine.db.events import EventKey, bar_span, nth_bar_before, nth_bar_from, replace_events
 from engine.db.rolls import Roll, rolls_of
 from engine.db.schema import CLEAN_BARS, LEGACY_BARS
@@ -321,7 +320,7 @@ def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[d
 def require_clean_coverage(ctx: StageContext, symbol: str) -> None:
     """Raise the clean-table contract error unless clean coverage spans [window.start, window.end)."""
     start, end = ctx.window.start, ctx.window.end
-    gaps = uncovered_ranges(ctx, symbol, start, end)
+    gaps = uncovered_ranges(ctx.db, symbol, start, end)
     if not gaps:
         ctx.log.info("detect %s: clean ingests cover %s → %s", symbol, _fmt(start), _fmt(end))
         return
@@ -338,7 +337,7 @@ def require_context_coverage(ctx: StageContext, symbol: str, what: str, bar_ts: 
                      _fmt(edge), what)
         return
     lo, hi = (bar_ts, edge) if bar_ts < edge else (edge, bar_ts)
-    gaps = uncovered_ranges(ctx, symbol, lo, hi)
+    gaps = uncovered_ranges(ctx.db, symbol, lo, hi)
     if not gaps:
         return
     raise EngineError(
@@ -349,36 +348,11 @@ def require_context_coverage(ctx: StageContext, symbol: str, what: str, bar_ts: 
     )
 
 
-def uncovered_ranges(ctx: StageContext, symbol: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
-    """Parts of [start, end) outside clean coverage that hold open-market time (the calendar is only consulted,
-    and imported, when there are such parts)."""
-    gaps = missing_ranges(covered_intervals(ctx.db, symbol, start, end), start, end)
-    return open_market_ranges(gaps) if gaps else []
-
-
 def _listed(gaps: list[tuple[datetime, datetime]]) -> str:
     listed = ", ".join(f"{_fmt(a)} → {_fmt(b)}" for a, b in gaps[:_MAX_LISTED_GAPS])
     if len(gaps) > _MAX_LISTED_GAPS:
         listed += f", … and {len(gaps) - _MAX_LISTED_GAPS} more"
     return listed
-
-
-def missing_ranges(intervals: list[tuple[datetime, datetime]], start: datetime, end: datetime
-                   ) -> list[tuple[datetime, datetime]]:
-    """Parts of [start, end) that no [a, b) of `intervals` covers, in order."""
-    gaps = []
-    cursor = start
-    for a, b in sorted(intervals):
-        if cursor >= end:
-            break
-        if b <= cursor:
-            continue
-        if a > cursor:
-            gaps.append((cursor, min(a, end)))
-        cursor = max(cursor, b)
-    if cursor < end:
-        gaps.append((cursor, end))
-    return gaps
 
 
 def _fmt(value: datetime) -> str:
