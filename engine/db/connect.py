@@ -183,7 +183,7 @@ def _file_lock(path: Path):
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` under a cross-process lock; a cheap no-op when already there."""
-    if revision == "head" and _reachable(engine) == head_revision():
+    if revision == "head" and reachable_revision(engine) == head_revision():
         return
     _locked(engine, lambda cfg: command.upgrade(cfg, revision))
 
@@ -209,7 +209,8 @@ def _locked(engine: Engine, alembic_command) -> None:
         conn.commit()
 
 
-def _reachable(engine: Engine) -> str | None:
+def reachable_revision(engine: Engine) -> str | None:
+    """The schema revision (None: an empty database); EngineError naming the fix when it cannot be opened."""
     try:
         return current_revision(engine)
     except OperationalError as exc:

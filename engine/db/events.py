@@ -93,6 +93,30 @@ def read_events(engine: Engine, key: EventKey, start: datetime, end: datetime) -
     return out
 
 
+# What `stored_events` returns per event, in this order (ts and confirm_ts as ns since the epoch).
+STORED_EVENT_COLUMNS = ("ts", "direction", "price", "confirm_ts", "detector", "detector_params", "logic_version",
+                        "adjustment", "source_table", "run_id", "n")
+
+
+def stored_events(engine: Engine, symbol: str, start: datetime, end: datetime, *, source_tables: Iterable[str],
+                  detector: str | None = None, logic_version: str | None = None, adjustment: str | None = None
+                  ) -> list[tuple]:
+    """The triangle_events_v1 rows of `symbol` with start <= ts < end as STORED_EVENT_COLUMNS tuples, filtered by
+    source table and (where not None) detector, logic version and adjustment; ordered by ts, direction and key.
+    A NULL confirm_ts or price stays None."""
+    c = triangle_events.c
+    where = [c.symbol == symbol, c.ts >= start, c.ts < end, c.source_table.in_(list(source_tables))]
+    for column, value in ((c.detector, detector), (c.logic_version, logic_version), (c.adjustment, adjustment)):
+        if value is not None:
+            where.append(column == value)
+    columns = [_ns(engine, c.ts) if name == "ts" else _ns(engine, c.confirm_ts) if name == "confirm_ts" else c[name]
+               for name in STORED_EVENT_COLUMNS]
+    query = select(*columns).where(*where).order_by(c.ts, c.direction, c.detector, c.detector_params,
+                                                    c.logic_version, c.adjustment, c.source_table)
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query)]
+
+
 def _ns(engine: Engine, column):
     """SQL for a timestamp column as int64 ns since the epoch (the stored values are whole seconds on SQLite)."""
     if engine.dialect.name == "postgresql":
