@@ -451,6 +451,40 @@ class Bench:
         row.data = read
         self.judge("adjusted_read_sqlite", read["ratio"] <= read["target"], info=self.smoke)
 
+    def fig_read(self) -> None:
+        """Issue 13: `read_bars` to pandas from SQLite (bars/s) and from PostgreSQL against a plain ADBC read."""
+        from bench.read_api import pg_figure, sqlite_figure  # noqa: PLC0415 - only when this group runs
+
+        reps = max(self.reps, 3)
+        db = open_db(sqlite_url(self.run_dir / "read_api.sqlite"))
+        try:
+            got = sqlite_figure(db, self.n, reps)
+        finally:
+            db.dispose()
+        row = self.rows["read_bars_sqlite"]
+        row.engine = f"{fmt_seconds(got['seconds'])} · {fmt_rate(got['bars'], got['seconds'])} (median of {reps})"
+        row.target = f"≥ {fmt_count(got['target'])} bars/s"
+        row.note = (f"{got['bars']:,} bars of one symbol, clean-only (schema and coverage checked), ADBC SQLite → "
+                    "DataFrame on a UTC DatetimeIndex")
+        row.data = got
+        self.judge("read_bars_sqlite", got["bars_per_second"] >= got["target"], info=self.smoke)
+        if not self.pg.available:
+            raise Skipped(f"PostgreSQL unreachable at {self.pg.admin_url}: {self.pg.error}")
+        db = open_db(self.pg.create("read"))
+        try:
+            got = pg_figure(db, self.n, reps)
+        finally:
+            db.dispose()
+        row = self.rows["read_bars_pg"]
+        row.engine = f"{fmt_seconds(got['seconds'])} (median of {reps})"
+        row.baseline = f"{fmt_seconds(got['adbc_seconds'])} ADBC `fetch_df`"
+        row.ratio = f"{got['ratio']:.2f}× speed"
+        row.target = f"≥ {got['target']}× speed"
+        row.note = (f"{got['bars']:,} bars, clean-only; read_bars = binary COPY decoded by numpy; the two alternate "
+                    "and return the same bars")
+        row.data = got
+        self.judge("read_bars_pg", got["ratio"] >= got["target"], info=self.smoke)
+
     def fig_sqlite(self) -> None:
         rows = self.rows
         empty = []
@@ -730,6 +764,7 @@ class Bench:
         self.run_group("help", ("help_time", "refusal_time", "plan_time"), self.fig_help)
         self.run_group("compute", ("detect_compute",), self.fig_compute)
         self.run_group("futures", ("rolls_compute", "adjusted_read_sqlite"), self.fig_futures)
+        self.run_group("read", ("read_bars_sqlite", "read_bars_pg"), self.fig_read)
         self.run_group("sqlite", ("ingest_empty_sqlite", "reingest_unchanged_sqlite", "reingest_changed_sqlite",
                                   "detect_stage_sqlite", "detect_rerun_sqlite"), self.fig_sqlite)
         self.run_group("postgresql", ("ingest_empty_pg_copy", "ingest_empty_pg_tosql", "ingest_bookkeeping_pg",

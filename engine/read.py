@@ -18,6 +18,7 @@ numpy datetime64; ``end`` is exclusive. Every refusal is an EngineError naming t
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -228,7 +229,7 @@ def _require_coverage(gaps, symbol: str, start: datetime, end: datetime) -> None
 def _database(db) -> Iterator[sa.Engine]:
     """The engine to read: `db` itself, or one made for a URL (config's when None) and disposed afterwards. The
     schema must be the engine's (at migration head): a read never migrates."""
-    from engine.db.connect import create_db_engine, head_revision, masked_url, reachable_revision
+    from engine.db.connect import create_db_engine, masked_url, reachable_revision
 
     if isinstance(db, sa.Engine):
         engine, owned = db, False
@@ -253,13 +254,21 @@ def _database(db) -> Iterator[sa.Engine]:
         if revision is None:
             raise EngineError(f"db: {where} holds no engine tables",
                               "point db at the database the engine ingests into, or ingest first")
-        if revision != head_revision():
-            raise EngineError(f"db: {where} has schema revision {revision}, this engine reads {head_revision()}",
+        if revision != _head_revision():
+            raise EngineError(f"db: {where} has schema revision {revision}, this engine reads {_head_revision()}",
                               "upgrade it (engine-migrate upgrade head --url <url>; every job also does)")
         yield engine
     finally:
         if owned:
             engine.dispose()
+
+
+@functools.cache
+def _head_revision() -> str:
+    """The migration head (Alembic reads every migration script to find it: once per process is enough)."""
+    from engine.db.connect import head_revision
+
+    return head_revision()
 
 
 def _polars(arrow):

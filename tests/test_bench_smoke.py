@@ -32,6 +32,8 @@ FIGURE_ROWS = {
     "detect_compute": ("triangle detection, compute only", "— (numpy)"),
     "rolls_compute": ("continuous series from 4 quarters of outright bars (rule v), compute only", "— (numpy)"),
     "adjusted_read_sqlite": ("read of a back-adjusted series (difference, 8 rolls), vs plain read", "SQLite"),
+    "read_bars_pg": ("`read_bars` → pandas, vs a plain ADBC read of the same rows", "PostgreSQL"),
+    "read_bars_sqlite": ("`read_bars` → pandas", "SQLite"),
     "detect_stage_pg": ("detect stage end to end", "PostgreSQL"),
     "detect_rerun_pg": ("detect stage end to end, rerun", "PostgreSQL"),
     "detect_stage_sqlite": ("detect stage end to end", "SQLite"),
