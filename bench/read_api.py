@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from bench.dbs import autocommit
 from engine import read_bars
 from engine.db.schema import CLEAN_BARS, clean_coverage, clean_ingest_runs
 
@@ -47,9 +48,14 @@ def fill(db: sa.Engine, n: int) -> tuple[datetime, datetime]:
         )).inserted_primary_key[0]
         conn.execute(sa.insert(clean_coverage).values(ingest_run_id=ingest, symbol=SYMBOL, start_ts=START, end_ts=end))
     # As a table at rest: SQLite's WAL folded into the file, PostgreSQL's hint bits set and statistics taken.
-    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f"VACUUM ANALYZE {CLEAN_BARS}" if db.dialect.name == "postgresql"
-                             else "PRAGMA wal_checkpoint(TRUNCATE)")
+    if db.dialect.name == "postgresql":
+        autocommit(db, f"VACUUM ANALYZE {CLEAN_BARS}")
+    else:
+        raw = db.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            raw.close()
     return START, end
 
 
