@@ -26,7 +26,9 @@ import fcntl
 import hashlib
 import os
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +46,7 @@ LOCK_FILE = ".export.lock"
 NS_PER_DAY = 86_400 * 1_000_000_000
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
+_IN_FLIGHT = 4
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -80,17 +83,22 @@ def date_of_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
-def content_sha256(rows: np.ndarray) -> str:
-    """The digest of a partition's rows: sha256 over each field in order, its name then its values (int64 ns,
-    float64, int64 little-endian; text as UTF-8, each value NUL-terminated), so it depends on the rows only."""
+def content_sha256(table: pa.Table) -> str:
+    """The digest of a partition's rows (a file's table, as written or read back): sha256 over each column in order,
+    its name then its values in native byte order (timestamps as int64 ns, a null one as -1; text as UTF-8, each
+    value NUL-terminated). It depends on the rows only, not on the file's bytes or compression."""
     digest = hashlib.sha256()
-    for name in rows.dtype.names:
-        values = rows[name]
+    for name, column in zip(table.column_names, table.columns, strict=True):
         digest.update(name.encode() + b"\0")
-        if values.dtype.kind == "U":
-            digest.update("".join(f"{v}\0" for v in values.tolist()).encode())
-        else:
-            digest.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+        if pa.types.is_string(column.type):
+            digest.update("".join(f"{v}\0" for v in column.to_pylist()).encode())
+            continue
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        if column.null_count:
+            column = column.fill_null(-1)
+        for chunk in column.chunks:
+            digest.update(chunk.to_numpy(zero_copy_only=False).data)
     return digest.hexdigest()
 
 
@@ -124,6 +132,10 @@ class PartitionedDataset:
         self.counts = PartitionCounts()
         self._dates = self._existing_dates()
         self._touched: set[Path] = set()
+        # A partition's fsync and rename run in a worker while the next partition is written (fsync waits on the
+        # disk, not the CPU); at most _IN_FLIGHT written partitions wait for theirs.
+        self._committer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-commit")
+        self._pending: deque[Future] = deque()
 
     # ---- set-up
 
@@ -179,7 +191,8 @@ class PartitionedDataset:
         exists = date in self._dates
         if keep_outside is not None and exists:
             rows = self._merged(path, rows, *keep_outside)
-        digest = content_sha256(rows)
+        table = self.table(rows)
+        digest = content_sha256(table)
         stored = _metadata(path) if exists else None
         if stored is not None and stored.get("content_sha256") == digest and \
                 stored.get("compression") == self.compression:
@@ -195,14 +208,20 @@ class PartitionedDataset:
                 self.counts.removed += 1
             return
         meta = {**self.provenance, "date": date, "rows": str(len(rows)), "content_sha256": digest}
-        table = self.table(rows).replace_schema_metadata(meta)
+        table = table.replace_schema_metadata(meta)
         if not exists:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._touched.add(self.dir)
-        _write_atomically(table, path, self.compression)
+        temp = _write_temp(table, path, self.compression)
+        self._pending.append(self._committer.submit(_commit, temp, path))
         self._dates.add(date)
-        self._touched.add(path.parent)
         self.counts.written += 1
+        self._wait(_IN_FLIGHT)
+
+    def _wait(self, limit: int) -> None:
+        """Until at most `limit` partitions wait for their rename (a failed one raises here)."""
+        while len(self._pending) > limit:
+            self._pending.popleft().result()
 
     def _merged(self, path: Path, rows: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
         """The stored rows of `path` outside [start_ns, end_ns) with `rows` (a partition the range covers in part)."""
@@ -216,13 +235,20 @@ class PartitionedDataset:
         return merged[np.lexsort([*keys, merged["ts"]])]
 
     def finish(self) -> None:
-        """fsync the directories whose entries changed, so the renames survive a crash."""
-        for folder in sorted(self._touched):
-            if folder.is_dir():
-                _fsync_dir(folder)
-        if self._touched and self.dir.parent.is_dir():
-            _fsync_dir(self.dir.parent)
+        """Every partition renamed into place, then the directories whose entries changed (date folders made or
+        removed) fsynced, so the export survives a crash. Raises what a rename raised."""
+        self._wait(0)
+        for folder in (f for f in (*sorted(self._touched), self.dir.parent) if self._touched and f.is_dir()):
+            _fsync(folder)
         self._touched.clear()
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the renames under way (after a failure: their files are whole) and stop the worker."""
+        while self._pending:
+            with contextlib.suppress(Exception):
+                self._pending.popleft().result()
+        self._committer.shutdown()
 
     # ---- rows <-> Arrow
 
@@ -230,9 +256,10 @@ class PartitionedDataset:
         arrays, names = [], []
         for name in self.dtype.names:
             values = rows[name]
-            if name in ("ts", "confirm_ts"):
-                mask = values < 0 if name == "confirm_ts" else None
-                arrays.append(pa.array(values, _TIMESTAMP, mask=mask))
+            if name == "confirm_ts" and (values < 0).any():  # -1: no confirmation time
+                arrays.append(pa.array(values, _TIMESTAMP, mask=values < 0))
+            elif name in ("ts", "confirm_ts"):
+                arrays.append(pa.array(values, _TIMESTAMP))  # (mask=None would take a slow path)
             elif values.dtype.kind == "U":
                 arrays.append(pa.array(values.tolist(), pa.string()))
             else:
@@ -271,16 +298,26 @@ def _metadata(path: Path) -> dict[str, str] | None:
     return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
 
 
-def _write_atomically(table: pa.Table, path: Path, compression: str) -> None:
+def _write_temp(table: pa.Table, path: Path, compression: str) -> Path:
+    """`table` written to a temp file beside `path` (removed again if the write fails)."""
     temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}")
-    try:
+    with _temp_removed_on_failure(temp, path):
         pq.write_table(table, temp, compression=compression)
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return temp
+
+
+def _commit(temp: Path, path: Path) -> None:
+    """fsync `temp`, rename it over `path` (readers see the old file or the whole new one), fsync its folder."""
+    with _temp_removed_on_failure(temp, path):
+        _fsync(temp)
         os.replace(temp, path)
+    _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def _temp_removed_on_failure(temp: Path, path: Path) -> Iterator[None]:
+    try:
+        yield
     except BaseException as exc:
         temp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and _no_space(exc):
@@ -294,8 +331,8 @@ def _no_space(exc: OSError) -> bool:
         "No space left" in str(exc)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

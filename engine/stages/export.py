@@ -105,7 +105,7 @@ def run(ctx: StageContext, settings: Export | None = None) -> ExportResult:
     if cfg.policy.allow_legacy:
         log.warning("export %s: policy allow_legacy, reading the legacy table %s (not recommended)", symbol, table)
     else:
-        require_clean_coverage(ctx, symbol)
+        require_clean_coverage(ctx, symbol, "export")
     key, _ = event_key(ctx, table, ctx.run.code.logic_version)
     how = Adjustment(key.adjustment)
     rolls = rolls_of(ctx.db, symbol) if how is not Adjustment.none else []
@@ -141,13 +141,15 @@ def run(ctx: StageContext, settings: Export | None = None) -> ExportResult:
                     datasets["bars"].write_range(view.bars, start_ns, end_ns)
                 if "events" in datasets:
                     datasets["events"].write_range(read_events(ctx.db, key, piece_start, piece_end), start_ns, end_ns)
+            for dataset in datasets.values():
+                dataset.finish()
         except NoSpace as exc:
             raise EngineError(f"export: cannot write {exc.path}: {exc.reason}; that partition keeps its old file",
                               f"free space on {mount_point(exc.path)} or choose another stage.export.dir, then run "
                               "the export again (partitions already written are complete)") from None
         finally:
             for dataset in datasets.values():
-                dataset.finish()
+                dataset.close()
     for note, roll in unadjusted.items():
         log.warning("export %s: roll %s could not be adjusted (%s): its raw jump is in the exported bars", symbol,
                     note, why_unadjusted(roll, how))
