@@ -375,10 +375,30 @@ def test_cli_ingest_detect_export(db_url, engine_cli, tmp_path):
     try:
         assert duck_daily_bars(root) == db_daily_bars(db)
         assert duck_daily_events(root) == db_daily_events(db)
+        days = len(db_daily_bars(db))
     finally:
         db.dispose()
     assert symbol_dir_name(SYMBOL) == SYMBOL_DIR
+    readme_examples_run(tmp_path, days)
     again = engine_cli(*args)
     assert again.returncode == 0, again.output
     second = again.result["stages"]["export"]
     assert second["partitions_written"] == 0 and second["partitions_unchanged"] == summary["partitions_written"]
+
+
+def readme_examples_run(folder: Path, days: int) -> None:
+    """The README's DuckDB and polars examples, verbatim, over the export in `folder`."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## Export to Parquet", 1)[1].split("\n## ", 1)[0]
+    sql = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        rows = duckdb.sql(sql).fetchall()
+        scope: dict = {}
+        exec(code, scope)  # noqa: S102 - the README's own example
+    finally:
+        os.chdir(cwd)
+    assert len(rows) == days == len(scope["daily"]) and rows[0][1] == scope["daily"]["bars"][0]
+    assert len(scope["highs"]) > 0 and scope["highs"].columns == ["ts", "price", "confirm_ts"]
