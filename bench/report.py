@@ -42,6 +42,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("help_time", "`python -m engine --help`", "—"),
     ("refusal_time", "bad input refused before any run (`detector.n=-1`, exit 2)", "SQLite"),
     ("plan_time", "dry run writing plan.md, 5-year weekly backfill (261 chunks), offline", "SQLite"),
+    ("export_parquet", "Parquet export of bars by symbol and UTC date, vs pyarrow write_table per date",
+     "— (Parquet files)"),
 )
 ROW_KEYS = tuple(key for key, _, _ in ROWS)
 

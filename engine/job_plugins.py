@@ -92,7 +92,7 @@ def check_stages(stages: list[str], known: list[str]) -> None:
 
 
 # The packaged stages in the order a pipeline runs them (how error messages list stages).
-_ORDER = ("registry", "ingest", "detect", "parity", "chart")
+_ORDER = ("registry", "ingest", "detect", "parity", "chart", "export")
 
 
 def option_name(cfg: EngineConfig, group: str) -> str:

@@ -317,12 +317,12 @@ def read_pieces(ctx: StageContext, table: str, symbol: str, pieces: list[tuple[d
         yield piece_start, piece_end, read_bars(ctx.db, table, symbol, read_start, read_end)
 
 
-def require_clean_coverage(ctx: StageContext, symbol: str) -> None:
+def require_clean_coverage(ctx: StageContext, symbol: str, stage: str = "detect") -> None:
     """Raise the clean-table contract error unless clean coverage spans [window.start, window.end)."""
     start, end = ctx.window.start, ctx.window.end
     gaps = uncovered_ranges(ctx.db, symbol, start, end)
     if not gaps:
-        ctx.log.info("detect %s: clean ingests cover %s → %s", symbol, _fmt(start), _fmt(end))
+        ctx.log.info("%s %s: clean ingests cover %s → %s", stage, symbol, _fmt(start), _fmt(end))
         return
     raise EngineError(f"{CONTRACT_ERROR}\n  Missing: {_listed(gaps)}", None)
 
