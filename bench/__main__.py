@@ -14,7 +14,7 @@ from rich.console import Console
 from bench import report
 from bench.figures import Bench
 
-GROUPS = ("help", "compute", "futures", "sqlite", "postgresql", "sweep", "memory")
+GROUPS = ("help", "compute", "futures", "sqlite", "postgresql", "sweep", "incremental", "memory")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
