@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from sqlalchemy import Engine
 
-from engine import interrupts, preflight, provenance, secrets
+from engine import incremental, interrupts, preflight, provenance, secrets
 from engine.config import EngineConfig, as_typed, to_typed
 from engine.console import console
 from engine.context import RunRecord, StageContext
@@ -25,7 +25,7 @@ from engine.db.connect import create_db_engine, lost_server, masked_url, mount_p
 from engine.errors import NO_SPACE, EngineError, error_chain
 from engine.job_plugins import JobPlugins, add_stage_nodes, load_plugins
 from engine.pipeline import run_stages
-from engine.plan import PLAN_FILE, plan, read_earlier
+from engine.plan import PLAN_FILE, plan, read_earlier, read_only_engine
 from engine.provenance import CodeVersion
 from engine.rerun import RerunOf, load_saved
 from engine.windows import Window
@@ -41,7 +41,7 @@ class PreparedJob:
 
     cfg: EngineConfig
     plugins: JobPlugins
-    window: Window
+    window: Window | None  # None until a window=incremental job resolves it (`with_window`)
     resolved_yaml: str  # as saved in resolved_config.yaml: resolved, secrets masked
     config_sha: str
     code: CodeVersion
@@ -56,6 +56,7 @@ class OpenRun:
 
     db: Engine
     live: liveness.LiveRun
+    job: PreparedJob  # with its window resolved
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -81,8 +82,11 @@ def run_job(cfg: DictConfig) -> dict:
             _log_rerun(job.rerun_of, job.code)
         db_url = job.cfg.db.url
         run = _open_run(job)
+        job = run.job
         result["run_id"] = run.live.id
         result.update(status="success", stages=_execute(job, run))
+        if job.window.empty:
+            result["note"] = incremental.up_to_date(job.window)
     except BaseException as exc:
         if not (isinstance(exc, Exception) or interrupts.is_interruption(exc)):
             raise  # SystemExit and the like
@@ -113,6 +117,13 @@ def _prepare(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: l
 def _dry_run(job: PreparedJob) -> dict:
     """Write plan.md instead of running; the result's fields for it."""
     earlier = read_earlier(job.cfg.dry_run.compare)  # a bad dry_run.compare fails before plan.md is written
+    if job.window is None:
+        db = read_only_engine(job.cfg.db.url)
+        try:
+            job = with_window(job, db)
+        finally:
+            if db is not None:
+                db.dispose()
     steps, text = plan(job.cfg, job.plugins, job.window, log, job.resolved_yaml, earlier)
     _write_text(job.run_dir / PLAN_FILE, text)
     return {"status": "success", "dry_run": True, "plan": steps, "plan_file": str(job.run_dir / PLAN_FILE),
@@ -133,6 +144,7 @@ def _open_run(job: PreparedJob) -> OpenRun:
     rerun_of = job.rerun_of
     try:
         upgrade(db)
+        job = with_window(job, db)
         live = liveness.start(
             db,
             symbol=job.cfg.symbol,
@@ -150,7 +162,17 @@ def _open_run(job: PreparedJob) -> OpenRun:
     except BaseException:
         db.dispose()
         raise
-    return OpenRun(db, live)
+    return OpenRun(db, live, job)
+
+
+def with_window(job: PreparedJob, db: Engine | None) -> PreparedJob:
+    """The job with its window: a window=incremental one resolved from the database's coverage and the source
+    (engine/incremental.py); `db` None: a database that does not exist yet."""
+    if job.window is not None:
+        return job
+    window = incremental.resolve(job.cfg, job.plugins, db, log)
+    preflight.check_chunk_count(window, job.cfg.window.max_chunks, job.cfg.window.chunk)
+    return replace(job, window=window)
 
 
 def _execute(job: PreparedJob, run: OpenRun) -> dict[str, dict]:
@@ -175,6 +197,9 @@ def _execute(job: PreparedJob, run: OpenRun) -> dict[str, dict]:
     )
     log.info("run %s: %s on %s, logic version %s, dir %s", run.live.id, job.cfg.symbol,
              masked_url(job.cfg.db.url), job.code.logic_version, job.run_dir)
+    if job.window.empty:
+        log.info("%s: %s, nothing to fetch or detect", job.cfg.symbol, incremental.up_to_date(job.window))
+        return {}
     ctx = StageContext(cfg=job.cfg, window=job.window, db=run.db,
                        run=RunRecord(run.live.id, job.run_dir, job.code), log=log, plugins=job.plugins)
     run_stages(ctx)
@@ -335,6 +360,8 @@ def report(result: dict) -> None:
         stage_result = from_json(data)
         for what, value in stage_result.rows(name) if stage_result is not None else []:
             table.add_row(what, escape(value))
+    if result.get("note"):
+        table.add_row("note", escape(result["note"]))
     if result.get("dry_run"):
         table.add_row("dry run", f"plan only, nothing run: {result['plan_file']}")
         if result.get("compare") is not None:

@@ -53,13 +53,20 @@ class DbConfig:
     echo: bool = False
 
 
+class WindowMode(StrEnum):
+    fixed = "fixed"  # [window.start, window.end) as given
+    incremental = "incremental"  # from where the symbol's clean coverage ends to the latest minute the source has
+
+
 @dataclass
 class WindowConfig:
-    start: str = MISSING
-    end: str = MISSING
+    start: str | None = MISSING  # null only with mode incremental (window=incremental)
+    end: str | None = MISSING
     warmup_start: str | None = None
     chunk: str | None = None  # e.g. 1d, 7d, 12h: process a long window chunk by chunk, resumably
     max_chunks: int = 10_000  # a chunk plan longer than this is refused unless raised here deliberately
+    mode: WindowMode = WindowMode.fixed
+    since: str | None = None  # mode incremental: the start for a symbol the database has no coverage of yet
 
 
 @dataclass

@@ -12,6 +12,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from engine import incremental
 from engine.config import EngineConfig, normalize_symbol
 from engine.errors import EngineError
 from engine.job_plugins import JobPlugins
@@ -26,11 +27,16 @@ ROLL_RULES = {"c": "calendar", "n": "open interest", "v": "volume"}
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def check(cfg: EngineConfig, plugins: JobPlugins, now: datetime | None = None) -> Window:
-    """All checks of a typed config and its created plugins; the parsed window."""
+def check(cfg: EngineConfig, plugins: JobPlugins, now: datetime | None = None) -> Window | None:
+    """All checks of a typed config and its created plugins; the parsed window (None for window=incremental: it is
+    resolved once the database is open, engine/incremental.py)."""
     stages = list(cfg.stages)
     _ranges(cfg, plugins.source.obj)
-    window = _window(cfg, now or datetime.now(UTC))
+    if incremental.is_incremental(cfg):
+        _dataset_start(cfg, incremental.check_config(cfg, plugins.source.obj), "window.since")
+        window = None
+    else:
+        window = _window(cfg, now or datetime.now(UTC))
     if "ingest" in stages and hasattr(plugins.source.obj, "check"):
         plugins.source.obj.check()  # e.g. the files exist, the key has the right shape
     if "parity" in stages:
@@ -69,6 +75,11 @@ def _ranges(cfg: EngineConfig, source) -> None:
 
 
 def _window(cfg: EngineConfig, now: datetime) -> Window:
+    for key in ("start", "end"):
+        if getattr(cfg.window, key) is None:
+            raise EngineError(f"window.{key} is null: a fixed window is [window.start, window.end)",
+                              f"set window.{key}=<ISO-8601 UTC time>, or use window=incremental to bring the "
+                              "database up to date")
     for key in ("start", "end", "warmup_start"):
         value = getattr(cfg.window, key)
         if value is None:
@@ -81,22 +92,26 @@ def _window(cfg: EngineConfig, now: datetime) -> Window:
             raise EngineError(f"window.{key}={value!r} is outside the dates the engine can compute with",
                               f"set window.{key} to a date within the dataset's history, e.g. 2024-01-02") from None
     window = parse_window(cfg.window)
-    dataset = normalize_symbol(cfg.symbol, cfg.registry.defaults.dataset).partition(":")[0]
-    first = DATASET_START.get(dataset)
-    if first is not None and window.start < first:
-        raise EngineError(f"window.start={window.start:%Y-%m-%dT%H:%M:%SZ} is before {dataset}'s history, which "
-                          f"starts {first:%Y-%m-%d}", f"set window.start to {first:%Y-%m-%d} or later")
+    _dataset_start(cfg, window.start, "window.start")
     latest = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
     if window.end > latest:
         raise EngineError(
             f"window.end={window.end:%Y-%m-%dT%H:%M:%SZ} is in the future (the latest possible end now is "
             f"{latest:%Y-%m-%dT%H:%M}Z)",
             f"set window.end to {latest:%Y-%m-%dT%H:%M}Z or earlier; bars exist only for minutes that have begun")
-    _chunk_count(window, cfg.window.max_chunks, cfg.window.chunk)
+    check_chunk_count(window, cfg.window.max_chunks, cfg.window.chunk)
     return window
 
 
-def _chunk_count(window: Window, limit: int, chunk: str | None) -> None:
+def _dataset_start(cfg: EngineConfig, start: datetime | None, key: str) -> None:
+    dataset = normalize_symbol(cfg.symbol, cfg.registry.defaults.dataset).partition(":")[0]
+    first = DATASET_START.get(dataset)
+    if first is not None and start is not None and start < first:
+        raise EngineError(f"{key}={start:%Y-%m-%dT%H:%M:%SZ} is before {dataset}'s history, which "
+                          f"starts {first:%Y-%m-%d}", f"set {key} to {first:%Y-%m-%d} or later")
+
+
+def check_chunk_count(window: Window, limit: int, chunk: str | None) -> None:
     count = window.chunk_count()  # counted, never listed: a 1min plan over years has millions
     if count > limit:
         raise EngineError(

@@ -72,6 +72,14 @@ class Window:
     end: datetime
     warmup_start: datetime | None = None
     chunk: ChunkLength | None = None
+    # window=incremental: the window continues the stored history, so detection also re-evaluates the pivots among
+    # the last look-ahead bars before `start`, whose confirming bars this window brings (engine/stages/detect.py).
+    reopen_tail: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to do: an incremental window whose source has nothing after the stored coverage."""
+        return self.end <= self.start
 
     def chunk_count(self) -> int:
         """How many chunks `chunks()` gives, without building them."""
@@ -80,14 +88,15 @@ class Window:
         return self.chunk.index(self.end - timedelta(microseconds=1)) - self.chunk.index(self.start) + 1
 
     def chunks(self) -> list[Window]:
-        """The window cut at the chunk length's edges; the first piece keeps warmup_start."""
+        """The window cut at the chunk length's edges; the first piece keeps warmup_start and reopen_tail."""
         if self.chunk is None:
             return [self]
         first = self.chunk.index(self.start)
         pieces = []
         for k in range(first, first + self.chunk_count()):
             lo, hi = max(self.start, self.chunk.edge(k)), min(self.end, self.chunk.edge(k + 1))
-            pieces.append(Window(lo, hi, self.warmup_start if k == first else None))
+            pieces.append(Window(lo, hi, self.warmup_start if k == first else None,
+                                 reopen_tail=self.reopen_tail and k == first))
         return pieces
 
     @property

@@ -31,8 +31,9 @@ def bars(count: int, *, start_ns: int = T0, instrument_id: int = 4242, price: fl
 
 
 def write_dbn(path: Path, rows: np.ndarray, *, symbol: str = "NQ.v.0",
-              schema=databento_dbn.Schema.OHLCV_1M) -> Path:
-    """A zstd-compressed DBN file; every instrument_id in `rows` maps to `symbol` on every day covered."""
+              schema=databento_dbn.Schema.OHLCV_1M, open_end: bool = False) -> Path:
+    """A zstd-compressed DBN file; every instrument_id in `rows` maps to `symbol` on every day covered. Its metadata
+    ends a minute after the last bar (`open_end`: it gives no end)."""
     ts = rows["ts"].astype(np.int64)
     first = dt.datetime.fromtimestamp(int(ts.min()) // 1_000_000_000, dt.UTC).date() - dt.timedelta(days=1)
     last = dt.datetime.fromtimestamp(int(ts.max()) // 1_000_000_000, dt.UTC).date() + dt.timedelta(days=2)
@@ -40,7 +41,7 @@ def write_dbn(path: Path, rows: np.ndarray, *, symbol: str = "NQ.v.0",
     meta = databento_dbn.Metadata(
         dataset="GLBX.MDP3",
         start=int(ts.min()),
-        end=int(ts.max()) + NS_PER_MINUTE,
+        end=None if open_end else int(ts.max()) + NS_PER_MINUTE,
         stype_in=databento_dbn.SType.CONTINUOUS,
         stype_out=databento_dbn.SType.INSTRUMENT_ID,
         schema=schema,

@@ -1,6 +1,6 @@
 """A scriptable stand-in for Databento's historical HTTP API, on a real socket.
 
-It answers the four endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls
+It answers the five endpoints `engine.sources.databento_api` uses, exactly as `databento.Historical` calls
 them (databento 0.88, API v0):
 
     POST /v0/metadata.get_cost      form: dataset, start, end, symbols, schema, stype_in, stype_out
@@ -14,6 +14,10 @@ them (databento 0.88, API v0):
                                      -> 200 application/json {"result": {symbol: [{"d0", "d1", "s"}]},
                                         "symbols", "stype_in", "stype_out", "start_date", "end_date",
                                         "partial", "not_found", "message", "status"}
+    GET  /v0/metadata.get_dataset_range  query: dataset
+                                     -> 200 application/json {"start", "end", "schema": {name: {"start", "end"}}}
+                                        (ISO-8601 UTC with nanoseconds; end exclusive): `dataset_end`, per schema
+                                        `schema_ends` where given
 
 Served data: schema ohlcv-* (`ohlcv_dbn`) or definition (`definition_dbn`, InstrumentDefMsg records), for a
 continuous symbol (mapping to CONTRACTS[0], then the next contract from each of `rolls` on) or for a list of
@@ -66,7 +70,10 @@ GET_COST = "metadata.get_cost"
 GET_RECORD_COUNT = "metadata.get_record_count"
 GET_RANGE = "timeseries.get_range"
 RESOLVE = "symbology.resolve"
-ENDPOINTS = (GET_COST, GET_RECORD_COUNT, GET_RANGE, RESOLVE)
+GET_DATASET_RANGE = "metadata.get_dataset_range"
+ENDPOINTS = (GET_COST, GET_RECORD_COUNT, GET_RANGE, RESOLVE, GET_DATASET_RANGE)
+_GET_ENDPOINTS = (GET_DATASET_RANGE,)
+DATASET_START = dt.datetime(2010, 6, 6, tzinfo=dt.UTC)  # GLBX.MDP3's first day
 
 INSTRUMENT_ID = 42_005_804  # what NQ.v.0 resolved to, any stable number will do
 _OHLCV = {
@@ -386,8 +393,12 @@ class FakeDatabento:
     """`with FakeDatabento(...) as fake:` -- then `fake.gateway`, `fake.script(...)`, `fake.seen(...)`."""
 
     def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None,
-                 stride: int = 1, rolls: tuple[dt.date, ...] = ()):
+                 stride: int = 1, rolls: tuple[dt.date, ...] = (), dataset_end: dt.datetime | None = None,
+                 schema_ends: dict[str, dt.datetime] | None = None):
         self.cost_usd = cost_usd
+        # metadata.get_dataset_range: where the dataset ends (None: now, to the second), and per schema
+        self.dataset_end = dataset_end
+        self.schema_ends = dict(schema_ends or {})
         self.records = records
         self.stride = stride
         self.rolls = tuple(rolls)  # UTC days on which the continuous symbol maps to the next of CONTRACTS
@@ -454,6 +465,16 @@ class FakeDatabento:
         return {"result": result, "symbols": symbols, "stype_in": params["stype_in"],
                 "stype_out": params["stype_out"], "start_date": first.isoformat(), "end_date": last.isoformat(),
                 "partial": [], "not_found": [], "message": "OK", "status": 0}
+
+    def dataset_range(self) -> dict:
+        """metadata.get_dataset_range, as Databento answers it: every schema ends where the dataset does unless
+        `schema_ends` says otherwise."""
+        end = self.dataset_end or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        schemas = ("mbo", "mbp-1", "mbp-10", "tbbo", "trades", "ohlcv-1s", "ohlcv-1m", "ohlcv-1h", "ohlcv-1d",
+                   "definition", "statistics", "status")
+        return {"start": _iso_ns(DATASET_START), "end": _iso_ns(end),
+                "schema": {name: {"start": _iso_ns(DATASET_START), "end": _iso_ns(self.schema_ends.get(name, end))}
+                           for name in schemas}}
 
     # lifecycle
     @property
@@ -544,6 +565,11 @@ def make_cert(directory: Path) -> tuple[Path, Path] | None:
     return cert, key
 
 
+def _iso_ns(value: dt.datetime) -> str:
+    """`2025-12-09T22:00:00.000000000Z`: how Databento writes a time in metadata answers."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond * 1000:09d}Z"
+
+
 def _parse_ts(value: str) -> int:
     """The client sends datetimes as isoformat(); ints as nanoseconds."""
     if value.lstrip("-").isdigit():
@@ -586,7 +612,8 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
                 )
             )
 
-            if url.path not in {f"/v0/{e}" for e in ENDPOINTS} or self.command != "POST":
+            method = "GET" if endpoint in _GET_ENDPOINTS else "POST"
+            if url.path not in {f"/v0/{e}" for e in ENDPOINTS} or self.command != method:
                 return self._send(Reply.error(404, f"no route {self.command} {url.path}"))
             if _basic_user(self.headers.get("Authorization")) in (None, ""):
                 return self._send(Reply.error(401, "missing API key"))
@@ -594,6 +621,8 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
             if reply.status == 200 and reply.json is None and reply.body is None:
                 if endpoint == GET_COST:
                     reply = replace(reply, json=fake.cost_usd)
+                elif endpoint == GET_DATASET_RANGE:
+                    reply = replace(reply, json=fake.dataset_range())
                 elif endpoint == RESOLVE:
                     try:
                         reply = replace(reply, json=fake.resolve(params))

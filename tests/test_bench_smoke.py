@@ -39,6 +39,7 @@ FIGURE_ROWS = {
     "detect_stage_sqlite": ("detect stage end to end", "SQLite"),
     "detect_rerun_sqlite": ("detect stage end to end, rerun", "SQLite"),
     "sweep_4_symbols": ("4-symbol sweep (ingest+detect)", "SQLite, file per job"),
+    "incremental_update_sqlite": ("4-symbol incremental update of one session, 0.05-year database vs empty", "SQLite"),
     "peak_rss_pg": ("peak RSS, 100k-bar ingest", "PostgreSQL"),
     "peak_rss_sqlite": ("peak RSS, 100k-bar ingest", "SQLite"),
     "help_time": ("`python -m engine --help`", "—"),

@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from engine.config import register_configs, to_typed
+from engine.config import WindowMode, register_configs, to_typed
 from engine.job_plugins import load_plugins
 from engine.windows import parse_window
 
@@ -71,8 +71,12 @@ def test_shipped_job_composes_and_validates(hydra_conf, name):
     cfg = compose("config", overrides=[f"job={name}"])
     typed = to_typed(cfg)
     plugins = load_plugins(typed)
-    window = parse_window(typed.window)
-    assert window.start < window.end
+    if name == "daily_update":  # window=incremental: resolved from the database's coverage and the source's end
+        assert typed.window.mode is WindowMode.incremental and (typed.window.start, typed.window.end) == (None, None)
+        assert callable(plugins.source.obj.available_end)
+    else:
+        window = parse_window(typed.window)
+        assert window.start < window.end
     job = OmegaConf.to_container(OmegaConf.load(CONF / "job" / f"{name}.yaml"))
     for key, value in leaves(job):
         assert OmegaConf.select(cfg, key) == value, key
@@ -122,7 +126,8 @@ def test_team_job_from_its_own_config_dir_dry_run(tmp_path, monkeypatch):
     resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
     assert resolved["choices"]["source"] == "databento" and resolved["source"]["max_cost_usd"] == 5.0  # packaged
     assert resolved["window"] == {"start": "2024-01-01T00:00:00Z", "end": "2024-03-01T00:00:00Z",
-                                  "warmup_start": None, "chunk": "1w", "max_chunks": 10_000}  # the team's job
+                                  "warmup_start": None, "chunk": "1w", "max_chunks": 10_000, "mode": "fixed",
+                                  "since": None}  # the team's job
     assert resolved["detector"]["n"] == 7  # conf/local/default.yaml merges last
     assert resolved["db"]["url"] == "sqlite:///team_data/market.sqlite"
     assert not (tmp_path / "team_data").exists()  # a dry run writes no database

@@ -34,3 +34,17 @@ def covered_intervals(engine: Engine, symbol: str, start: datetime, end: datetim
     with engine.connect() as conn:
         return [(row.start_ts, row.end_ts) for row in conn.execute(query)]
 
+
+
+def symbol_intervals(engine: Engine, symbol: str) -> list[tuple[datetime, datetime]]:
+    """Every [start_ts, end_ts) of the coverage of successful clean ingests of `symbol`, sorted (the incremental
+    window starts where they end: engine/incremental.py)."""
+    cc, runs = clean_coverage.c, clean_ingest_runs.c
+    query = (
+        select(cc.start_ts, cc.end_ts)
+        .join(clean_ingest_runs, runs.id == cc.ingest_run_id)
+        .where(cc.symbol == symbol, runs.status == "success")
+        .order_by(cc.start_ts, cc.end_ts)
+    )
+    with engine.connect() as conn:
+        return [(row.start_ts, row.end_ts) for row in conn.execute(query)]

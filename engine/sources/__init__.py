@@ -6,12 +6,14 @@ A source is a plugin (engine/plugins.py): a class plus a YAML in conf/source/ na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine.config import DataKind
 
 if TYPE_CHECKING:
+    from engine.config import EngineConfig
     from engine.context import StageContext
 
 
@@ -45,4 +47,10 @@ class Source(Protocol):
 
     def acquire(self, ctx: StageContext, progress) -> Landing:
         """Land the raw DBN files for the job's symbol and window; `progress` is a rich Progress."""
+        ...
+
+    def available_end(self, cfg: EngineConfig) -> datetime:
+        """Where the data this source can deliver for the job's symbol ends (exclusive, UTC): the end of a
+        `window=incremental` job (floored to the minute). Optional: a source without it cannot run incremental
+        windows."""
         ...

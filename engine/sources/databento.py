@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 from engine.errors import EngineError
@@ -48,3 +49,11 @@ class DatabentoSource(SourceParams):
         from engine.sources.databento_api import acquire
 
         return acquire(ctx, progress)
+
+    def available_end(self, cfg) -> datetime:
+        """The end of the job's dataset and schema as Databento has it (metadata.get_dataset_range, free)."""
+        from engine.config import normalize_symbol
+        from engine.sources.databento_api import available_end
+
+        dataset = normalize_symbol(cfg.symbol, cfg.registry.defaults.dataset).partition(":")[0]
+        return available_end(self, dataset, cfg.registry.defaults.schema)

@@ -45,7 +45,14 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
-from engine.sources.databento_client import download, get_cost, get_record_count, historical, resolve_intervals
+from engine.sources.databento_client import (
+    download,
+    get_cost,
+    get_dataset_range,
+    get_record_count,
+    historical,
+    resolve_intervals,
+)
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
 from engine.sources.dbn import _read_info, count_records
@@ -66,7 +73,8 @@ from engine.sources.progress import ProgressPoller, notify
 if TYPE_CHECKING:
     from engine.sources.databento import DatabentoSource
 
-__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "estimate_cost", "extra_requests",
+__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "available_end", "estimate_cost",
+           "extra_requests",
            "fetch_raw", "planned_requests", "rolls_of", "timeouts"]
 
 log = logging.getLogger(__name__)
@@ -529,3 +537,27 @@ def _has_key() -> bool:
 def timeouts(source: DatabentoSource) -> Timeouts:
     """The Timeouts of a databento source."""
     return Timeouts(source.connect_timeout_seconds, source.read_timeout_seconds, source.retry_budget_seconds)
+
+
+def available_end(source: DatabentoSource, dataset: str, schema: str) -> datetime:
+    """Where `dataset`'s `schema` ends at Databento (exclusive): the schema's own range from
+    metadata.get_dataset_range, else the dataset's."""
+    answer = get_dataset_range(historical(source.gateway), dataset, _policy(source))
+    ranges = answer.get("schema")
+    own = ranges.get(schema) if isinstance(ranges, dict) else None
+    text = own["end"] if isinstance(own, dict) and isinstance(own.get("end"), str) else answer["end"]
+    try:
+        return parse_iso_ns(text)
+    except ValueError:
+        raise EngineError(f"Databento's metadata.get_dataset_range gave {dataset} the end {text!r}, not a time",
+                          "try again later; if it persists contact support@databento.com") from None
+
+
+def parse_iso_ns(text: str) -> datetime:
+    """An ISO-8601 UTC time as Databento writes it (`2025-12-09T22:00:00.000000000Z`: nanoseconds, cut to
+    microseconds)."""
+    head, dot, tail = text.strip().removesuffix("Z").partition(".")
+    digits = "".join(ch for ch in tail if ch.isdigit())
+    zone = tail[len(digits):]
+    value = datetime.fromisoformat(head + (f".{digits[:6]}" if dot and digits else "") + zone)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

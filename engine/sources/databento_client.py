@@ -9,6 +9,7 @@ import datetime as dt
 import math
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,6 +77,32 @@ def get_cost(client: databento.Historical, req: RawRequest, policy: RetryPolicy)
             "try again later; if it persists contact support@databento.com",
         )
     return value
+
+
+def get_dataset_range(client: databento.Historical, dataset: str, policy: RetryPolicy) -> dict:
+    """`metadata.get_dataset_range` (free): {"start", "end", "schema": {name: {"start", "end"}}}, ISO-8601 UTC."""
+
+    def call() -> dict:
+        _prepare(client, client.metadata, policy)
+        return client.metadata.get_dataset_range(dataset=dataset)
+
+    answer = policy.run(call, "metadata.get_dataset_range", DatasetQuery(dataset))
+    if not isinstance(answer, dict) or not isinstance(answer.get("end"), str):
+        raise EngineError(
+            f"Databento's metadata.get_dataset_range answered {str(answer)[:200]!r} for {dataset}",
+            "try again later; if it persists contact support@databento.com",
+        )
+    return answer
+
+
+@dataclass(frozen=True)
+class DatasetQuery:
+    """What a dataset-wide call is about, as the retry policy names it in its messages."""
+
+    dataset: str
+
+    def describe(self) -> str:
+        return f"{self.dataset} (dataset range)"
 
 
 def get_record_count(client: databento.Historical, req: RawRequest, policy: RetryPolicy) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 import zstandard
 from omegaconf import MISSING
 
-from engine.bars import RAW_BAR_DTYPE
+from engine.bars import NS_PER_MINUTE, RAW_BAR_DTYPE
 from engine.errors import EngineError
 from engine.sources import Landing, SourceParams
 from engine.sources.landing import file_digest
@@ -755,6 +755,32 @@ class DbnFileSource(SourceParams):
 
     def acquire(self, ctx, progress) -> Landing:
         return acquire(ctx, progress)
+
+    def available_end(self, cfg) -> dt.datetime:
+        """The files' own end: the latest end their metadata gives (a file without one: its last bar + 1 min)."""
+        ends = [info.end_ns if info.end_ns is not None else _last_bar_end_ns(info)
+                for info in (_read_info(p) for p in expand_paths(list(self.paths)))]
+        ends = [end for end in ends if end is not None]
+        if not ends:
+            raise EngineError(f"the files of source.paths ({', '.join(self.paths)}) hold no bars, so "
+                              "window=incremental has no end", "point source.paths at the DBN files to ingest")
+        return dt.datetime.fromtimestamp(max(ends) // 1_000_000_000, dt.UTC)
+
+
+def _last_bar_end_ns(info: DbnFileInfo) -> int | None:
+    """The minute after the latest record of a file whose metadata has no end; None when it holds no record."""
+    dtype = _DBN_OHLCV_TS_OUT_DTYPE if info.ts_out else DBN_OHLCV_DTYPE
+    latest = None
+    stream = _open_stream(info.path)
+    try:
+        stream.read(info.metadata_length)
+        while data := stream.read(_COUNT_CHUNK_RECORDS * dtype.itemsize):
+            records = np.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize)
+            if len(records):
+                latest = max(latest or 0, int(records["ts_event"].max()))
+    finally:
+        stream.close()
+    return None if latest is None else latest + NS_PER_MINUTE
 
 
 def acquire(ctx, progress) -> Landing:

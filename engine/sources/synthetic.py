@@ -388,6 +388,10 @@ class SyntheticSource(SourceParams):
     def acquire(self, ctx, progress) -> Landing:
         return acquire(ctx, progress)
 
+    def available_end(self, cfg) -> dt.datetime:
+        """Demo bars exist for every minute that has begun: now, floored to the minute."""
+        return dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+
 
 def acquire(ctx, progress) -> Landing:
     """Write (or reuse) the demo DBN file for the job's symbol and window under <data_dir>/synthetic/."""

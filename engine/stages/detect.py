@@ -19,6 +19,9 @@
   bars; see engine/coverage.py) over the whole window, and over the warm-up and look-ahead bars it reads: where
   those would reach across uncovered open-market time to older or newer bars it stops and names the range. At
   the edge of the stored history (no older or newer bars at all) it proceeds and logs that.
+* A window that continues the stored history (``window.reopen_tail``, window=incremental) starts back at the
+  oldest of the detector's ``lookahead_bars`` bars before it: their pivots could not be confirmed before this
+  window's bars existed, so they are detected again (and replaced, never duplicated).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -153,7 +156,14 @@ class Detect:
     """Stage `detect` (see the module docstring)."""
 
     def run(self, ctx: StageContext) -> DetectResult:
-        return run(ctx)
+        if not ctx.window.reopen_tail:
+            return run(ctx)
+        window = ctx.window
+        ctx.window = replace(window, start=tail_start(ctx), reopen_tail=False)
+        try:
+            return run(ctx)
+        finally:
+            ctx.window = window
 
     def chunk_settings(self, ctx: StageContext) -> dict:
         return chunk_settings(ctx)
@@ -234,6 +244,20 @@ def run(ctx: StageContext) -> DetectResult:
              result.adjustment_note() if how is not Adjustment.none else "none", seconds,
              counts["bars_in_window"] / max(seconds, 1e-9))
     return result
+
+
+def tail_start(ctx: StageContext) -> datetime:
+    """Where a window continuing the stored history starts detecting: the oldest of the detector's look-ahead
+    bars before window.start (window.start when there are none)."""
+    lookahead = int(detector_of(ctx)[1].lookahead_bars)
+    start = ctx.window.start
+    tail = nth_bar_before(ctx.db, bars_table(ctx.cfg), ctx.symbol.internal_symbol, start, lookahead) \
+        if lookahead else None
+    if tail is None:
+        return start
+    ctx.log.info("detect %s: re-evaluating from %s (the last %d bars before %s, whose look-ahead this window "
+                 "brings)", ctx.symbol.internal_symbol, _fmt(tail), lookahead, _fmt(start))
+    return tail
 
 
 def chunk_settings(ctx: StageContext) -> dict:
