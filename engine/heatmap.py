@@ -6,13 +6,14 @@ clean ingest but without a quality row (ingested before session quality); black:
 successful ingest covers); white: no session (weekend, holiday) or outside what was ingested. A line over the
 cells marks the days of a failed (orange) or abandoned (magenta) run's window.
 
-Layout: up to 200 days, one row per symbol over the dates; longer, one row per symbol and year over the days of the
-year, with month ticks, so a decade of four symbols is 40 rows.
+Columns are weekdays (trade dates are Monday to Friday), so a row is solid where data is complete and a weekday
+holiday is a white cell. Layout: up to 200 days, one row per symbol; longer, one row per symbol and year with month
+ticks, so a decade of four symbols is 40 rows.
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from engine.status import DayCells
 
 _COMPACT_DAYS = 200
+_YEAR_COLUMNS = 262  # the most weekdays a year has
 _ANNOTATED_DAYS = 45  # up to this many days the cells carry their share as text
 _VERTICAL_BAR_ROWS = 8  # from this many rows the colour bar stands beside the cells, else under them
 _BINS = [0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.995, 1.0001]
@@ -45,7 +47,7 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
     first, last = min(every), max(every)
     compact = (last - first).days < _COMPACT_DAYS
     rows = _rows(symbols, first, last, compact)
-    width = (last - first).days + 1 if compact else 366
+    width = _weekdays(first, last) + 1 if compact else _YEAR_COLUMNS
     share = np.full((len(rows), width), np.nan)
     state = np.zeros((len(rows), width), dtype=np.int8)  # 1 unknown, 2 gap
     marks: dict[str, list[tuple[int, int]]] = {"failed": [], "abandoned": []}
@@ -56,8 +58,8 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
 
         def column(day: date, year=year) -> int | None:
             if compact:
-                return (day - first).days
-            return (day - date(year, 1, 1)).days if day.year == year else None
+                return _weekdays(first, day)
+            return _weekdays(date(year, 1, 1), day) if day.year == year else None
 
         for day, value in cells.share.items():
             if (x := column(day)) is not None:
@@ -144,16 +146,21 @@ def _row_label(symbol: str | None, year: int, compact: bool) -> str:
     return short if compact else f"{short} {year}"
 
 
+def _weekdays(start: date, day: date) -> int:
+    """The column of `day` in a row starting at `start`: Monday to Friday since then (trade dates are weekdays)."""
+    return int(np.busday_count(start, day))
+
+
 def _x_ticks(first: date, width: int, compact: bool) -> tuple[list[int], list[str]]:
-    if not compact:
-        starts = [(date(2001, m, 1) - date(2001, 1, 1)).days for m in range(1, 13)]
-        return starts, _MONTHS
-    days = [first + timedelta(days=x) for x in range(width)]
-    step = 1 if width <= 14 else 7 if width <= 90 else 0
-    if step:
-        picks = [x for x, d in enumerate(days) if step == 1 or d.weekday() == 0]
+    if not compact:  # month starts, as in 2025 (other years differ by a column at most)
+        return [_weekdays(date(2025, 1, 1), date(2025, m, 1)) for m in range(1, 13)], _MONTHS
+    days = np.busday_offset(first, np.arange(width), roll="forward").astype(date).tolist()
+    if width <= 15:
+        picks = list(range(width))
+    elif width <= 70:
+        picks = [x for x, d in enumerate(days) if d.weekday() == 0]
     else:
-        picks = [x for x, d in enumerate(days) if d.day == 1]
+        picks = [x for x, d in enumerate(days) if x == 0 or d.month != days[x - 1].month]
     return picks, [f"{days[x]:%Y-%m-%d}" for x in picks]
 
 

@@ -8,6 +8,7 @@ overrides choosing the database (`db=postgres`, `db.url=...`), composed as a job
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from engine.errors import EngineError
 VIEWS = ("status", "runs")
 DEFAULT_PNG = Path("runs") / "status" / "coverage.png"
 DEFAULT_LAST = 20
+_PIPE_WIDTH = 200  # the tables' width on a pipe or file without COLUMNS
 _FLAGS = {"status": ["--json", "--symbol", "--png", "--no-png", "--help"],
           "runs": ["--json", "--symbol", "--last", "--status", "--help"]}
 _HELP = {
@@ -86,7 +88,7 @@ def main(view: str, argv: list[str]) -> None:
     if options.json:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    out = Console(width=None if sys.stdout.isatty() else 200)
+    out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else _PIPE_WIDTH)
     for table in tables:
         out.print(table)
 

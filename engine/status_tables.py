@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
@@ -19,6 +20,10 @@ def minute(value: datetime | None) -> str:
     if value is None:
         return "-"
     return f"{value:%Y-%m-%dT%H:%M:%SZ}" if value.second else f"{value:%Y-%m-%dT%H:%MZ}"
+
+
+def started(value: datetime) -> str:
+    return f"{value:%Y-%m-%d}\n{value:%H:%M:%S}"
 
 
 def status_word(status: str) -> str:
@@ -76,13 +81,21 @@ def runs_table(runs: list[Run], title: str) -> Table:
     for name, justify in (("id", "right"), ("status", "left"), ("symbol", "left"), ("stages", "left"),
                           ("window", "left"), ("started", "left"), ("seconds", "right"), ("bars", "right"),
                           ("events", "right"), ("chunks", "right"), ("run directory", "left")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name not in ("stages", "run directory"))
     for run in runs:
         r, c = run.row, run.counts
-        window = "-" if r.window_start is None else f"{minute(r.window_start)} → {minute(r.window_end)}"
+        window = "-" if r.window_start is None else f"{minute(r.window_start)} →\n{minute(r.window_end)}"
         bars = c.bars_inserted + c.bars_updated + c.bars_unchanged
-        table.add_row(str(r.id), status_word(r.status), r.symbol or "-", ",".join(r.stages), window,
-                      minute(r.started_at), "-" if run.duration_seconds is None else f"{run.duration_seconds:.1f}",
+        table.add_row(str(r.id), status_word(r.status), r.symbol or "-", ", ".join(r.stages), window,
+                      started(r.started_at), "-" if run.duration_seconds is None else f"{run.duration_seconds:.1f}",
                       f"{bars:,}", f"{c.events:,}", f"{c.chunks_done}/{c.chunks}" if c.chunks else "-",
-                      escape(r.run_dir))
+                      escape(_here(r.run_dir)))
     return table
+
+
+def _here(path: str) -> str:
+    """A run directory relative to the working directory when it lies under it (runs/...), else as recorded."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
