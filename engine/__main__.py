@@ -1,4 +1,4 @@
-"""`python -m engine`: the Hydra entry point."""
+"""`python -m engine`: the Hydra entry point (and the `status` and `runs` views)."""
 
 import os
 import sys
@@ -43,6 +43,11 @@ def cli() -> None:
     # A working directory without conf/ (no local settings, no job files) is normal: not worth Hydra's warning.
     warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
     try:
+        if sys.argv[1:2] in (["status"], ["runs"]):  # the views of engine/status_cli.py, not a job
+            from engine.status_cli import main as view
+
+            view(sys.argv[1], sys.argv[2:])
+            return
         sys.argv[1:] = _prepared_argv(sys.argv[1:])
         main()
     except EngineError as exc:

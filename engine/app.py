@@ -22,6 +22,7 @@ from engine.console import console
 from engine.context import RunRecord, StageContext
 from engine.db import liveness, runs
 from engine.db.connect import create_db_engine, lost_server, masked_url, mount_point, storage_full, upgrade
+from engine.detectors import params_json
 from engine.errors import NO_SPACE, EngineError, error_chain
 from engine.job_plugins import JobPlugins, add_stage_nodes, load_plugins
 from engine.pipeline import run_stages
@@ -156,6 +157,11 @@ def _open_run(job: PreparedJob) -> OpenRun:
             config_sha256=job.config_sha,
             overrides=runs.dumps(job.overrides),
             data_kind=job.plugins.source.obj.data_kind.value,
+            window_start=job.window.start,
+            window_end=job.window.end,
+            detector=job.plugins.detector.name,
+            detector_params=params_json(job.plugins.detector.obj),
+            adjustment=job.cfg.adjust.value,
             rerun_of=rerun_of.run_id if rerun_of else None,
             rerun_of_git_hash=rerun_of.git_hash if rerun_of else None,
         )

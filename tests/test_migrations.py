@@ -156,3 +156,59 @@ def test_0011_gives_existing_events_their_detector_and_downgrades(db_url):
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_0013_adds_the_run_window_and_detector_and_downgrades_keeping_rows(db_url):
+    """Rows of 0012 keep every field and get NULL window/detector/adjustment; new rows hold them; down again, the
+    columns go and every row (and the ingest row referencing its run) stays."""
+    from datetime import UTC, datetime
+
+    from engine.db.types import UtcTimestamp
+
+    t0 = datetime(2025, 12, 1, tzinfo=UTC)
+    plain = ("id", "status", "stages", "run_dir", "logic_version", "config_sha256", "overrides", "data_kind", "symbol")
+    runs = sa.table("engine_runs", *(sa.column(c) for c in plain), sa.column("started_at", UtcTimestamp))
+    ingests = sa.table("clean_ingest_runs", *(sa.column(c) for c in (
+        "id", "symbol", "bars_received", "bars_inserted", "bars_updated", "bars_skipped", "batch_commits", "retries",
+        "status", "engine_run_id")), sa.column("start_ts", UtcTimestamp), sa.column("end_ts", UtcTimestamp),
+        sa.column("run_at", UtcTimestamp))
+    old = {"id": 1, "status": "success", "stages": '["ingest"]', "run_dir": "/runs/a", "logic_version": "v1",
+           "config_sha256": "abc", "overrides": "[]", "data_kind": "demo", "symbol": "GLBX.MDP3:NQ", "started_at": t0}
+    engine = create_db_engine(db_url)
+    try:
+        upgrade(engine, "0012")
+        with engine.begin() as conn:
+            conn.execute(sa.insert(runs), [old])
+            conn.execute(sa.insert(ingests), [{"id": 7, "symbol": "GLBX.MDP3:NQ", "bars_received": 3,
+                                               "bars_inserted": 3, "bars_updated": 0, "bars_skipped": 0,
+                                               "batch_commits": 1, "retries": 0, "status": "success",
+                                               "engine_run_id": 1, "start_ts": t0, "end_ts": t0, "run_at": t0}])
+        upgrade(engine)
+        new_columns = ("window_start", "window_end", "detector", "detector_params", "adjustment")
+        read = sa.text("SELECT * FROM engine_runs ORDER BY id")
+        with engine.connect() as conn:
+            [row] = conn.execute(read).mappings().all()
+        assert {k: row[k] for k in new_columns} == dict.fromkeys(new_columns)
+        assert row["run_dir"] == "/runs/a" and row["symbol"] == "GLBX.MDP3:NQ" and row["status"] == "success"
+        with engine.begin() as conn:
+            full = sa.table("engine_runs", *(sa.column(c) for c in plain), sa.column("started_at", UtcTimestamp),
+                            sa.column("window_start", UtcTimestamp),
+                            sa.column("window_end", UtcTimestamp), sa.column("detector"),
+                            sa.column("detector_params"), sa.column("adjustment"))
+            conn.execute(sa.insert(full), [{**old, "id": 2, "window_start": t0, "window_end": t0,
+                                            "detector": "williams_fractals", "detector_params": '{"n": 5}',
+                                            "adjustment": "ratio"}])
+        with engine.connect() as conn:
+            got = conn.execute(sa.select(full.c.detector, full.c.adjustment, full.c.window_start)
+                               .where(full.c.id == 2)).one()
+        assert tuple(got) == ("williams_fractals", "ratio", t0)
+        downgrade(engine, "0012")
+        assert current_revision(engine) == "0012"
+        assert {c["name"] for c in sa.inspect(engine).get_columns("engine_runs")}.isdisjoint(new_columns)
+        with engine.connect() as conn:
+            assert [r["id"] for r in conn.execute(read).mappings()] == [1, 2]
+            assert conn.execute(sa.text("SELECT engine_run_id FROM clean_ingest_runs")).scalar() == 1
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

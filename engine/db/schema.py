@@ -57,6 +57,11 @@ engine_runs = Table(
     Column("host", Text),  # where the run's process ran, its pid and start time: liveness on SQLite
     Column("pid", Integer),
     Column("process_start", Text),
+    Column("window_start", UtcTimestamp),  # the job's resolved window [start, end), UTC; NULL before 0013
+    Column("window_end", UtcTimestamp),
+    Column("detector", Text),  # the name it was selected under, e.g. williams_fractals
+    Column("detector_params", Text),  # its parameters, JSON with sorted keys (as triangle_events_v1 records them)
+    Column("adjustment", Text),  # none | difference | ratio: how the run read the series
     CheckConstraint("status IN ('running', 'success', 'failed', 'interrupted', 'abandoned')",
                     name="ck_engine_runs_status"),
 )
