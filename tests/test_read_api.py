@@ -215,8 +215,20 @@ def test_a_missing_file_or_a_database_without_engine_tables_is_named(tmp_path):
     assert not missing.exists() and "ingest" in refused.value.fix
     empty = tmp_path / "empty.sqlite"
     sa.create_engine(f"sqlite:///{empty}").connect().close()
+    with pytest.raises(EngineError, match=f"beside it: {empty}") as refused:
+        read_bars("NQ", T0, T0 + DAY, db=f"sqlite:///{missing}")
+    assert f"db='sqlite:///{empty}'" in refused.value.fix
     with pytest.raises(EngineError, match="holds no engine tables"):
         read_bars("NQ", T0, T0 + DAY, db=f"sqlite:///{empty}")
+
+
+def test_a_demo_database_is_named_in_a_warning(stored):
+    from engine.db.ingest_runs import claim_data_kind
+
+    claim_data_kind(stored, "demo", None)
+    with pytest.warns(UserWarning, match="holds demo data") as caught:
+        read_bars("NQ", T0, T0 + DAY, db=stored)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
 
 
 def test_db_none_reads_the_database_of_conf_local(tmp_path, monkeypatch):
