@@ -125,6 +125,8 @@ def read_events(symbol: str, start, end, *, detector: str | None = None, logic_v
     with _database(db) as engine:
         rows = stored_events(engine, stored, lo, hi, source_tables=tables, detector=detector,
                              logic_version=logic_version, adjustment=adjustment)
+        if not rows:
+            _require_known(engine, stored, detector=detector, logic_version=logic_version)
     columns = dict(zip(STORED_EVENT_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {
         name: () for name in STORED_EVENT_COLUMNS}
     if kind == "numpy":
@@ -220,6 +222,21 @@ def _require_coverage(gaps, symbol: str, start: datetime, end: datetime) -> None
         f"ingest it (python -m engine stages=[registry,ingest] symbol={root} window.start={iso_minute(gaps[0][0])} "
         f"window.end={iso_minute(gaps[-1][1])}), or pass policy='allow_gaps' to read the clean bars there are "
         "(holes included), or policy='allow_legacy' for the legacy table (not recommended)")
+
+
+def _require_known(engine: sa.Engine, symbol: str, **filters: str | None) -> None:
+    """An empty read filtered by a detector or logic version that none of the symbol's events has is a typo, not
+    "no events": refuse it, naming the stored ones."""
+    from engine.db.events import stored_event_values
+
+    for key, value in filters.items():
+        if value is None:
+            continue
+        known = stored_event_values(engine, symbol, key)
+        if value not in known:
+            raise EngineError(f"{key}={value!r}: no event of {symbol} has it",
+                              f"use one of {', '.join(map(repr, known))}, or {key}=None for all" if known else
+                              f"detect first (stages=[detect]); {symbol} has no events at all")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -325,7 +325,13 @@ def test_read_events_filters(detected):
         read_events("NQ", start, end, db=detected))
     assert set(read_events("NQ", start, end, db=detected, detector="williams_fractals")["detector"]) == {
         "williams_fractals"}
-    assert len(read_events("NQ", start, end, db=detected, detector="other")) == 0
+    with pytest.raises(EngineError, match="detector='william_fractals': no event of GLBX.MDP3:NQ has it") as typo:
+        read_events("NQ", start, end, db=detected, detector="william_fractals")
+    assert typo.value.fix == "use one of 'williams_fractals', or detector=None for all"
+    with pytest.raises(EngineError, match="logic_version='v3'") as typo:
+        read_events("NQ", start, end, db=detected, logic_version="v3")
+    assert typo.value.fix == "use one of 'v1', 'v2', or logic_version=None for all"
+    assert len(read_events("NQ", T0 + 3 * DAY, T0 + 4 * DAY, db=detected, logic_version="v1")) == 0  # known, none
     assert len(read_events("NQ", start, end, db=detected, policy="allow_legacy")) == len(read_events(
         "NQ", start, end, db=detected))  # no legacy events stored here
     with pytest.raises(EngineError, match="policy='allow_gaps' is not an events policy"):
