@@ -338,3 +338,17 @@ def test_read_events_filters(detected):
         read_events("NQ", start, end, db=detected, policy="allow_gaps")
     with pytest.raises(EngineError, match="as_='csv' is not an output kind"):
         read_events("NQ", start, end, db=detected, as_="csv")
+
+
+def test_an_in_memory_sqlite_database_is_read_on_its_own_connection():
+    """No second connection sees an in-memory database, so bars_read reads it through the engine's own."""
+    from engine.db.connect import create_db_engine, upgrade
+
+    db = create_db_engine("sqlite://")
+    try:
+        upgrade(db)
+        insert_bars(db, BARS[:400])
+        mark_clean(db, *COVERED)
+        assert as_rows(read_bars("NQ", T0, T0 + DAY, db=db, as_="numpy")) == sql_bars(db, T0, T0 + DAY) != []
+    finally:
+        db.dispose()
