@@ -352,3 +352,21 @@ def test_an_in_memory_sqlite_database_is_read_on_its_own_connection():
         assert as_rows(read_bars("NQ", T0, T0 + DAY, db=db, as_="numpy")) == sql_bars(db, T0, T0 + DAY) != []
     finally:
         db.dispose()
+
+
+def test_sqlite_timestamps_in_another_spelling_are_converted_by_sqlite(sqlite_url):
+    """Rows another tool wrote with ISO 'T…Z' timestamps (not the engine's fixed-width text) still read exactly."""
+    from engine.db.connect import create_db_engine, upgrade
+
+    db = create_db_engine(sqlite_url)
+    try:
+        upgrade(db)
+        insert_bars(db, BARS[:50], table=legacy_bars)
+        with db.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO market_bars_ohlcv_1m (symbol, ts, open, high, low, close, volume) "
+                                 "VALUES ('GLBX.MDP3:NQ', '2025-11-30T23:59:00Z', 1.5, 2.5, 0.5, 1.25, 3)")
+        out = read_bars("NQ", T0 - MINUTE, T0 + DAY, db=db, policy="allow_legacy", as_="numpy")
+        assert as_rows(out)[0] == (datetime_to_ns(T0 - MINUTE), 1.5, 2.5, 0.5, 1.25, 3)
+        assert as_rows(out)[1:] == sql_bars(db, T0, T0 + DAY, table=legacy_bars) and len(out) == 51
+    finally:
+        db.dispose()
