@@ -89,6 +89,9 @@ def _sqlite_read(raw, rest: str, params: list) -> np.ndarray:
         out["volume"] = np.fromstring(volume_text, dtype=np.int64, sep=",") if len(ts) else 0
         cur.execute(f"SELECT open, high, low, close {rest}", params)  # REAL columns: every value arrives as a float
         prices = np.fromiter(itertools.chain.from_iterable(cur), dtype=np.float64, count=4 * len(ts))
+        # Both statements must have seen the same rows in the same order (fromiter raises on too few).
+        if cur.fetchone() is not None or (len(ts) > 1 and not (np.diff(ts) > 0).all()):
+            raise RuntimeError(f"the SQLite read of {rest!r} returned its rows out of step")
         for k, name in enumerate(("open", "high", "low", "close")):
             out[name] = prices[k::4]
     finally:
