@@ -1,7 +1,8 @@
 """The read API: `read_bars` and `read_events` (``from engine import read_bars, read_events``).
 
-Both read the database a job would use (``db=None``: ``engine.settings.database_url()``: the working directory's
-conf/local/default.yaml, ENGINE_PG_URL, else the SQLite file), or a URL, or a SQLAlchemy Engine. Times are UTC:
+Both read the database a job would use (``db=None``: ``engine.settings.database_url()``: db.url of the working
+directory's conf/local/default.yaml, else the default source's SQLite file), or a URL, or a SQLAlchemy Engine; a
+database holding demo data is named in a warning. Times are UTC:
 ``start``/``end`` take an ISO string, a date (midnight UTC), a datetime or pandas Timestamp (naive = UTC) or a
 numpy datetime64; ``end`` is exclusive. Every refusal is an EngineError naming the argument and the fix.
 
@@ -124,6 +125,8 @@ def read_events(symbol: str, start, end, *, detector: str | None = None, logic_v
     with _database(db) as engine:
         rows = stored_events(engine, stored, lo, hi, source_tables=tables, detector=detector,
                              logic_version=logic_version, adjustment=adjustment)
+        if not rows:
+            _require_known(engine, stored, detector=detector, logic_version=logic_version)
     columns = dict(zip(STORED_EVENT_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {
         name: () for name in STORED_EVENT_COLUMNS}
     if kind == "numpy":
@@ -221,6 +224,21 @@ def _require_coverage(gaps, symbol: str, start: datetime, end: datetime) -> None
         "(holes included), or policy='allow_legacy' for the legacy table (not recommended)")
 
 
+def _require_known(engine: sa.Engine, symbol: str, **filters: str | None) -> None:
+    """An empty read filtered by a detector or logic version that none of the symbol's events has is a typo, not
+    "no events": refuse it, naming the stored ones."""
+    from engine.db.events import stored_event_values
+
+    for key, value in filters.items():
+        if value is None:
+            continue
+        known = stored_event_values(engine, symbol, key)
+        if value not in known:
+            raise EngineError(f"{key}={value!r}: no event of {symbol} has it",
+                              f"use one of {', '.join(map(repr, known))}, or {key}=None for all" if known else
+                              f"detect first (stages=[detect]); {symbol} has no events at all")
+
+
 # ---------------------------------------------------------------------------------------------
 # The database
 
@@ -230,6 +248,7 @@ def _database(db) -> Iterator[sa.Engine]:
     """The engine to read: `db` itself, or one made for a URL (config's when None) and disposed afterwards. The
     schema must be the engine's (at migration head): a read never migrates."""
     from engine.db.connect import create_db_engine, masked_url, reachable_revision
+    from engine.db.ingest_runs import recorded_data_kind
 
     if isinstance(db, sa.Engine):
         engine, owned = db, False
@@ -247,9 +266,11 @@ def _database(db) -> Iterator[sa.Engine]:
         where = masked_url(engine.url.render_as_string(hide_password=False))
         database = engine.url.database
         if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not Path(database).is_file():
-            raise EngineError(f"db: no SQLite database at {database!r} ({where})",
-                              "point db (or db.url in conf/local/default.yaml) at the file the ingest wrote, or "
-                              "ingest first: python -m engine stages=[registry,ingest]")
+            beside = sorted(str(p) for p in Path(database).parent.glob("*.sqlite"))
+            raise EngineError(f"db: no SQLite database at {database!r}" + (f" (beside it: {', '.join(beside)})"
+                                                                           if beside else ""),
+                              "point db (or db.url in conf/local/default.yaml) at the file the ingest wrote, e.g. "
+                              f"db='sqlite:///{beside[0] if beside else 'data/market.sqlite'}', or ingest first")
         revision = reachable_revision(engine)
         if revision is None:
             raise EngineError(f"db: {where} holds no engine tables",
@@ -257,6 +278,9 @@ def _database(db) -> Iterator[sa.Engine]:
         if revision != _head_revision():
             raise EngineError(f"db: {where} has schema revision {revision}, this engine reads {_head_revision()}",
                               "upgrade it (engine-migrate upgrade head --url <url>; every job also does)")
+        if recorded_data_kind(engine) == "demo":
+            warnings.warn(f"{where} holds demo data (synthetic bars of source=synthetic), not market data",
+                          stacklevel=4)
         yield engine
     finally:
         if owned:

@@ -215,8 +215,20 @@ def test_a_missing_file_or_a_database_without_engine_tables_is_named(tmp_path):
     assert not missing.exists() and "ingest" in refused.value.fix
     empty = tmp_path / "empty.sqlite"
     sa.create_engine(f"sqlite:///{empty}").connect().close()
+    with pytest.raises(EngineError, match=f"beside it: {empty}") as refused:
+        read_bars("NQ", T0, T0 + DAY, db=f"sqlite:///{missing}")
+    assert f"db='sqlite:///{empty}'" in refused.value.fix
     with pytest.raises(EngineError, match="holds no engine tables"):
         read_bars("NQ", T0, T0 + DAY, db=f"sqlite:///{empty}")
+
+
+def test_a_demo_database_is_named_in_a_warning(stored):
+    from engine.db.ingest_runs import claim_data_kind
+
+    claim_data_kind(stored, "demo", None)
+    with pytest.warns(UserWarning, match="holds demo data") as caught:
+        read_bars("NQ", T0, T0 + DAY, db=stored)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
 
 
 def test_db_none_reads_the_database_of_conf_local(tmp_path, monkeypatch):
@@ -313,10 +325,48 @@ def test_read_events_filters(detected):
         read_events("NQ", start, end, db=detected))
     assert set(read_events("NQ", start, end, db=detected, detector="williams_fractals")["detector"]) == {
         "williams_fractals"}
-    assert len(read_events("NQ", start, end, db=detected, detector="other")) == 0
+    with pytest.raises(EngineError, match="detector='william_fractals': no event of GLBX.MDP3:NQ has it") as typo:
+        read_events("NQ", start, end, db=detected, detector="william_fractals")
+    assert typo.value.fix == "use one of 'williams_fractals', or detector=None for all"
+    with pytest.raises(EngineError, match="logic_version='v3'") as typo:
+        read_events("NQ", start, end, db=detected, logic_version="v3")
+    assert typo.value.fix == "use one of 'v1', 'v2', or logic_version=None for all"
+    assert len(read_events("NQ", T0 + 3 * DAY, T0 + 4 * DAY, db=detected, logic_version="v1")) == 0  # known, none
     assert len(read_events("NQ", start, end, db=detected, policy="allow_legacy")) == len(read_events(
         "NQ", start, end, db=detected))  # no legacy events stored here
     with pytest.raises(EngineError, match="policy='allow_gaps' is not an events policy"):
         read_events("NQ", start, end, db=detected, policy="allow_gaps")
     with pytest.raises(EngineError, match="as_='csv' is not an output kind"):
         read_events("NQ", start, end, db=detected, as_="csv")
+
+
+def test_an_in_memory_sqlite_database_is_read_on_its_own_connection():
+    """No second connection sees an in-memory database, so bars_read reads it through the engine's own."""
+    from engine.db.connect import create_db_engine, upgrade
+
+    db = create_db_engine("sqlite://")
+    try:
+        upgrade(db)
+        insert_bars(db, BARS[:400])
+        mark_clean(db, *COVERED)
+        assert as_rows(read_bars("NQ", T0, T0 + DAY, db=db, as_="numpy")) == sql_bars(db, T0, T0 + DAY) != []
+    finally:
+        db.dispose()
+
+
+def test_sqlite_timestamps_in_another_spelling_are_converted_by_sqlite(sqlite_url):
+    """Rows another tool wrote with ISO 'T…Z' timestamps (not the engine's fixed-width text) still read exactly."""
+    from engine.db.connect import create_db_engine, upgrade
+
+    db = create_db_engine(sqlite_url)
+    try:
+        upgrade(db)
+        insert_bars(db, BARS[:50], table=legacy_bars)
+        with db.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO market_bars_ohlcv_1m (symbol, ts, open, high, low, close, volume) "
+                                 "VALUES ('GLBX.MDP3:NQ', '2025-11-30T23:59:00Z', 1.5, 2.5, 0.5, 1.25, 3)")
+        out = read_bars("NQ", T0 - MINUTE, T0 + DAY, db=db, policy="allow_legacy", as_="numpy")
+        assert as_rows(out)[0] == (datetime_to_ns(T0 - MINUTE), 1.5, 2.5, 0.5, 1.25, 3)
+        assert as_rows(out)[1:] == sql_bars(db, T0, T0 + DAY, table=legacy_bars) and len(out) == 51
+    finally:
+        db.dispose()

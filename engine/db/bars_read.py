@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import datetime
 
@@ -21,8 +22,6 @@ BAR_READ_DTYPE = np.dtype(
 # What read_bars' COPY sends per row: ts timestamptz, open..close float8, volume int8 (BAR_READ_DTYPE's order).
 _PG_READ_FIELDS = [("ts", ">i8"), ("open", ">f8"), ("high", ">f8"), ("low", ">f8"), ("close", ">f8"),
                    ("volume", ">i8")]
-# How long a read waits for a SQLite lock (the engine's own connections wait as long: engine.db.connect).
-_SQLITE_BUSY_MS = 60_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -34,8 +33,8 @@ def read_bars(
 
     ``table_name`` is a bars table (symbol, ts, open, high, low, close, volume), e.g. the clean or legacy one.
     Neither path builds a Python object per bar: PostgreSQL sends a binary COPY that is drained straight from
-    libpq and decoded by numpy in one go; a SQLite file is read by the ADBC SQLite driver into Arrow columns (its
-    timestamp text parsed by Arrow), in one statement, so in one snapshot.
+    libpq and decoded by numpy in one go; SQLite sends the timestamps as one string parsed by numpy and the values
+    as rows flattened straight into one float array.
     """
     if not _IDENTIFIER.match(table_name):
         raise ValueError(f"not a plain table name: {table_name!r}")
@@ -64,41 +63,77 @@ def read_bars(
             ).format(*map(sql.Literal, params))
             out = _pg_decode_bars(pgcopy.copy_out(raw, query.as_bytes(raw)))
         else:
-            out = _sqlite_read(engine, raw, f'FROM "{table_name}" WHERE {condition} ORDER BY ts', params)
+            out = _sqlite_read(raw, f'FROM "{table_name}" WHERE {condition} ORDER BY ts', params)
         raw.rollback()  # end the driver's implicit read transaction (PostgreSQL; no-op on SQLite)
     return out
 
 
-def _sqlite_read(engine: Engine, raw, rest: str, params: list) -> np.ndarray:
-    """`SELECT <the bar columns> <rest>` as BAR_READ_DTYPE: through ADBC for a database file; through the sqlite3
-    connection (one tuple per row) for an in-memory database, which no second connection can see, or a URL with
-    connection options."""
-    values = "CAST(open AS REAL), CAST(high AS REAL), CAST(low AS REAL), CAST(close AS REAL), CAST(volume AS INTEGER)"
-    database = engine.url.database
-    if not database or database == ":memory:" or engine.url.query:
-        cur = raw.cursor()
-        try:
-            rows = cur.execute(f"SELECT CAST(strftime('%s', ts) AS INTEGER) * 1000000000, {values} {rest}",
-                               params).fetchall()
-        finally:
-            cur.close()
-        return np.array(rows, dtype=BAR_READ_DTYPE)
-    import adbc_driver_sqlite.dbapi
-    import pyarrow as pa
+def _sqlite_read(raw, rest: str, params: list) -> np.ndarray:
+    """`SELECT <the bar columns> <rest>` on a sqlite3 connection (in autocommit mode) as BAR_READ_DTYPE.
 
-    with adbc_driver_sqlite.dbapi.connect(database) as conn, conn.cursor() as cur:
-        cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
-        cur.execute(f"SELECT ts, {values} {rest}", params)
-        table = cur.fetch_arrow_table()
-    out = np.empty(table.num_rows, dtype=BAR_READ_DTYPE)
-    if table.num_rows:
-        ts = table.column(0)
-        if ts.type != pa.string():
-            raise ValueError(f"{database}: ts is {ts.type}, not the text the engine stores on SQLite")
-        out["ts"] = ts.cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64()).to_numpy()
-        for k, name in enumerate(BAR_READ_DTYPE.names[1:], start=1):
-            out[name] = table.column(k).to_numpy()
+    Two statements in one read transaction (one snapshot, the same rows in the same order): the timestamp texts and
+    volumes concatenated (exact), then open..close as rows flattened into a float array without a list of tuples.
+    Timestamps not in the engine's fixed-width format are converted by SQLite instead, row by row.
+    """
+    cur = raw.cursor()
+    try:
+        cur.execute("BEGIN")
+        ts_text, volume_text = cur.execute(
+            f"SELECT group_concat(ts, ''), group_concat(volume) FROM (SELECT ts, volume {rest})", params).fetchone()
+        ts = _parse_sqlite_ts(ts_text or "")
+        if ts is None:
+            cur.execute(f"SELECT CAST(strftime('%s', ts) AS INTEGER) * {NS_PER_SECOND} {rest}", params)
+            ts = np.fromiter(itertools.chain.from_iterable(cur), dtype=np.int64)
+        out = np.empty(len(ts), dtype=BAR_READ_DTYPE)
+        out["ts"] = ts
+        out["volume"] = np.fromstring(volume_text, dtype=np.int64, sep=",") if len(ts) else 0
+        cur.execute(f"SELECT open, high, low, close {rest}", params)  # REAL columns: every value arrives as a float
+        prices = np.fromiter(itertools.chain.from_iterable(cur), dtype=np.float64, count=4 * len(ts))
+        # Both statements must have seen the same rows in the same order (fromiter raises on too few).
+        if cur.fetchone() is not None or (len(ts) > 1 and not (np.diff(ts) > 0).all()):
+            raise RuntimeError(f"the SQLite read of {rest!r} returned its rows out of step")
+        for k, name in enumerate(("open", "high", "low", "close")):
+            out[name] = prices[k::4]
+    finally:
+        cur.close()
+        if raw.in_transaction:
+            raw.rollback()
     return out
+
+
+# 'YYYY-MM-DD HH:MM:SS+00:00' (SQLITE_TS_FORMAT): where each field's digits and each separator sit.
+_TS_DIGITS = {"year": slice(0, 4), "month": slice(5, 7), "day": slice(8, 10), "hour": slice(11, 13),
+              "minute": slice(14, 16), "second": slice(17, 19)}
+_TS_SEPARATORS = {4: "-", 7: "-", 10: " ", 13: ":", 16: ":", 19: "+", 20: "0", 21: "0", 22: ":", 23: "0", 24: "0"}
+_TS_WIDTH = 25
+_DIGIT_COLUMNS = [i for part in _TS_DIGITS.values() for i in range(part.start, part.stop)]
+
+
+def _parse_sqlite_ts(text: str) -> np.ndarray | None:
+    """Concatenated fixed-width timestamp texts -> int64 ns since the epoch; None unless every one has the format."""
+    data = text.encode("ascii", errors="replace")
+    if len(data) % _TS_WIDTH:
+        return None
+    chars = np.frombuffer(data, dtype=np.uint8).reshape(-1, _TS_WIDTH)
+    if not all((chars[:, i] == ord(c)).all() for i, c in _TS_SEPARATORS.items()):
+        return None
+    digits = chars[:, _DIGIT_COLUMNS] - np.uint8(ord("0"))  # a non-digit wraps around to above 9
+    if (digits > 9).any():
+        return None
+    digits = digits.astype(np.int64)
+    field, k = {}, 0
+    for name, part in _TS_DIGITS.items():
+        width = part.stop - part.start
+        field[name] = sum(digits[:, k + i] * 10 ** (width - 1 - i) for i in range(width))
+        k += width
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil), vectorised.
+    year = field["year"] - (field["month"] <= 2)
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (field["month"] + np.where(field["month"] > 2, -3, 9)) + 2) // 5 + field["day"] - 1
+    days = era * 146097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - 719468
+    seconds = ((days * 24 + field["hour"]) * 60 + field["minute"]) * 60 + field["second"]
+    return seconds * NS_PER_SECOND
 
 
 def _sqlite_bound(value: datetime) -> str:

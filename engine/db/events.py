@@ -117,6 +117,13 @@ def stored_events(engine: Engine, symbol: str, start: datetime, end: datetime, *
         return [tuple(row) for row in conn.execute(query)]
 
 
+def stored_event_values(engine: Engine, symbol: str, column: str) -> list[str]:
+    """The distinct values of `column` (detector, logic_version, ...) among the symbol's events, sorted."""
+    c = triangle_events.c
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(c[column]).where(c.symbol == symbol).distinct()).scalars())
+
+
 def _ns(engine: Engine, column):
     """SQL for a timestamp column as int64 ns since the epoch (the stored values are whole seconds on SQLite)."""
     if engine.dialect.name == "postgresql":

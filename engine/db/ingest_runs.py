@@ -60,6 +60,12 @@ def claim_data_kind(engine: Engine, kind: str, run_id: int) -> dict:
         return dict(conn.execute(select(engine_database).where(engine_database.c.id == 1)).mappings().one())
 
 
+def recorded_data_kind(engine: Engine) -> str | None:
+    """What the database holds (demo | market), None before its first ingest."""
+    with engine.connect() as conn:
+        return conn.execute(select(engine_database.c.data_kind).where(engine_database.c.id == 1)).scalar()
+
+
 def _as_json(fields: dict) -> dict:
     for key in ("skipped_by_reason", "ignored_instruments", "raw_files", "contracts_not_chosen"):
         if key in fields and not isinstance(fields[key], str):
