@@ -263,6 +263,8 @@ class PartitionedDataset:
                 arrays.append(pa.array(values, _TIMESTAMP))  # (mask=None would take a slow path)
             elif values.dtype.kind == "U":
                 arrays.append(pa.array(values.tolist(), pa.string()))
+            elif values.dtype.kind == "f" and np.isnan(values).any():  # a NULL price in the table: null here too
+                arrays.append(pa.array(values, mask=np.isnan(values)))
             else:
                 arrays.append(pa.array(values))
             names.append(name)

@@ -196,18 +196,20 @@ def test_a_changed_bar_rewrites_exactly_its_partition(db, tmp_path):
 def test_a_day_without_bars_any_more_is_removed_and_partial_days_keep_their_other_rows(db, tmp_path):
     ctx, end = seeded(db, tmp_path)
     root = tmp_path / "exports"
-    export.run(ctx, export.Export(dir=str(root), what=["bars"]))
+    export.run(ctx, export.Export(dir=str(root)))
     day2 = T0 + timedelta(days=2)
     with db.begin() as conn:
         conn.execute(sa.delete(clean_bars).where(clean_bars.c.ts >= day2, clean_bars.c.ts < day2 + timedelta(days=1)))
     # A window from noon of day 1 to noon of day 3: day 1 and day 3 are only partly in it.
-    inner = make_ctx(db, tmp_path / "run2", T0 + timedelta(days=1, hours=12), T0 + timedelta(days=3, hours=12))
+    inner = make_ctx(db, tmp_path / "run2", T0 + timedelta(days=1, hours=12), T0 + timedelta(days=3, hours=12), n=3)
 
-    result = export.run(inner, export.Export(dir=str(root), what=["bars"]))
+    result = export.run(inner, export.Export(dir=str(root)))
 
-    assert (result.partitions_written, result.partitions_unchanged, result.partitions_removed) == (0, 2, 1)
+    assert result.datasets["bars"] == {"written": 0, "unchanged": 2, "removed": 1, "rows": result.bars}
+    assert result.datasets["events"] == {"written": 0, "unchanged": 3, "removed": 0, "rows": result.events}
     assert not (root / "bars" / SYMBOL_DIR / f"date={day2:%Y-%m-%d}").exists()
     assert duck_daily_bars(root) == db_daily_bars(db)  # days 1 and 3 still whole, day 2 gone with the database's
+    assert duck_daily_events(root) == db_daily_events(db)  # the table still holds day 2's events: so does the export
 
 
 def test_provenance_in_the_file_metadata(db, tmp_path):
