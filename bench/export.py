@@ -1,9 +1,10 @@
 """The export stage's Parquet write path against pyarrow writing the same arrays directly (issue 13: ≥ 0.8×).
 
 `export_ratio(folder)` makes `n` one-minute bars (BAR_READ_DTYPE, as read_bars returns them; one a minute, so 10M
-bars are ~6,900 UTC dates) and, alternating, times
-* the engine: `PartitionedDataset.write_range` + `finish` into an empty directory, as the export stage runs it on the
-  bars it read (per date: content digest, provenance metadata, temp file, fsync, rename; the directories fsynced),
+bars are ~6,900 UTC dates) in the stage's pieces (PIECE_SPAN days from UTC midnights) and times, alternating piece by
+piece,
+* the engine: `PartitionedDataset.write_range` per piece + `finish` into an empty directory, as the export stage runs
+  them on the bars it read (per date: content digest, provenance metadata, temp file, fsync, rename, folder fsync),
 * the baseline: the same per-date `pa.Table`s written with `pq.write_table` straight to their final paths (no digest,
   no metadata, no fsync, no rename), same compression,
 then checks both datasets hold the same rows (DuckDB) and times an export of the unchanged bars over the engine's
@@ -15,7 +16,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 from engine.db.bars_read import BAR_READ_DTYPE
 from engine.parquet_export import NS_PER_DAY, PART, PartitionedDataset, date_of_day, export_lock, symbol_dir_name
+from engine.stages.detect import PIECE_SPAN
 
 SYMBOL = "GLBX.MDP3:NQ"
 START = datetime(2006, 1, 2, tzinfo=UTC)
@@ -42,14 +44,19 @@ def bench_bars(n: int) -> np.ndarray:
     return bars
 
 
-def engine_write(root: Path, bars: np.ndarray, compression: str) -> PartitionedDataset:
-    with export_lock(root):
-        dataset = PartitionedDataset(root, "bars", SYMBOL, BAR_READ_DTYPE, compression=compression,
-                                     provenance=_PROVENANCE, series={"source_table": "bench", "adjustment": "none"})
-        start = int(bars["ts"][0]) // NS_PER_DAY * NS_PER_DAY
-        dataset.write_range(bars, start, int(bars["ts"][-1]) + 1)
-        dataset.finish()
-    return dataset
+def engine_dataset(root: Path, compression: str) -> PartitionedDataset:
+    return PartitionedDataset(root, "bars", SYMBOL, BAR_READ_DTYPE, compression=compression, provenance=_PROVENANCE,
+                              series={"source_table": "bench", "adjustment": "none"})
+
+
+def pieces(bars: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    """The bars in pieces of PIECE_SPAN days from UTC midnights, as the stage reads and writes them: (bars, start
+    ns, end ns)."""
+    span = PIECE_SPAN // timedelta(days=1) * NS_PER_DAY
+    first = int(bars["ts"][0]) // NS_PER_DAY * NS_PER_DAY
+    edges = list(range(first, int(bars["ts"][-1]) + 1, span)) + [int(bars["ts"][-1]) + 1]
+    cuts = np.searchsorted(bars["ts"], edges)
+    return [(bars[cuts[k]:cuts[k + 1]], edges[k], edges[k + 1]) for k in range(len(edges) - 1)]
 
 
 def pyarrow_write(root: Path, bars: np.ndarray, compression: str) -> int:
@@ -74,29 +81,56 @@ def pyarrow_write(root: Path, bars: np.ndarray, compression: str) -> int:
     return written
 
 
+class _Clock:
+    """Wall and CPU (process: the engine's commit worker included) seconds of what runs inside `timed`."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def timed(self, fn, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+        return out
+
+
+def one_rep(folder: Path, bars: np.ndarray, compression: str, k: int) -> tuple[_Clock, _Clock, int]:
+    """Both writers over the same pieces, alternating piece by piece (ABBA), so that load from other work on the
+    machine lands on both alike. Returns their clocks and the partitions written."""
+    engine_root, pyarrow_root = folder / f"engine_{k}", folder / f"pyarrow_{k}"
+    for root in (engine_root, pyarrow_root):
+        shutil.rmtree(root, ignore_errors=True)
+    engine, baseline = _Clock(), _Clock()
+    written = 0
+    with export_lock(engine_root):
+        dataset = engine.timed(engine_dataset, engine_root, compression)
+        for j, (piece, start, end) in enumerate(pieces(bars)):
+            steps = [(engine, dataset.write_range, (piece, start, end)),
+                     (baseline, pyarrow_write, (pyarrow_root, piece, compression))]
+            for clock, fn, args in steps if j % 2 == 0 else steps[::-1]:
+                written += clock.timed(fn, *args) or 0
+        engine.timed(dataset.finish)
+    if written != dataset.counts.written:
+        raise RuntimeError(f"pyarrow wrote {written} partitions, the engine {dataset.counts.written}")
+    return engine, baseline, written
+
+
 def export_ratio(folder: Path, n: int = 10_000_000, reps: int = 3, compression: str = "zstd") -> dict:
-    """{"bars", "partitions", "engine_seconds", "pyarrow_seconds", "rerun_seconds", "ratio", "target"} (medians)."""
+    """{"bars", "partitions", "engine_seconds", "pyarrow_seconds", ..., "ratio", "target"}: per rep, the totals over
+    the pieces; the ratio is of the medians (pyarrow time / engine time: the engine's speed as a share of pyarrow's)."""
     import duckdb
 
     bars = bench_bars(n)
-    engine_write(folder / "warm_engine", bars[:5000], compression)  # untimed: the first UTC timestamp array imports
-    pyarrow_write(folder / "warm_pyarrow", bars[:5000], compression)  # pandas inside pyarrow (~1 s)
-    engine_times, pyarrow_times = [], []
+    one_rep(folder / "warm", bars[:5000], compression, 0)  # untimed: the first UTC timestamp array imports pandas
+    engine_wall, engine_cpu, pyarrow_wall, pyarrow_cpu = [], [], [], []
     partitions = 0
     for k in range(reps):
-        for what in ("engine", "pyarrow"):
-            root = folder / f"{what}_{k}"
-            shutil.rmtree(root, ignore_errors=True)
-            started = time.perf_counter()
-            if what == "engine":
-                counts = engine_write(root, bars, compression).counts
-                engine_times.append(time.perf_counter() - started)
-                partitions = counts.written
-            else:
-                written = pyarrow_write(root, bars, compression)
-                pyarrow_times.append(time.perf_counter() - started)
-                if written != partitions:
-                    raise RuntimeError(f"pyarrow wrote {written} partitions, the engine {partitions}")
+        engine, baseline, partitions = one_rep(folder, bars, compression, k)
+        engine_wall.append(round(engine.wall, 3))
+        engine_cpu.append(round(engine.cpu, 3))
+        pyarrow_wall.append(round(baseline.wall, 3))
+        pyarrow_cpu.append(round(baseline.cpu, 3))
     engine_root, pyarrow_root = folder / f"engine_{reps - 1}", folder / f"pyarrow_{reps - 1}"
     query = ("SELECT count(*), sum(close), min(ts), max(ts), count(DISTINCT date) FROM "
              "read_parquet('{}/bars/**/*.parquet', hive_partitioning = true)")
@@ -104,18 +138,22 @@ def export_ratio(folder: Path, n: int = 10_000_000, reps: int = 3, compression: 
     if got != want or got[0] != n:
         raise RuntimeError(f"the engine's export reads back as {got}, pyarrow's as {want} ({n:,} bars written)")
     started = time.perf_counter()
-    counts = engine_write(engine_root, bars, compression).counts
+    with export_lock(engine_root):
+        dataset = engine_dataset(engine_root, compression)
+        for piece, start, end in pieces(bars):
+            dataset.write_range(piece, start, end)
+        dataset.finish()
     rerun = time.perf_counter() - started
-    if counts.written or counts.unchanged != partitions:
-        raise RuntimeError(f"re-export of unchanged bars wrote {counts.written} partitions")
-    runs = (f"{what}_{k}" for k in range(reps) for what in ("engine", "pyarrow"))
-    for name in ("warm_engine", "warm_pyarrow", *runs):
+    if dataset.counts.written or dataset.counts.unchanged != partitions:
+        raise RuntimeError(f"re-export of unchanged bars wrote {dataset.counts.written} partitions")
+    for name in ("warm", *(f"{what}_{k}" for k in range(reps) for what in ("engine", "pyarrow"))):
         shutil.rmtree(folder / name, ignore_errors=True)
-    engine_s, pyarrow_s = statistics.median(engine_times), statistics.median(pyarrow_times)
-    return {"bars": n, "partitions": partitions, "compression": compression, "engine_seconds": engine_times,
-            "pyarrow_seconds": pyarrow_times, "engine_median": round(engine_s, 3),
-            "pyarrow_median": round(pyarrow_s, 3), "rerun_seconds": round(rerun, 3),
-            "ratio": round(pyarrow_s / engine_s, 3), "target": TARGET}
+    engine_s, pyarrow_s = statistics.median(engine_wall), statistics.median(pyarrow_wall)
+    return {"bars": n, "partitions": partitions, "compression": compression, "engine_seconds": engine_wall,
+            "pyarrow_seconds": pyarrow_wall, "engine_cpu_seconds": engine_cpu, "pyarrow_cpu_seconds": pyarrow_cpu,
+            "engine_median": engine_s, "pyarrow_median": pyarrow_s, "rerun_seconds": round(rerun, 3),
+            "ratio": round(pyarrow_s / engine_s, 3),
+            "cpu_ratio": round(statistics.median(pyarrow_cpu) / statistics.median(engine_cpu), 3), "target": TARGET}
 
 
 if __name__ == "__main__":  # python -m bench.export [bars]

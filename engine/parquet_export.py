@@ -11,9 +11,11 @@ on UTC ``ts`` expects. A CME session (17:00–16:00 Chicago) therefore spans two
   partitions it touches; a partition only partly inside [start, end) keeps its rows outside it.
 * Idempotent: each file's key-value metadata holds ``content_sha256``, a digest of its rows (see `content_sha256`,
   independent of the file bytes). A partition whose new rows have the same digest and compression is not touched.
-* Atomic: a changed partition is written to ``.part-0.parquet.tmp-<pid>`` in its own directory, fsynced and renamed
-  over the old file (readers see the old file or the new one, never a part). A partition of the range left with
-  no rows is removed: the export mirrors the database, and a day whose bars were deleted must not stay exported.
+* Atomic: a changed partition is written to ``.part-0.parquet.tmp-<pid>`` in its own directory, made durable and
+  renamed over the old file (readers see the old file or the new one, never a part); the renames are made durable
+  in turn. Both happen per batch of COMMIT_BATCH partitions (one syncfs each on Linux, else an fsync per file).
+* A partition of the range left with no rows is removed: the export mirrors the database, and a day whose bars
+  were deleted must not stay exported.
 * One series per dataset: the files of a symbol directory share the fields named by `series` (the adjustment, the
   detector...): a write whose series differs from the one already there is refused (`SeriesMismatch`), since a
   dataset mixing two would be read as one without a sign.
@@ -22,13 +24,13 @@ on UTC ``ts`` expects. A CME session (17:00–16:00 Chicago) therefore spans two
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
 import re
-from collections import deque
+import sys
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +48,7 @@ LOCK_FILE = ".export.lock"
 NS_PER_DAY = 86_400 * 1_000_000_000
 COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
-_IN_FLIGHT = 4
+COMMIT_BATCH = 64  # partitions written to temp files before one sync makes them durable and they are renamed
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -83,22 +85,13 @@ def date_of_day(day: int) -> str:
     return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
-def content_sha256(table: pa.Table) -> str:
-    """The digest of a partition's rows (a file's table, as written or read back): sha256 over each column in order,
-    its name then its values in native byte order (timestamps as int64 ns, a null one as -1; text as UTF-8, each
-    value NUL-terminated). It depends on the rows only, not on the file's bytes or compression."""
-    digest = hashlib.sha256()
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        digest.update(name.encode() + b"\0")
-        if pa.types.is_string(column.type):
-            digest.update("".join(f"{v}\0" for v in column.to_pylist()).encode())
-            continue
-        if pa.types.is_timestamp(column.type):
-            column = column.cast(pa.int64())
-        if column.null_count:
-            column = column.fill_null(-1)
-        for chunk in column.chunks:
-            digest.update(chunk.to_numpy(zero_copy_only=False).data)
+def content_sha256(rows: np.ndarray) -> str:
+    """The digest of a partition's rows: sha256 of the dtype's field names and the packed records (the numpy
+    structured array the dataset's rows are, e.g. BAR_READ_DTYPE: ts int64 ns, open..close float64, volume int64,
+    little-endian; `PartitionedDataset.rows_of` rebuilds it from a file). It depends on the rows only, not on the
+    file's bytes or compression."""
+    digest = hashlib.sha256(",".join(rows.dtype.names).encode() + b"\0")
+    digest.update(np.ascontiguousarray(rows).tobytes())
     return digest.hexdigest()
 
 
@@ -131,24 +124,22 @@ class PartitionedDataset:
                            "dataset": name, "compression": compression}
         self.counts = PartitionCounts()
         self._dates = self._existing_dates()
-        self._touched: set[Path] = set()
-        # A partition's fsync and rename run in a worker while the next partition is written (fsync waits on the
-        # disk, not the CPU); at most _IN_FLIGHT written partitions wait for theirs.
-        self._committer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="export-commit")
-        self._pending: deque[Future] = deque()
+        self._touched: set[Path] = set()  # folders whose entries changed (a date folder made or removed)
+        self._staged: list[tuple[Path, Path]] = []  # (temp file, partition) written, not yet renamed
 
     # ---- set-up
 
-    def _existing_dates(self) -> set[str]:
+    def _existing_dates(self) -> set[int]:
+        """The partitions on disk, as days since the epoch."""
         if not self.dir.is_dir():
             return set()
-        return {m.group(1) for entry in os.scandir(self.dir) if (m := _DATE_DIR.match(entry.name))}
+        return {_day_of(m.group(1)) for entry in os.scandir(self.dir) if (m := _DATE_DIR.match(entry.name))}
 
     def remove_stale_temps(self) -> int:
         """Delete temp files left by an export that was killed (safe under the lock: no other export writes)."""
         removed = 0
-        for date in self._dates:
-            folder = self.dir / f"date={date}"
+        for day in self._dates:
+            folder = self._path(day).parent
             for entry in os.scandir(folder):
                 if entry.name.startswith(TEMP_PREFIX):
                     os.unlink(entry.path)
@@ -158,8 +149,8 @@ class PartitionedDataset:
     def check_series(self) -> None:
         """Refuse when the files already here belong to another series (every file is checked on its write, so
         one file speaks for all)."""
-        for date in sorted(self._dates):
-            path = self._path(date)
+        for day in sorted(self._dates):
+            path = self._path(day)
             stored = _metadata(path)
             if stored is None:
                 continue
@@ -178,7 +169,7 @@ class PartitionedDataset:
         days = (rows["ts"] // NS_PER_DAY) if len(rows) else np.empty(0, np.int64)
         first_day, last_day = start_ns // NS_PER_DAY, (end_ns - 1) // NS_PER_DAY
         with_rows = np.unique(days)
-        stored = [d for d in (_day_of(date) for date in self._dates) if first_day <= d <= last_day]
+        stored = [day for day in self._dates if first_day <= day <= last_day]
         bounds = np.searchsorted(days, np.arange(first_day, last_day + 2)) if len(rows) else None
         for day in sorted({*with_rows.tolist(), *stored}):
             part = rows[bounds[day - first_day]:bounds[day - first_day + 1]] if bounds is not None else rows[:0]
@@ -186,13 +177,11 @@ class PartitionedDataset:
             self._write_day(day, part, None if whole_day else (start_ns, end_ns))
 
     def _write_day(self, day: int, rows: np.ndarray, keep_outside: tuple[int, int] | None) -> None:
-        date = date_of_day(day)
-        path = self._path(date)
-        exists = date in self._dates
+        path = self._path(day)
+        exists = day in self._dates
         if keep_outside is not None and exists:
             rows = self._merged(path, rows, *keep_outside)
-        table = self.table(rows)
-        digest = content_sha256(table)
+        digest = content_sha256(rows)
         stored = _metadata(path) if exists else None
         if stored is not None and stored.get("content_sha256") == digest and \
                 stored.get("compression") == self.compression:
@@ -203,25 +192,39 @@ class PartitionedDataset:
                 path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     path.parent.rmdir()  # only when empty: a file someone else put there stays
-                self._dates.discard(date)
+                self._dates.discard(day)
                 self._touched.add(self.dir)
                 self.counts.removed += 1
             return
-        meta = {**self.provenance, "date": date, "rows": str(len(rows)), "content_sha256": digest}
-        table = table.replace_schema_metadata(meta)
+        meta = {**self.provenance, "date": date_of_day(day), "rows": str(len(rows)), "content_sha256": digest}
+        table = self.table(rows).replace_schema_metadata(meta)
         if not exists:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._touched.add(self.dir)
-        temp = _write_temp(table, path, self.compression)
-        self._pending.append(self._committer.submit(_commit, temp, path))
-        self._dates.add(date)
+        self._staged.append((_write_temp(table, path, self.compression), path))
+        self._dates.add(day)
         self.counts.written += 1
-        self._wait(_IN_FLIGHT)
+        if len(self._staged) >= COMMIT_BATCH:
+            self._commit_staged()
 
-    def _wait(self, limit: int) -> None:
-        """Until at most `limit` partitions wait for their rename (a failed one raises here)."""
-        while len(self._pending) > limit:
-            self._pending.popleft().result()
+    def _commit_staged(self) -> None:
+        """Make the staged temp files durable, rename each over its partition (readers see the old file or the whole
+        new one), then make the renames durable: one syncfs of the file system each time where Linux has it (a
+        batch costs two syncs, not two fsyncs per file), else an fsync per file and per folder."""
+        staged, self._staged = self._staged, []
+        if not staged:
+            return
+        try:
+            _sync([temp for temp, _ in staged], self.dir)
+            for temp, path in staged:
+                os.replace(temp, path)
+        except BaseException as exc:
+            for temp, _ in staged:
+                temp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and _no_space(exc):
+                raise NoSpace(staged[0][1], "no space left on the device (the file system is full)") from exc
+            raise
+        _sync(sorted({path.parent for _, path in staged}), self.dir)
 
     def _merged(self, path: Path, rows: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
         """The stored rows of `path` outside [start_ns, end_ns) with `rows` (a partition the range covers in part)."""
@@ -235,20 +238,18 @@ class PartitionedDataset:
         return merged[np.lexsort([*keys, merged["ts"]])]
 
     def finish(self) -> None:
-        """Every partition renamed into place, then the directories whose entries changed (date folders made or
-        removed) fsynced, so the export survives a crash. Raises what a rename raised."""
-        self._wait(0)
-        for folder in (f for f in (*sorted(self._touched), self.dir.parent) if self._touched and f.is_dir()):
-            _fsync(folder)
+        """Every written partition renamed into place, and the folders whose entries changed synced, so the export
+        survives a crash."""
+        self._commit_staged()
+        if self._touched:
+            _sync([f for f in (*sorted(self._touched), self.dir.parent) if f.is_dir()], self.dir.parent)
         self._touched.clear()
-        self.close()
 
     def close(self) -> None:
-        """Wait for the renames under way (after a failure: their files are whole) and stop the worker."""
-        while self._pending:
-            with contextlib.suppress(Exception):
-                self._pending.popleft().result()
-        self._committer.shutdown()
+        """Remove the temp files not renamed (after a failure: their partitions keep their old files)."""
+        for temp, _ in self._staged:
+            temp.unlink(missing_ok=True)
+        self._staged.clear()
 
     # ---- rows <-> Arrow
 
@@ -262,6 +263,8 @@ class PartitionedDataset:
                 arrays.append(pa.array(values, _TIMESTAMP))  # (mask=None would take a slow path)
             elif values.dtype.kind == "U":
                 arrays.append(pa.array(values.tolist(), pa.string()))
+            elif values.dtype.kind == "f" and np.isnan(values).any():  # a NULL price in the table: null here too
+                arrays.append(pa.array(values, mask=np.isnan(values)))
             else:
                 arrays.append(pa.array(values))
             names.append(name)
@@ -276,8 +279,8 @@ class PartitionedDataset:
             out[name] = column.to_numpy(zero_copy_only=False)
         return out
 
-    def _path(self, date: str) -> Path:
-        return self.dir / f"date={date}" / PART
+    def _path(self, day: int) -> Path:
+        return self.dir / f"date={date_of_day(day)}" / PART
 
 
 def _text(value) -> str:
@@ -301,28 +304,14 @@ def _metadata(path: Path) -> dict[str, str] | None:
 def _write_temp(table: pa.Table, path: Path, compression: str) -> Path:
     """`table` written to a temp file beside `path` (removed again if the write fails)."""
     temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}")
-    with _temp_removed_on_failure(temp, path):
-        pq.write_table(table, temp, compression=compression)
-    return temp
-
-
-def _commit(temp: Path, path: Path) -> None:
-    """fsync `temp`, rename it over `path` (readers see the old file or the whole new one), fsync its folder."""
-    with _temp_removed_on_failure(temp, path):
-        _fsync(temp)
-        os.replace(temp, path)
-    _fsync(path.parent)
-
-
-@contextlib.contextmanager
-def _temp_removed_on_failure(temp: Path, path: Path) -> Iterator[None]:
     try:
-        yield
+        pq.write_table(table, temp, compression=compression)
     except BaseException as exc:
         temp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and _no_space(exc):
             raise NoSpace(path, "no space left on the device (the file system is full)") from exc
         raise
+    return temp
 
 
 def _no_space(exc: OSError) -> bool:
@@ -331,9 +320,35 @@ def _no_space(exc: OSError) -> bool:
         "No space left" in str(exc)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _sync(paths: list[Path], on: Path) -> None:
+    """`paths` (files or folders) durable on disk: one syncfs of the file system holding `on`, else an fsync each."""
+    if _SYNCFS is not None:
+        fd = os.open(on, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code), str(on))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _load_syncfs():
+    """Linux's syncfs(2) from the C library (None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,11 +25,11 @@ import sqlalchemy as sa
 from test_detect_stage import CONTRACT, MINUTE, SYMBOL, T0, insert_bars, make_ctx, mark_clean, random_walk_bars
 from test_disk_full import tmpfs  # noqa: F401 - the fixture
 
-from engine.db.bars import read_bars
+from engine.db.bars import BAR_READ_DTYPE, read_bars
 from engine.db.schema import CLEAN_BARS, clean_bars, triangle_events
 from engine.errors import EngineError
 from engine.job_plugins import packaged_node, packaged_options
-from engine.parquet_export import PART, TEMP_PREFIX, content_sha256, symbol_dir_name
+from engine.parquet_export import COMMIT_BATCH, PART, TEMP_PREFIX, content_sha256, symbol_dir_name
 from engine.stages import detect, export
 from engine.stages.detect import event_key
 
@@ -50,6 +51,15 @@ def seeded(db, tmp_path: Path, count: int = BARS, **ctx_options):
 def files(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root: relative path -> (inode, mtime ns)."""
     return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def rows_of(table: pa.Table) -> np.ndarray:
+    """A bars file's table as the rows the export digests (BAR_READ_DTYPE)."""
+    out = np.empty(table.num_rows, BAR_READ_DTYPE)
+    for name in BAR_READ_DTYPE.names:
+        column = table.column(name)
+        out[name] = (column.cast(pa.int64()) if name == "ts" else column).to_numpy()
+    return out
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -186,18 +196,20 @@ def test_a_changed_bar_rewrites_exactly_its_partition(db, tmp_path):
 def test_a_day_without_bars_any_more_is_removed_and_partial_days_keep_their_other_rows(db, tmp_path):
     ctx, end = seeded(db, tmp_path)
     root = tmp_path / "exports"
-    export.run(ctx, export.Export(dir=str(root), what=["bars"]))
+    export.run(ctx, export.Export(dir=str(root)))
     day2 = T0 + timedelta(days=2)
     with db.begin() as conn:
         conn.execute(sa.delete(clean_bars).where(clean_bars.c.ts >= day2, clean_bars.c.ts < day2 + timedelta(days=1)))
     # A window from noon of day 1 to noon of day 3: day 1 and day 3 are only partly in it.
-    inner = make_ctx(db, tmp_path / "run2", T0 + timedelta(days=1, hours=12), T0 + timedelta(days=3, hours=12))
+    inner = make_ctx(db, tmp_path / "run2", T0 + timedelta(days=1, hours=12), T0 + timedelta(days=3, hours=12), n=3)
 
-    result = export.run(inner, export.Export(dir=str(root), what=["bars"]))
+    result = export.run(inner, export.Export(dir=str(root)))
 
-    assert (result.partitions_written, result.partitions_unchanged, result.partitions_removed) == (0, 2, 1)
+    assert result.datasets["bars"] == {"written": 0, "unchanged": 2, "removed": 1, "rows": result.bars}
+    assert result.datasets["events"] == {"written": 0, "unchanged": 3, "removed": 0, "rows": result.events}
     assert not (root / "bars" / SYMBOL_DIR / f"date={day2:%Y-%m-%d}").exists()
     assert duck_daily_bars(root) == db_daily_bars(db)  # days 1 and 3 still whole, day 2 gone with the database's
+    assert duck_daily_events(root) == db_daily_events(db)  # the table still holds day 2's events: so does the export
 
 
 def test_provenance_in_the_file_metadata(db, tmp_path):
@@ -215,7 +227,7 @@ def test_provenance_in_the_file_metadata(db, tmp_path):
     assert meta == {"logic_version": "test-v1", "run_id": str(ctx.run.id), "git_hash": "", "git_dirty": "",
                     "source_table": CLEAN_BARS, "adjustment": "none", "anchor": "", "symbol": SYMBOL,
                     "dataset": "bars", "compression": "snappy", "date": "2025-12-02", "rows": str(table.num_rows),
-                    "content_sha256": content_sha256(table)}
+                    "content_sha256": content_sha256(rows_of(table))}
     assert pq.read_metadata(bars_file).row_group(0).column(1).compression == "SNAPPY"
     [events_file] = (root / "events" / SYMBOL_DIR / "date=2025-12-02").iterdir()
     meta = {k.decode(): v.decode() for k, v in pq.read_metadata(events_file).metadata.items()}
@@ -309,7 +321,7 @@ export.run(ctx, export.Export(dir={root!r}, what=["bars"]))
 
 def test_an_export_killed_mid_write_leaves_only_whole_files(sqlite_url, tmp_path):
     """SIGKILL while a child rewrites 400 partitions: every file left is a whole Parquet file (old or new
-    content, its metadata digest matching its rows), and the next export removes the temp file and finishes."""
+    content, its metadata digest matching its rows), and the next export removes the temp files and finishes."""
     from engine.db.connect import create_db_engine, upgrade
 
     db = create_db_engine(sqlite_url)
@@ -342,11 +354,11 @@ def test_an_export_killed_mid_write_leaves_only_whole_files(sqlite_url, tmp_path
     for path in parquet_files(root):
         table = pq.read_table(path)  # a whole file: a torn one would not parse
         meta = table.schema.metadata
-        assert meta[b"content_sha256"].decode() == content_sha256(table) and table.num_rows == 60
+        assert meta[b"content_sha256"].decode() == content_sha256(rows_of(table)) and table.num_rows == 60
         new += meta[b"content_sha256"] != old[path]
     assert len(parquet_files(root)) == 400 and 0 < new < 400
     temps = [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
-    assert len(temps) <= 1  # at most the one being written when the signal came
+    assert len(temps) <= COMMIT_BATCH  # at most the batch written but not yet renamed when the signal came
 
     result = export.run(make_ctx(db, tmp_path / "run3", T0, end), export.Export(dir=str(root), what=["bars"]))
     assert result.partitions_written == 400 - new and result.partitions_unchanged == new

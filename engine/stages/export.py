@@ -146,7 +146,7 @@ def run(ctx: StageContext, settings: Export | None = None) -> ExportResult:
         except NoSpace as exc:
             raise EngineError(f"export: cannot write {exc.path}: {exc.reason}; that partition keeps its old file",
                               f"free space on {mount_point(exc.path)} or choose another stage.export.dir, then run "
-                              "the export again (partitions already written are complete)") from None
+                              "the export again (every partition holds its old rows or its new ones, whole)") from None
         finally:
             for dataset in datasets.values():
                 dataset.close()
