@@ -39,6 +39,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("sweep_4_symbols", "4-symbol sweep (ingest+detect)", "SQLite, file per job"),
     ("incremental_update_sqlite", "4-symbol incremental update of one session, {years}-year database vs empty",
      "SQLite"),
+    ("incremental_update_pg", "4-symbol incremental update of one session, {years}-year database vs empty",
+     "PostgreSQL"),
     ("peak_rss_pg", "peak RSS, {mem_n} ingest", "PostgreSQL"),
     ("peak_rss_sqlite", "peak RSS, {mem_n} ingest", "SQLite"),
     ("help_time", "`python -m engine --help`", "—"),

@@ -47,6 +47,12 @@ def check_config(cfg: EngineConfig, source) -> datetime | None:
                 f"drop window.{key} (the first run of a symbol takes window.since=<date>), or use a fixed window "
                 "without window=incremental",
             )
+    if "ingest" not in cfg.stages:
+        raise EngineError(
+            f"window=incremental continues the ingested history, but stages={list(cfg.stages)} has no ingest",
+            "add ingest to stages (e.g. stages=[registry,ingest,detect]), or give a fixed window "
+            "(window.start=... window.end=...) for the other stages",
+        )
     if not callable(getattr(source, "available_end", None)):
         raise EngineError(
             f"window=incremental needs to know where the source's data ends, and {type(source).__name__} cannot "

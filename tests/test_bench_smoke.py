@@ -40,6 +40,8 @@ FIGURE_ROWS = {
     "detect_rerun_sqlite": ("detect stage end to end, rerun", "SQLite"),
     "sweep_4_symbols": ("4-symbol sweep (ingest+detect)", "SQLite, file per job"),
     "incremental_update_sqlite": ("4-symbol incremental update of one session, 0.05-year database vs empty", "SQLite"),
+    "incremental_update_pg": ("4-symbol incremental update of one session, 0.05-year database vs empty",
+                              "PostgreSQL"),
     "peak_rss_pg": ("peak RSS, 100k-bar ingest", "PostgreSQL"),
     "peak_rss_sqlite": ("peak RSS, 100k-bar ingest", "SQLite"),
     "help_time": ("`python -m engine --help`", "—"),
@@ -58,7 +60,7 @@ def smoke(tmp_path_factory) -> dict:
     if not env.get("ENGINE_BENCH_PG_URL") and env.get("ENGINE_TEST_PG_URL"):
         env["ENGINE_BENCH_PG_URL"] = env["ENGINE_TEST_PG_URL"]  # any database of the server will do (CREATE DATABASE)
     proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=out, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     [run_dir] = [p for p in out.iterdir() if p.is_dir()]
     return {

@@ -156,12 +156,14 @@ def test_first_run_without_since_exits_2_naming_window_since(db_url, tmp_path, m
     assert query(db_url, sa.select(sa.func.count()).select_from(engine_runs)) == [(0,)]
 
 
-def test_a_fixed_window_key_with_incremental_exits_2(sqlite_url, tmp_path, monkeypatch):
+def test_a_fixed_window_key_or_no_ingest_with_incremental_exits_2(sqlite_url, tmp_path, monkeypatch):
     land_session(tmp_path / "files", 0)
     code, result = engine(tmp_path, monkeypatch, *dbn_job(sqlite_url, tmp_path / "files",
                                                           "window.start=2025-12-01"))
     assert code == 2 and "window.start is set with window=incremental" in result["error"]
     assert "window.since" in result["error"]
+    code, result = engine(tmp_path, monkeypatch, *dbn_job(sqlite_url, tmp_path / "files", "stages=[detect]"))
+    assert code == 2 and "has no ingest" in result["error"] and "add ingest to stages" in result["error"]
 
 
 # ---------------------------------------------------------------------------------------------- dbn_file runs
