@@ -13,6 +13,7 @@ ticks, so a decade of four symbols is 40 rows.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -124,8 +125,13 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
               fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a reader never sees half a PNG
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

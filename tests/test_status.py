@@ -416,3 +416,22 @@ def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
+
+
+def test_covered_sessions_without_quality_rows_are_counted_and_unknown(filled):
+    """An ingest older than session quality left no rows: its covered sessions are counted and drawn as unknown."""
+    url, _cwd, _runs = filled
+    db = create_db_engine(url)
+    try:
+        with db.connect() as conn:
+            trans = conn.begin()
+            conn.execute(sa.text("DELETE FROM session_quality WHERE symbol = :s AND trade_date IN (:a, :b)"),
+                         {"s": ES, "a": date(2025, 12, 2), "b": date(2025, 12, 8)})
+            es = symbol_status(conn, ES)
+            trans.rollback()
+    finally:
+        db.dispose()
+    assert es.sessions.without_quality == 2
+    assert es.days.share[date(2025, 12, 2)] is None and es.days.share[date(2025, 12, 8)] is None
+    assert es.days.share[date(2025, 12, 3)] > 0.9
+    assert date(2025, 12, 2) not in {d.trade_date for d in es.missing_sessions}
