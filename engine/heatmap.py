@@ -174,7 +174,7 @@ def _segments(points: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """Consecutive columns of one row as (row, first column, last column)."""
     out: list[tuple[int, int, int]] = []
     for y, x in sorted(set(points)):
-        if out and out[-1][0] == y and out[-1][2] >= x - 3:  # a weekend between two marked days: one segment
+        if out and out[-1][0] == y and out[-1][2] >= x - 3:  # a holiday or two between marked days: one segment
             out[-1] = (y, out[-1][1], x)
         else:
             out.append((y, x, x))

@@ -435,3 +435,13 @@ def test_covered_sessions_without_quality_rows_are_counted_and_unknown(filled):
     assert es.days.share[date(2025, 12, 2)] is None and es.days.share[date(2025, 12, 8)] is None
     assert es.days.share[date(2025, 12, 3)] > 0.9
     assert date(2025, 12, 2) not in {d.trade_date for d in es.missing_sessions}
+
+
+def test_the_database_comes_from_conf_local_as_for_a_job(sqlite_filled, tmp_path, capsys, monkeypatch):
+    url, _cwd = sqlite_filled
+    (tmp_path / "conf" / "local").mkdir(parents=True)
+    (tmp_path / "conf" / "local" / "default.yaml").write_text(f"db:\n  url: {url}\n")
+    status = view_json(capsys, monkeypatch, tmp_path, "status", "--no-png")
+    assert status["database"] == url and [s["symbol"] for s in status["symbols"]] == [ES]
+    code, out = view(capsys, monkeypatch, tmp_path, "runs", "db.url=sqlite:///elsewhere.sqlite")
+    assert code == 2 and "no database at elsewhere.sqlite" in out  # the command line overrides conf/local
