@@ -304,8 +304,12 @@ def test_tables_and_png_from_the_command_line(filled, tmp_path):
     done = subprocess.run([sys.executable, "-m", "engine", "runs", f"db.url={url}", "--last", "3"], cwd=cwd,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
     assert done.returncode == 0, done.stderr
-    assert "last 3 run(s)" in done.stdout and "failed" in done.stdout and "2025-12-01T00:00Z → 2025-12-05T22:00Z" \
-        in done.stdout and "abandoned" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert "last 3 run(s)" in lines[0] and "abandoned" not in done.stdout
+    [es_early] = [i for i, line in enumerate(lines) if f"│ {runs['es_early']:>2} │" in line]
+    assert "success" in lines[es_early] and "2025-12-01T00:00Z →" in lines[es_early]
+    assert "2025-12-05T22:00Z" in lines[es_early + 1]
+    assert any(f"│ {runs['failed']:>2} │ failed" in line for line in lines)
 
 
 @pytest.mark.parametrize(("args", "says"), [
