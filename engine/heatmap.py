@@ -42,7 +42,9 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    every = [d for cells in symbols.values() for d in (*cells.share, *cells.gap_days)]
+    # The drawn range holds the failed and abandoned runs' windows too: an abandoned backfill shows where it was.
+    every = [d for cells in symbols.values()
+             for d in (*cells.share, *cells.gap_days, *cells.failed_days, *cells.abandoned_days)]
     if not every:
         return None
     first, last = min(every), max(every)
@@ -86,7 +88,7 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
     ax.imshow(overlay, aspect="auto", interpolation="nearest")
     for kind, colour in (("failed", _FAILED), ("abandoned", _ABANDONED)):
         for y, x0, x1 in _segments(marks[kind]):
-            ax.plot([x0 - 0.5, x1 + 0.5], [y - 0.38, y - 0.38], color=colour, linewidth=2.6,
+            ax.plot([x0 - 0.5, x1 + 0.5], [y - 0.3, y - 0.3], color=colour, linewidth=2.6,
                     solid_capstyle="butt")
 
     ax.set_yticks(range(len(rows)), [_row_label(symbol, year, compact) for symbol, year in rows], fontsize=8)
