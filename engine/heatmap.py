@@ -3,7 +3,7 @@
 Each cell is one CME trading session (its trade date). Colour: the share of the session's expected minutes that
 have a bar (session_quality), in bins from red (under half) to dark green (99.5 % or more); grey: covered by a
 clean ingest but without a quality row (ingested before session quality); black: a gap (open market time no
-successful ingest covers); white: no session (weekend, holiday) or outside what was ingested. A line over the
+successful ingest covers); white: no session (weekend, holiday) or outside what was ingested. A line through the
 cells marks the days of a failed (orange) or abandoned (magenta) run's window.
 
 Columns are weekdays (trade dates are Monday to Friday), so a row is solid where data is complete and a weekday
@@ -88,7 +88,7 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
     ax.imshow(overlay, aspect="auto", interpolation="nearest")
     for kind, colour in (("failed", _FAILED), ("abandoned", _ABANDONED)):
         for y, x0, x1 in _segments(marks[kind]):
-            ax.plot([x0 - 0.5, x1 + 0.5], [y - 0.3, y - 0.3], color=colour, linewidth=2.6,
+            ax.plot([x0 - 0.5, x1 + 0.5], [y, y], color=colour, linewidth=2.6,
                     solid_capstyle="butt")
 
     ax.set_yticks(range(len(rows)), [_row_label(symbol, year, compact) for symbol, year in rows], fontsize=8)
