@@ -3,7 +3,7 @@
 Each cell is one CME trading session (its trade date). Colour: the share of the session's expected minutes that
 have a bar (session_quality), in bins from red (under half) to dark green (99.5 % or more); grey: covered by a
 clean ingest but without a quality row (ingested before session quality); black: a gap (open market time no
-successful ingest covers); white: no session (weekend, holiday) or outside what was ingested. A line over the
+successful ingest covers); white: no session (weekend, holiday) or outside what was ingested. A line through the
 cells marks the days of a failed (orange) or abandoned (magenta) run's window.
 
 Columns are weekdays (trade dates are Monday to Friday), so a row is solid where data is complete and a weekday
@@ -13,6 +13,7 @@ ticks, so a decade of four symbols is 40 rows.
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    every = [d for cells in symbols.values() for d in (*cells.share, *cells.gap_days)]
+    # The drawn range holds the failed and abandoned runs' windows too: an abandoned backfill shows where it was.
+    every = [d for cells in symbols.values()
+             for d in (*cells.share, *cells.gap_days, *cells.failed_days, *cells.abandoned_days)]
     if not every:
         return None
     first, last = min(every), max(every)
@@ -85,7 +88,7 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
     ax.imshow(overlay, aspect="auto", interpolation="nearest")
     for kind, colour in (("failed", _FAILED), ("abandoned", _ABANDONED)):
         for y, x0, x1 in _segments(marks[kind]):
-            ax.plot([x0 - 0.5, x1 + 0.5], [y - 0.38, y - 0.38], color=colour, linewidth=2.6,
+            ax.plot([x0 - 0.5, x1 + 0.5], [y, y], color=colour, linewidth=2.6,
                     solid_capstyle="butt")
 
     ax.set_yticks(range(len(rows)), [_row_label(symbol, year, compact) for symbol, year in rows], fontsize=8)
@@ -124,8 +127,13 @@ def write_heatmap(path: Path, symbols: dict[str, DayCells], title: str) -> Path 
               fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a reader never sees half a PNG
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -168,7 +176,7 @@ def _segments(points: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """Consecutive columns of one row as (row, first column, last column)."""
     out: list[tuple[int, int, int]] = []
     for y, x in sorted(set(points)):
-        if out and out[-1][0] == y and out[-1][2] >= x - 3:  # a weekend between two marked days: one segment
+        if out and out[-1][0] == y and out[-1][2] >= x - 3:  # a holiday or two between marked days: one segment
             out[-1] = (y, out[-1][1], x)
         else:
             out.append((y, x, x))

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 
-import numpy as np
 from sqlalchemy import Connection
 
 from engine import calendar
@@ -135,7 +134,7 @@ def _session_dates(ranges: list[Interval]) -> set[date]:
 
 
 def _minutes(start: datetime, end: datetime) -> int:
-    return int(np.int64(datetime_to_ns(end) - datetime_to_ns(start)) // NS_PER_MINUTE)
+    return (datetime_to_ns(end) - datetime_to_ns(start)) // NS_PER_MINUTE
 
 
 # ------------------------------------------------------------------------------------------------------------------

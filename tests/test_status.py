@@ -304,8 +304,12 @@ def test_tables_and_png_from_the_command_line(filled, tmp_path):
     done = subprocess.run([sys.executable, "-m", "engine", "runs", f"db.url={url}", "--last", "3"], cwd=cwd,
                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
     assert done.returncode == 0, done.stderr
-    assert "last 3 run(s)" in done.stdout and "failed" in done.stdout and "2025-12-01T00:00Z → 2025-12-05T22:00Z" \
-        in done.stdout and "abandoned" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert "last 3 run(s)" in lines[0] and "abandoned" not in done.stdout
+    [es_early] = [i for i, line in enumerate(lines) if f"│ {runs['es_early']:>2} │" in line]
+    assert "success" in lines[es_early] and "2025-12-01T00:00Z →" in lines[es_early]
+    assert "2025-12-05T22:00Z" in lines[es_early + 1]
+    assert any(f"│ {runs['failed']:>2} │ failed" in line for line in lines)
 
 
 @pytest.mark.parametrize(("args", "says"), [
@@ -416,3 +420,32 @@ def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
+
+
+def test_covered_sessions_without_quality_rows_are_counted_and_unknown(filled):
+    """An ingest older than session quality left no rows: its covered sessions are counted and drawn as unknown."""
+    url, _cwd, _runs = filled
+    db = create_db_engine(url)
+    try:
+        with db.connect() as conn:
+            trans = conn.begin()
+            conn.execute(sa.text("DELETE FROM session_quality WHERE symbol = :s AND trade_date IN (:a, :b)"),
+                         {"s": ES, "a": date(2025, 12, 2), "b": date(2025, 12, 8)})
+            es = symbol_status(conn, ES)
+            trans.rollback()
+    finally:
+        db.dispose()
+    assert es.sessions.without_quality == 2
+    assert es.days.share[date(2025, 12, 2)] is None and es.days.share[date(2025, 12, 8)] is None
+    assert es.days.share[date(2025, 12, 3)] > 0.9
+    assert date(2025, 12, 2) not in {d.trade_date for d in es.missing_sessions}
+
+
+def test_the_database_comes_from_conf_local_as_for_a_job(sqlite_filled, tmp_path, capsys, monkeypatch):
+    url, _cwd = sqlite_filled
+    (tmp_path / "conf" / "local").mkdir(parents=True)
+    (tmp_path / "conf" / "local" / "default.yaml").write_text(f"db:\n  url: {url}\n")
+    status = view_json(capsys, monkeypatch, tmp_path, "status", "--no-png")
+    assert status["database"] == url and [s["symbol"] for s in status["symbols"]] == [ES]
+    code, out = view(capsys, monkeypatch, tmp_path, "runs", "db.url=sqlite:///elsewhere.sqlite")
+    assert code == 2 and "no database at elsewhere.sqlite" in out  # the command line overrides conf/local
