@@ -70,12 +70,7 @@ def resolve(cfg: EngineConfig, plugins: JobPlugins, db: Engine | None, log: logg
     covered = verified_end(db, symbol) if db is not None else None
     if covered is None:
         if cfg.window.since is None:
-            raise EngineError(
-                f"window=incremental: the database has no clean coverage of {symbol} yet, so there is no end to "
-                "continue from",
-                f"give the first run a start: window.since=<date> (e.g. window.since=2025-01-02); later runs "
-                f"continue where {symbol}'s coverage ends",
-            )
+            raise missing_since(symbol)
         start, origin = parse_utc(cfg.window.since, "window.since"), "window.since"
     else:
         start, origin = covered, "the end of its clean coverage"
@@ -88,6 +83,16 @@ def resolve(cfg: EngineConfig, plugins: JobPlugins, db: Engine | None, log: logg
     log.info("window=incremental %s: %s (from %s to the latest minute %s has)", symbol,
              Window(start, end).label, origin, plugins.source.name)
     return Window(start, end, chunk=parse_chunk(cfg.window.chunk), reopen_tail=covered is not None)
+
+
+def missing_since(symbol: str) -> EngineError:
+    """A first incremental run of `symbol` without window.since."""
+    return EngineError(
+        f"window=incremental: the database has no clean coverage of {symbol} yet, so there is no end to continue "
+        "from",
+        f"give the first run a start: window.since=<date> (e.g. window.since=2025-01-02); later runs continue where "
+        f"{symbol}'s coverage ends",
+    )
 
 
 def up_to_date(window: Window) -> str:

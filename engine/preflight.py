@@ -45,7 +45,22 @@ def check(cfg: EngineConfig, plugins: JobPlugins, now: datetime | None = None) -
             if path is not None:
                 check_events_csv(Path(path).expanduser(), f"parity.{side}.csv")
     _database(cfg.db.url)
+    if window is None and cfg.window.since is None and _new_sqlite_file(cfg.db.url):
+        raise incremental.missing_since(normalize_symbol(cfg.symbol, cfg.registry.defaults.dataset))
     return window
+
+
+def _new_sqlite_file(url: str) -> bool:
+    """A SQLite db.url whose file does not exist yet (the run would create it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(
+        parsed.database).exists()
 
 
 def _at_least(key: str, value, low, what: str) -> None:
