@@ -29,7 +29,7 @@ from engine.pipeline import run_stages
 from engine.plan import PLAN_FILE, plan, read_earlier, read_only_engine
 from engine.provenance import CodeVersion
 from engine.rerun import RerunOf, load_saved
-from engine.windows import Window
+from engine.windows import Window, iso_minute
 
 log = logging.getLogger("engine")
 
@@ -85,6 +85,7 @@ def run_job(cfg: DictConfig) -> dict:
         run = _open_run(job)
         job = run.job
         result["run_id"] = run.live.id
+        result["window"] = {"start": iso_minute(job.window.start), "end": iso_minute(job.window.end)}
         result.update(status="success", stages=_execute(job, run))
         if job.window.empty:
             result["note"] = incremental.up_to_date(job.window)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +77,28 @@ def load_saved(current: DictConfig, overrides: list[str], groups: list[str]) -> 
     config.force = current.force
     config.dry_run = current.dry_run  # the whole node, whatever its shape
     applied = _apply_overrides(config, current, overrides, groups, source_name)
+    _replay_incremental_window(config, run_dir, applied)
     # A password masked (***, older runs) or left out when the run was saved comes from PGPASSWORD or ~/.pgpass.
     config.db.url = _MASKED_PASSWORD.sub(r"\g<head>@", config.db.url)
     provenance_file = run_dir / "provenance.json"
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     return config, RerunOf(provenance.get("run_id"), provenance.get("git_hash"), provenance.get("logic_version"),
                            run_dir, applied)
+
+
+def _replay_incremental_window(config: DictConfig, run_dir: Path, applied: list[str]) -> None:
+    """A rerun of a window=incremental run replays the window that run resolved (its result.json), not today's
+    "since the coverage ends": rerunning a run means redoing its work. A command that sets a window key decides
+    itself; a run that never resolved its window (it failed before) is resolved again."""
+    if config.window.get("mode") != "incremental" or any(a.startswith("window.") for a in applied):
+        return
+    result_file = run_dir / "result.json"
+    window = json.loads(result_file.read_text()).get("window") if result_file.is_file() else None
+    if window:
+        logging.getLogger("engine").info("rerun of a window=incremental run: its window [%s, %s)", window["start"],
+                                         window["end"])
+        config.window.mode = "fixed"
+        config.window.start, config.window.end, config.window.since = window["start"], window["end"], None
 
 
 def _as_plugins(saved: DictConfig, saved_file: Path) -> DictConfig:

@@ -199,6 +199,13 @@ def test_first_run_with_since_then_up_to_date_then_new_files(db_url, tmp_path, m
     assert code == 0 and second["stages"]["ingest"]["bars_inserted"] == SESSION_MINUTES
     assert second["stages"]["ingest"]["window_start"] == "2025-12-02T22:00Z"
 
+    # A rerun of the first run replays the window it resolved, not "from where the coverage ends" as of today.
+    code, rerun = engine(tmp_path, monkeypatch, f"rerun={first['run_dir']}")
+    assert code == 0, rerun.get("error")
+    assert rerun["window"] == first["window"] == {"start": "2025-12-01T23:00Z", "end": "2025-12-02T22:00Z"}
+    assert rerun["stages"]["ingest"]["window_start"] == "2025-12-01T23:00Z"
+    assert rerun["stages"]["ingest"]["bars_unchanged"] == SESSION_MINUTES
+
 
 @pytest.mark.parametrize("chunk", [None, "1d"])
 def test_day_by_day_equals_one_backfill_and_reevaluates_the_tail(db_url, ref_url, tmp_path, monkeypatch, chunk):  # noqa: F811
