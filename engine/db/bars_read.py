@@ -117,15 +117,12 @@ def _parse_sqlite_ts(text: str) -> np.ndarray | None:
     chars = np.frombuffer(data, dtype=np.uint8).reshape(-1, _TS_WIDTH)
     if not all((chars[:, i] == ord(c)).all() for i, c in _TS_SEPARATORS.items()):
         return None
-    digits = chars[:, _DIGIT_COLUMNS] - np.uint8(ord("0"))  # a non-digit wraps around to above 9
-    if (digits > 9).any():
+    zero = np.uint8(ord("0"))
+    if any(((chars[:, i] - zero) > 9).any() for i in _DIGIT_COLUMNS):  # a non-digit wraps around to above 9
         return None
-    digits = digits.astype(np.int64)
-    field, k = {}, 0
-    for name, part in _TS_DIGITS.items():
-        width = part.stop - part.start
-        field[name] = sum(digits[:, k + i] * 10 ** (width - 1 - i) for i in range(width))
-        k += width
+    # One int64 column at a time: the temporaries stay a few bytes per bar.
+    field = {name: sum((chars[:, i] - zero).astype(np.int64) * 10 ** (part.stop - 1 - i)
+                       for i in range(part.start, part.stop)) for name, part in _TS_DIGITS.items()}
     # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil), vectorised.
     year = field["year"] - (field["month"] <= 2)
     era = year // 400
