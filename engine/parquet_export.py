@@ -110,8 +110,8 @@ def export_lock(root: Path) -> Iterator[None]:
 class PartitionedDataset:
     """The partitions of one symbol in one dataset (`<root>/<name>/symbol=…`). Use under `export_lock(root)`.
 
-    `columns` turns rows (a numpy structured array with an int64 ns ``ts`` field) into the Arrow columns of a file;
-    `from_table` turns a file's table back into rows (for a partition the range covers only in part).
+    Rows are a numpy structured array of `dtype` with an int64 ns ``ts`` field, sorted by ts; `table` turns them into
+    a file's Arrow table, `rows_of` a file's table back into rows (for a partition the range covers only in part).
     """
 
     def __init__(self, root: Path, name: str, symbol: str, dtype: np.dtype, *, compression: str,
@@ -230,7 +230,7 @@ class PartitionedDataset:
         """The stored rows of `path` outside [start_ns, end_ns) with `rows` (a partition the range covers in part)."""
         try:
             old = self.rows_of(pq.read_table(path))
-        except (OSError, pa.ArrowInvalid):  # unreadable (not one of ours, or damaged): its rows are lost anyway
+        except (OSError, pa.ArrowInvalid):  # damaged: replaced by the range's rows (export the whole date to mend)
             return rows
         kept = old[(old["ts"] < start_ns) | (old["ts"] >= end_ns)]
         merged = np.concatenate([kept, rows.astype(self.dtype, copy=False)])

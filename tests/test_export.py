@@ -265,6 +265,13 @@ def test_another_series_in_the_same_directory_is_refused(db, tmp_path):
     assert files(root) == before
 
 
+def test_a_directory_that_cannot_be_made_is_refused_naming_the_key(db, tmp_path):
+    ctx, _ = seeded(db, tmp_path, count=200)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(EngineError, match=r"stage.export.dir=.*a_file/exports: cannot create .*Not a directory"):
+        export.run(ctx, export.Export(dir=str(tmp_path / "a_file" / "exports")))
+
+
 def test_bad_parameters_are_refused_naming_the_key():
     node = packaged_node("stage", "export")
     assert node == {"_target_": "engine.stages.export.Export", "dir": None, "what": ["bars", "events"],
