@@ -25,7 +25,9 @@ import sqlalchemy as sa
 from test_detect_stage import CONTRACT, MINUTE, SYMBOL, T0, insert_bars, make_ctx, mark_clean, random_walk_bars
 from test_disk_full import tmpfs  # noqa: F401 - the fixture
 
+from engine.adjust import read_adjusted
 from engine.db.bars import BAR_READ_DTYPE, read_bars
+from engine.db.rolls import Roll, record_rolls
 from engine.db.schema import CLEAN_BARS, clean_bars, triangle_events
 from engine.errors import EngineError
 from engine.job_plugins import packaged_node, packaged_options
@@ -234,6 +236,35 @@ def test_provenance_in_the_file_metadata(db, tmp_path):
     assert (meta["dataset"], meta["detector"], meta["detector_params"], meta["logic_version"], meta["run_id"]) == (
         "events", "williams_fractals", key.params, "test-v1", str(ctx.run.id))
     assert json.loads(meta["detector_params"])["n"] == 3 and len(meta["content_sha256"]) == 64
+
+
+def test_an_adjusted_export_holds_the_adjusted_prices_and_refuses_a_moved_anchor(db, tmp_path):
+    ctx, end = seeded(db, tmp_path, adjust="difference")
+    at = T0 + timedelta(days=3)
+
+    def roll(k: int, when) -> Roll:
+        return Roll(symbol=SYMBOL, roll_ts=when, outgoing_instrument_id=k, incoming_instrument_id=k + 1, rule="v.0",
+                    origin="computed", outgoing_raw_symbol=f"NQ{k}", incoming_raw_symbol=f"NQ{k + 1}",
+                    price_ts=when - MINUTE, outgoing_close=20000.0, incoming_close=20012.25)
+
+    with db.begin() as conn:
+        record_rolls(conn, SYMBOL, T0, end, [roll(1, at)], None)
+    root = tmp_path / "exports"
+    export.run(ctx, export.Export(dir=str(root), what=["bars"]))
+
+    adjusted = read_adjusted(db, CLEAN_BARS, SYMBOL, T0, end, "difference").bars
+    got = duckdb.sql(f"SELECT epoch_ns(ts), open, high, low, close, volume FROM read_parquet("
+                     f"'{root}/bars/**/*.parquet') ORDER BY ts").fetchall()
+    assert got == [tuple(r) for r in adjusted.tolist()]
+    assert got[0][4] == read_bars(db, CLEAN_BARS, SYMBOL)["close"][0] + 12.25  # before the roll: moved onto NQ2
+    first = pq.read_metadata(root / "bars" / SYMBOL_DIR / "date=2025-12-01" / PART).metadata
+    assert (first[b"adjustment"], first[b"anchor"]) == (b"difference", b"NQ2")
+    with db.begin() as conn:  # a newer roll: every older bar's adjusted price moves
+        record_rolls(conn, SYMBOL, end, end + timedelta(days=1), [roll(2, end + timedelta(hours=1))], None)
+    before = files(root)
+    with pytest.raises(EngineError, match=r"holds anchor='NQ2', this export has anchor='NQ3' \(a roll ingested"):
+        export.run(ctx, export.Export(dir=str(root), what=["bars"]))
+    assert files(root) == before
 
 
 # ---------------------------------------------------------------------------------------------
