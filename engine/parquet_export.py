@@ -12,8 +12,8 @@ on UTC ``ts`` expects. A CME session (17:00–16:00 Chicago) therefore spans two
 * Idempotent: each file's key-value metadata holds ``content_sha256``, a digest of its rows (see `content_sha256`,
   independent of the file bytes). A partition whose new rows have the same digest and compression is not touched.
 * Atomic: a changed partition is written to ``.part-0.parquet.tmp-<pid>`` in its own directory, made durable and
-  renamed over the old file (readers see the old file or the new one, never a part); the renames are made durable
-  in turn. Both happen per batch of COMMIT_BATCH partitions (one syncfs each on Linux, else an fsync per file).
+  renamed over the old file (readers see the old file or the new one, never a part), per batch of COMMIT_BATCH
+  partitions (one syncfs each on Linux, else an fsync per file); the renames are made durable at the end.
 * A partition of the range left with no rows is removed: the export mirrors the database, and a day whose bars
   were deleted must not stay exported.
 * One series per dataset: the files of a symbol directory share the fields named by `series` (the adjustment, the
@@ -110,8 +110,8 @@ def export_lock(root: Path) -> Iterator[None]:
 class PartitionedDataset:
     """The partitions of one symbol in one dataset (`<root>/<name>/symbol=…`). Use under `export_lock(root)`.
 
-    `columns` turns rows (a numpy structured array with an int64 ns ``ts`` field) into the Arrow columns of a file;
-    `from_table` turns a file's table back into rows (for a partition the range covers only in part).
+    Rows are a numpy structured array of `dtype` with an int64 ns ``ts`` field, sorted by ts; `table` turns them into
+    a file's Arrow table, `rows_of` a file's table back into rows (for a partition the range covers only in part).
     """
 
     def __init__(self, root: Path, name: str, symbol: str, dtype: np.dtype, *, compression: str,
@@ -124,7 +124,7 @@ class PartitionedDataset:
                            "dataset": name, "compression": compression}
         self.counts = PartitionCounts()
         self._dates = self._existing_dates()
-        self._touched: set[Path] = set()  # folders whose entries changed (a date folder made or removed)
+        self._touched: set[Path] = set()  # folders whose entries changed since the last sync
         self._staged: list[tuple[Path, Path]] = []  # (temp file, partition) written, not yet renamed
 
     # ---- set-up
@@ -196,7 +196,8 @@ class PartitionedDataset:
                 self._touched.add(self.dir)
                 self.counts.removed += 1
             return
-        meta = {**self.provenance, "date": date_of_day(day), "rows": str(len(rows)), "content_sha256": digest}
+        meta = {**self.provenance, "date": path.parent.name.removeprefix("date="), "rows": str(len(rows)),
+                "content_sha256": digest}
         table = self.table(rows).replace_schema_metadata(meta)
         if not exists:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,9 +209,9 @@ class PartitionedDataset:
             self._commit_staged()
 
     def _commit_staged(self) -> None:
-        """Make the staged temp files durable, rename each over its partition (readers see the old file or the whole
-        new one), then make the renames durable: one syncfs of the file system each time where Linux has it (a
-        batch costs two syncs, not two fsyncs per file), else an fsync per file and per folder."""
+        """Make the staged temp files durable, then rename each over its partition (readers see the old file or the
+        whole new one): one syncfs of the file system where Linux has it (not an fsync per file), else an fsync per
+        file. The renames are made durable by `finish` (a crash before it may undo some: their old files stay)."""
         staged, self._staged = self._staged, []
         if not staged:
             return
@@ -224,13 +225,13 @@ class PartitionedDataset:
             if isinstance(exc, OSError) and _no_space(exc):
                 raise NoSpace(staged[0][1], "no space left on the device (the file system is full)") from exc
             raise
-        _sync(sorted({path.parent for _, path in staged}), self.dir)
+        self._touched.update(path.parent for _, path in staged)
 
     def _merged(self, path: Path, rows: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
         """The stored rows of `path` outside [start_ns, end_ns) with `rows` (a partition the range covers in part)."""
         try:
             old = self.rows_of(pq.read_table(path))
-        except (OSError, pa.ArrowInvalid):  # unreadable (not one of ours, or damaged): its rows are lost anyway
+        except (OSError, pa.ArrowInvalid):  # damaged: replaced by the range's rows (export the whole date to mend)
             return rows
         kept = old[(old["ts"] < start_ns) | (old["ts"] >= end_ns)]
         merged = np.concatenate([kept, rows.astype(self.dtype, copy=False)])
@@ -238,8 +239,8 @@ class PartitionedDataset:
         return merged[np.lexsort([*keys, merged["ts"]])]
 
     def finish(self) -> None:
-        """Every written partition renamed into place, and the folders whose entries changed synced, so the export
-        survives a crash."""
+        """Every written partition renamed into place, and the folders whose entries changed (renames, date folders
+        made or removed) synced, so the export survives a crash."""
         self._commit_staged()
         if self._touched:
             _sync([f for f in (*sorted(self._touched), self.dir.parent) if f.is_dir()], self.dir.parent)

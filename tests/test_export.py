@@ -25,7 +25,9 @@ import sqlalchemy as sa
 from test_detect_stage import CONTRACT, MINUTE, SYMBOL, T0, insert_bars, make_ctx, mark_clean, random_walk_bars
 from test_disk_full import tmpfs  # noqa: F401 - the fixture
 
+from engine.adjust import read_adjusted
 from engine.db.bars import BAR_READ_DTYPE, read_bars
+from engine.db.rolls import Roll, record_rolls
 from engine.db.schema import CLEAN_BARS, clean_bars, triangle_events
 from engine.errors import EngineError
 from engine.job_plugins import packaged_node, packaged_options
@@ -236,6 +238,35 @@ def test_provenance_in_the_file_metadata(db, tmp_path):
     assert json.loads(meta["detector_params"])["n"] == 3 and len(meta["content_sha256"]) == 64
 
 
+def test_an_adjusted_export_holds_the_adjusted_prices_and_refuses_a_moved_anchor(db, tmp_path):
+    ctx, end = seeded(db, tmp_path, adjust="difference")
+    at = T0 + timedelta(days=3)
+
+    def roll(k: int, when) -> Roll:
+        return Roll(symbol=SYMBOL, roll_ts=when, outgoing_instrument_id=k, incoming_instrument_id=k + 1, rule="v.0",
+                    origin="computed", outgoing_raw_symbol=f"NQ{k}", incoming_raw_symbol=f"NQ{k + 1}",
+                    price_ts=when - MINUTE, outgoing_close=20000.0, incoming_close=20012.25)
+
+    with db.begin() as conn:
+        record_rolls(conn, SYMBOL, T0, end, [roll(1, at)], None)
+    root = tmp_path / "exports"
+    export.run(ctx, export.Export(dir=str(root), what=["bars"]))
+
+    adjusted = read_adjusted(db, CLEAN_BARS, SYMBOL, T0, end, "difference").bars
+    got = duckdb.sql(f"SELECT epoch_ns(ts), open, high, low, close, volume FROM read_parquet("
+                     f"'{root}/bars/**/*.parquet') ORDER BY ts").fetchall()
+    assert got == [tuple(r) for r in adjusted.tolist()]
+    assert got[0][4] == read_bars(db, CLEAN_BARS, SYMBOL)["close"][0] + 12.25  # before the roll: moved onto NQ2
+    first = pq.read_metadata(root / "bars" / SYMBOL_DIR / "date=2025-12-01" / PART).metadata
+    assert (first[b"adjustment"], first[b"anchor"]) == (b"difference", b"NQ2")
+    with db.begin() as conn:  # a newer roll: every older bar's adjusted price moves
+        record_rolls(conn, SYMBOL, end, end + timedelta(days=1), [roll(2, end + timedelta(hours=1))], None)
+    before = files(root)
+    with pytest.raises(EngineError, match=r"holds anchor='NQ2', this export has anchor='NQ3' \(a roll ingested"):
+        export.run(ctx, export.Export(dir=str(root), what=["bars"]))
+    assert files(root) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals
 
@@ -263,6 +294,13 @@ def test_another_series_in_the_same_directory_is_refused(db, tmp_path):
     with pytest.raises(EngineError, match=r"events/symbol=GLBX.MDP3%3ANQ holds logic_version='test-v1'"):
         export.run(newer, export.Export(dir=str(root), what=["events"]))
     assert files(root) == before
+
+
+def test_a_directory_that_cannot_be_made_is_refused_naming_the_key(db, tmp_path):
+    ctx, _ = seeded(db, tmp_path, count=200)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(EngineError, match=r"stage.export.dir=.*a_file/exports: cannot create .*Not a directory"):
+        export.run(ctx, export.Export(dir=str(tmp_path / "a_file" / "exports")))
 
 
 def test_bad_parameters_are_refused_naming_the_key():
@@ -320,14 +358,14 @@ export.run(ctx, export.Export(dir={root!r}, what=["bars"]))
 
 
 def test_an_export_killed_mid_write_leaves_only_whole_files(sqlite_url, tmp_path):
-    """SIGKILL while a child rewrites 400 partitions: every file left is a whole Parquet file (old or new
+    """SIGKILL while a child rewrites 200 partitions: every file left is a whole Parquet file (old or new
     content, its metadata digest matching its rows), and the next export removes the temp files and finishes."""
     from engine.db.connect import create_db_engine, upgrade
 
     db = create_db_engine(sqlite_url)
     upgrade(db)
-    rows = random_walk_bars(400 * 60)
-    for i, row in enumerate(rows):  # 60 bars a day for 400 days
+    rows = random_walk_bars(200 * 60)
+    for i, row in enumerate(rows):  # 60 bars a day for 200 days
         row["ts"] = T0 + timedelta(days=i // 60, minutes=i % 60)
     insert_bars(db, rows)
     end = rows[-1]["ts"] + MINUTE
@@ -343,9 +381,10 @@ def test_an_export_killed_mid_write_leaves_only_whole_files(sqlite_url, tmp_path
     assert child.stdout.readline().strip() == "exporting"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
-        written = sum(pq.read_metadata(p).metadata[b"content_sha256"] != old[p] for p in list(old)[::40])
+        written = sum(pq.read_metadata(p).metadata[b"content_sha256"] != old[p] for p in list(old)[::20])
         if written >= 2:  # some partitions rewritten, most not yet
             break
+        time.sleep(0.005)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL, "the child finished before it was killed"
@@ -356,12 +395,12 @@ def test_an_export_killed_mid_write_leaves_only_whole_files(sqlite_url, tmp_path
         meta = table.schema.metadata
         assert meta[b"content_sha256"].decode() == content_sha256(rows_of(table)) and table.num_rows == 60
         new += meta[b"content_sha256"] != old[path]
-    assert len(parquet_files(root)) == 400 and 0 < new < 400
+    assert len(parquet_files(root)) == 200 and 0 < new < 200
     temps = [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert len(temps) <= COMMIT_BATCH  # at most the batch written but not yet renamed when the signal came
 
     result = export.run(make_ctx(db, tmp_path / "run3", T0, end), export.Export(dir=str(root), what=["bars"]))
-    assert result.partitions_written == 400 - new and result.partitions_unchanged == new
+    assert result.partitions_written == 200 - new and result.partitions_unchanged == new
     assert not [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert duck_daily_bars(root) == db_daily_bars(db)
 

@@ -113,6 +113,11 @@ def run(ctx: StageContext, settings: Export | None = None) -> ExportResult:
     provenance = {"logic_version": key.logic_version, "run_id": ctx.run.id, "git_hash": ctx.run.code.git_hash,
                   "git_dirty": ctx.run.code.git_dirty, "source_table": table}
     datasets: dict[str, PartitionedDataset] = {}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineError(f"stage.export.dir={settings.dir or root}: cannot create {root} ({exc.strerror})",
+                          "choose a folder you can write (stage.export.dir=<path>)") from None
     with export_lock(root):
         if "bars" in settings.what:
             anchor = adjust_bars(np.empty(0, BAR_READ_DTYPE), rolls, how).anchor  # the latest contract
@@ -144,7 +149,7 @@ def run(ctx: StageContext, settings: Export | None = None) -> ExportResult:
             for dataset in datasets.values():
                 dataset.finish()
         except NoSpace as exc:
-            raise EngineError(f"export: cannot write {exc.path}: {exc.reason}; that partition keeps its old file",
+            raise EngineError(f"export: cannot write {exc.path}: {exc.reason}; its old file, if any, is intact",
                               f"free space on {mount_point(exc.path)} or choose another stage.export.dir, then run "
                               "the export again (every partition holds its old rows or its new ones, whole)") from None
         finally:
