@@ -4,9 +4,9 @@
 bars are ~6,900 UTC dates) in the stage's pieces (PIECE_SPAN days from UTC midnights) and times, alternating piece by
 piece,
 * the engine: `PartitionedDataset.write_range` per piece + `finish` into an empty directory, as the export stage runs
-  them on the bars it read (per date: content digest, provenance metadata, temp file, fsync, rename, folder fsync),
+  them on the bars it read (per date: content digest, provenance metadata, temp file, rename; synced per 64 dates),
 * the baseline: the same per-date `pa.Table`s written with `pq.write_table` straight to their final paths (no digest,
-  no metadata, no fsync, no rename), same compression,
+  no metadata, no sync, no rename), same compression,
 then checks both datasets hold the same rows (DuckDB) and times an export of the unchanged bars over the engine's
 output (every partition compared, none rewritten). The database read is not in either time.
 """

@@ -13,7 +13,8 @@ on UTC ``ts`` expects. A CME session (17:00–16:00 Chicago) therefore spans two
   independent of the file bytes). A partition whose new rows have the same digest and compression is not touched.
 * Atomic: a changed partition is written to ``.part-0.parquet.tmp-<pid>`` in its own directory, made durable and
   renamed over the old file (readers see the old file or the new one, never a part), per batch of COMMIT_BATCH
-  partitions (one syncfs each on Linux, else an fsync per file); the renames are made durable at the end.
+  partitions (one syncfs each on Linux, else an fsync per file; a worker does it while the next batch is written);
+  the renames are made durable at the end.
 * A partition of the range left with no rows is removed: the export mirrors the database, and a day whose bars
   were deleted must not stay exported.
 * One series per dataset: the files of a symbol directory share the fields named by `series` (the adjustment, the
@@ -31,6 +32,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +128,9 @@ class PartitionedDataset:
         self._dates = self._existing_dates()
         self._touched: set[Path] = set()  # folders whose entries changed since the last sync
         self._staged: list[tuple[Path, Path]] = []  # (temp file, partition) written, not yet renamed
+        # A full batch is synced and renamed by a worker while the next one is written (one batch in flight).
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-commit")
+        self._in_flight: Future | None = None
 
     # ---- set-up
 
@@ -206,26 +211,15 @@ class PartitionedDataset:
         self._dates.add(day)
         self.counts.written += 1
         if len(self._staged) >= COMMIT_BATCH:
-            self._commit_staged()
+            self._wait_in_flight()
+            staged, self._staged = self._staged, []
+            self._in_flight = self._committer.submit(_commit, staged, self.dir)
 
-    def _commit_staged(self) -> None:
-        """Make the staged temp files durable, then rename each over its partition (readers see the old file or the
-        whole new one): one syncfs of the file system where Linux has it (not an fsync per file), else an fsync per
-        file. The renames are made durable by `finish` (a crash before it may undo some: their old files stay)."""
-        staged, self._staged = self._staged, []
-        if not staged:
-            return
-        try:
-            _sync([temp for temp, _ in staged], self.dir)
-            for temp, path in staged:
-                os.replace(temp, path)
-        except BaseException as exc:
-            for temp, _ in staged:
-                temp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and _no_space(exc):
-                raise NoSpace(staged[0][1], "no space left on the device (the file system is full)") from exc
-            raise
-        self._touched.update(path.parent for _, path in staged)
+    def _wait_in_flight(self) -> None:
+        """The batch in flight committed (what it raised is raised here)."""
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            self._touched.update(future.result())
 
     def _merged(self, path: Path, rows: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
         """The stored rows of `path` outside [start_ns, end_ns) with `rows` (a partition the range covers in part)."""
@@ -241,16 +235,22 @@ class PartitionedDataset:
     def finish(self) -> None:
         """Every written partition renamed into place, and the folders whose entries changed (renames, date folders
         made or removed) synced, so the export survives a crash."""
-        self._commit_staged()
+        self._wait_in_flight()
+        staged, self._staged = self._staged, []
+        self._touched.update(_commit(staged, self.dir))
         if self._touched:
             _sync([f for f in (*sorted(self._touched), self.dir.parent) if f.is_dir()], self.dir.parent)
         self._touched.clear()
 
     def close(self) -> None:
-        """Remove the temp files not renamed (after a failure: their partitions keep their old files)."""
+        """Wait for the batch in flight, remove the temp files not renamed (after a failure: their partitions keep
+        their old files) and stop the worker."""
+        with contextlib.suppress(Exception):
+            self._wait_in_flight()
         for temp, _ in self._staged:
             temp.unlink(missing_ok=True)
         self._staged.clear()
+        self._committer.shutdown()
 
     # ---- rows <-> Arrow
 
@@ -300,6 +300,26 @@ def _metadata(path: Path) -> dict[str, str] | None:
     except (OSError, pa.ArrowInvalid):
         return None
     return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
+
+
+def _commit(staged: list[tuple[Path, Path]], on: Path) -> set[Path]:
+    """Make the staged temp files durable, then rename each over its partition (readers see the old file or the whole
+    new one): one syncfs of the file system holding `on` where Linux has it (not an fsync per file), else an fsync
+    per file. Returns the folders whose entries changed: `finish` makes the renames durable (a crash before it may
+    undo some; their old files stay)."""
+    if not staged:
+        return set()
+    try:
+        _sync([temp for temp, _ in staged], on)
+        for temp, path in staged:
+            os.replace(temp, path)
+    except BaseException as exc:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and _no_space(exc):
+            raise NoSpace(staged[0][1], "no space left on the device (the file system is full)") from exc
+        raise
+    return {path.parent for _, path in staged}
 
 
 def _write_temp(table: pa.Table, path: Path, compression: str) -> Path:
