@@ -51,8 +51,8 @@ def adjusted_read_ratio(path: Path, n: int = 1_000_000, reps: int = 3,
     finally:
         db.dispose()
     plain_s, adjusted_s = statistics.median(plain), statistics.median(adjusted)
-    return {"bars": n, "rolls": len(rolls), "plain_seconds": round(plain_s, 4),
-            "adjusted_seconds": round(adjusted_s, 4), "ratio": round(adjusted_s / plain_s, 3), "target": TARGET}
+    return {"bars": n, "rolls": len(rolls), "plain_seconds": round(plain_s, 6),
+            "adjusted_seconds": round(adjusted_s, 6), "ratio": round(adjusted_s / plain_s, 3), "target": TARGET}
 
 
 def _fill(db, path: Path, n: int, count: int) -> list[Roll]:
