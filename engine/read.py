@@ -19,12 +19,10 @@ numpy datetime64; ``end`` is exclusive. Every refusal is an EngineError naming t
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -247,7 +245,7 @@ def _require_known(engine: sa.Engine, symbol: str, **filters: str | None) -> Non
 def _database(db) -> Iterator[sa.Engine]:
     """The engine to read: `db` itself, or one made for a URL (config's when None) and disposed afterwards. The
     schema must be the engine's (at migration head): a read never migrates."""
-    from engine.db.connect import create_db_engine, masked_url, reachable_revision
+    from engine.db.connect import create_db_engine, masked_url, require_existing
     from engine.db.ingest_runs import recorded_data_kind
 
     if isinstance(db, sa.Engine):
@@ -263,36 +261,15 @@ def _database(db) -> Iterator[sa.Engine]:
                           "pass db=None (the engine's configured database), a URL such as "
                           "'sqlite:///data/market.sqlite', or a SQLAlchemy Engine")
     try:
-        where = masked_url(engine.url.render_as_string(hide_password=False))
-        database = engine.url.database
-        if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not Path(database).is_file():
-            beside = sorted(str(p) for p in Path(database).parent.glob("*.sqlite"))
-            raise EngineError(f"db: no SQLite database at {database!r}" + (f" (beside it: {', '.join(beside)})"
-                                                                           if beside else ""),
-                              "point db (or db.url in conf/local/default.yaml) at the file the ingest wrote, e.g. "
-                              f"db='sqlite:///{beside[0] if beside else 'data/market.sqlite'}', or ingest first")
-        revision = reachable_revision(engine)
-        if revision is None:
-            raise EngineError(f"db: {where} holds no engine tables",
-                              "point db at the database the engine ingests into, or ingest first")
-        if revision != _head_revision():
-            raise EngineError(f"db: {where} has schema revision {revision}, this engine reads {_head_revision()}",
-                              "upgrade it (engine-migrate upgrade head --url <url>; every job also does)")
+        require_existing(engine)
         if recorded_data_kind(engine) == "demo":
+            where = masked_url(engine.url.render_as_string(hide_password=False))
             warnings.warn(f"{where} holds demo data (synthetic bars of source=synthetic), not market data",
                           stacklevel=4)
         yield engine
     finally:
         if owned:
             engine.dispose()
-
-
-@functools.cache
-def _head_revision() -> str:
-    """The migration head (Alembic reads every migration script to find it: once per process is enough)."""
-    from engine.db.connect import head_revision
-
-    return head_revision()
 
 
 def _polars(arrow):

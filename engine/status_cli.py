@@ -16,13 +16,11 @@ from pathlib import Path
 
 from rich.console import Console
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 from engine import secrets, settings
 from engine.config import suggest
 from engine.db import status_queries as q
-from engine.db.connect import create_db_engine, current_revision, head_revision, masked_url
+from engine.db.connect import create_db_engine, masked_url, require_existing
 from engine.errors import EngineError
 
 VIEWS = ("status", "runs")
@@ -158,25 +156,12 @@ def _format(view: str, value: str) -> bool:
 
 def open_database(url: str) -> Engine:
     """The database at `url`, which must exist and be at this engine's migration head (a read changes nothing)."""
-    parsed = make_url(url) if "://" in url else None
-    file = parsed.database if parsed is not None and parsed.get_backend_name() == "sqlite" else None
-    if file not in (None, "", ":memory:") and not Path(file).is_file():
-        raise EngineError(f"no database at {parsed.database} (db.url={masked_url(url)})",
-                              "run a job first (python -m engine), or point db.url (or db=postgres) at your database")
     db = create_db_engine(url)
     try:
-        revision = current_revision(db)
-    except OperationalError as exc:
+        require_existing(db)
+    except BaseException:
         db.dispose()
-        first = str(exc.orig or exc).strip().splitlines()[0]
-        raise EngineError(f"cannot read the database at {masked_url(url)}: {first}",
-                          "check db.url (or db=postgres and ENGINE_PG_URL) and that the server is running") from None
-    if revision != head_revision():
-        db.dispose()
-        raise EngineError(f"the database at {masked_url(url)} is at migration {revision or 'none'}, this engine's "
-                          f"is {head_revision()}",
-                          f"run `engine-migrate upgrade head --url {masked_url(url)}` (or any job, which migrates "
-                          "first)")
+        raise
     return db
 
 

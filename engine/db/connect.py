@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
@@ -207,6 +208,33 @@ def _locked(engine: Engine, alembic_command) -> None:
         cfg.attributes["connection"] = conn
         alembic_command(cfg)
         conn.commit()
+
+
+def require_existing(engine: Engine) -> None:
+    """For a reader (read_bars, `engine status`, `engine runs`): the database must exist and be at this engine's
+    migration head. A read never creates or migrates a database; EngineError naming the fix otherwise."""
+    where = masked_url(engine.url.render_as_string(hide_password=False))
+    file = engine.url.database if engine.dialect.name == "sqlite" else None
+    if file not in (None, "", ":memory:") and not Path(file).is_file():
+        beside = sorted(str(p) for p in Path(file).parent.glob("*.sqlite"))
+        raise EngineError(
+            f"no database at {file} (no SQLite database at that path" +
+            (f"; beside it: {', '.join(beside)})" if beside else ")"),
+            "run a job first (python -m engine), or point db.url (read_bars: db=) at the file the ingest wrote, e.g. "
+            f"db='sqlite:///{beside[0] if beside else 'data/market.sqlite'}'")
+    revision = reachable_revision(engine)
+    if revision is None:
+        raise EngineError(f"db: {where} holds no engine tables",
+                          "point db.url at the database the engine ingests into, or run a job first")
+    if revision != _cached_head():
+        raise EngineError(f"the database at {where} is at migration {revision}, this engine's is {_cached_head()}",
+                          f"run `engine-migrate upgrade head --url {where}` (or any job, which migrates first)")
+
+
+@functools.cache
+def _cached_head() -> str:
+    """The migration head (Alembic reads every migration script to find it: once per process is enough)."""
+    return head_revision()
 
 
 def reachable_revision(engine: Engine) -> str | None:
