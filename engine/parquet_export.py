@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import os
 import re
@@ -43,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import NO_SPACE
+from engine.file_lock import exclusive_lock
 
 PART = "part-0.parquet"
 TEMP_PREFIX = f".{PART}.tmp-"
@@ -99,14 +99,11 @@ def content_sha256(rows: np.ndarray) -> str:
 
 @contextlib.contextmanager
 def export_lock(root: Path) -> Iterator[None]:
-    """One export at a time into `root` (an exclusive flock on root/.export.lock): the next waits."""
+    """One export at a time into `root`, from any thread, process or machine sharing it (a POSIX record lock on
+    root/.export.lock, engine/file_lock.py): the next waits."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with exclusive_lock(root / LOCK_FILE):
+        yield
 
 
 class PartitionedDataset:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
 import sqlite3
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from alembic import command
@@ -20,6 +19,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 
 from engine import interrupts
 from engine.errors import EngineError, error_chain
+from engine.file_lock import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +172,6 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-@contextmanager
-def _file_lock(path: Path):
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` under a cross-process lock; a cheap no-op when already there."""
     if revision == "head" and reachable_revision(engine) == head_revision():
@@ -204,7 +194,7 @@ def _locked(engine: Engine, alembic_command) -> None:
         return
     database = engine.url.database
     in_file = database and database != ":memory:"
-    with _file_lock(Path(f"{database}.migrate.lock")) if in_file else nullcontext(), engine.connect() as conn:
+    with exclusive_lock(Path(f"{database}.migrate.lock")) if in_file else nullcontext(), engine.connect() as conn:
         cfg.attributes["connection"] = conn
         alembic_command(cfg)
         conn.commit()

@@ -16,10 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-try:  # POSIX only; without it concurrent landings of the same file are simply not serialised
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from engine.file_lock import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +90,10 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
-    """Serialise landings of `path` across processes (e.g. parallel multirun jobs) with `<path>.lock`."""
-    if fcntl is None:  # pragma: no cover
+    """Serialise landings of `path` across threads, processes and machines sharing `data_dir` (e.g. the jobs of a
+    sweep) with a POSIX record lock on `<path>.lock` (engine/file_lock.py: why it holds on NFS)."""
+    with exclusive_lock(lock_path(path)):
         yield
-        return
-    with open(lock_path(path), "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def set_aside(path: Path, final: Path) -> Path:
