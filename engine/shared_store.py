@@ -1,8 +1,10 @@
-"""Before a sweep on another machine's launcher: warn when its jobs would write a SQLite file nobody else sees."""
+"""Before a sweep on a launcher of other machines: warn when its jobs would write where the others cannot see (a
+SQLite file; on a Ray cluster, folders relative to each node's own working directory)."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -38,7 +40,28 @@ def unshared_store_warning(config: DictConfig) -> str | None:
             f"(README, Scale-out: two nodes).")
 
 
+RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+
+
+def relative_paths_warning(config: DictConfig) -> str | None:
+    """The warning for a sweep on a Ray cluster whose data_dir or hydra.sweep.dir is relative: a Ray job runs in the
+    directory `ray start` ran in on its node, not in this one (a Ray of its own, address=local, shares this one)."""
+    if (OmegaConf.select(config, "hydra.launcher._target_") != RAY_LAUNCHER
+            or OmegaConf.select(config, "hydra.launcher.ray.init.address") == "local"):
+        return None
+    relative = [f"{key}={value}" for key in ("data_dir", "hydra.sweep.dir")
+                if not Path(value := str(OmegaConf.select(config, key))).is_absolute()]
+    if not relative:
+        return None
+    return (f"{' and '.join(relative)} {'is' if len(relative) == 1 else 'are'} relative: each Ray job resolves it in "
+            f"the working directory of the node that runs it (where `ray start` ran), so its raw files or run "
+            f"directory are not where this sweep looks for them. Fix: give absolute paths every node shares, e.g. "
+            f"data_dir=/shared/engine/data hydra.sweep.dir=/shared/engine/runs/multirun/<name> "
+            f"(README, Scale-out: two nodes).")
+
+
 class WarnUnsharedStore(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if message := unshared_store_warning(config):
-            log.warning(message)
+        for message in (unshared_store_warning(config), relative_paths_warning(config)):
+            if message:
+                log.warning(message)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from engine.console import console
@@ -23,6 +23,35 @@ def collect(sweep_dir: Path) -> list[dict]:
         result["job"] = result_file.parent.name
         jobs.append(result)
     return jobs
+
+
+def launched_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of each job Hydra's basic sweeper launched for this sweep, in job order (None with another
+    sweeper, whose jobs cannot be listed here)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+        return None
+    params = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def add_missing(sweep_dir: Path, jobs: list[dict], launched: list[list[str]]) -> list[dict]:
+    """`jobs` with a `missing` entry for every launched job that left no result.json in the sweep directory."""
+    found = {_job_number(job["job"])[0] for job in jobs}
+    for number, overrides in enumerate(launched):
+        if number in found:
+            continue
+        symbol = next((o.split("=", 1)[1] for o in overrides if o.startswith("symbol=")), None)
+        jobs.append({"job": str(number), "symbol": symbol, "status": "missing", "run_dir": str(sweep_dir / str(number)),
+                     "error": f"no result.json in {sweep_dir / str(number)}: the job did not run, died before writing "
+                              "it, or wrote it on another machine (a relative hydra.sweep.dir resolves in the working "
+                              "directory of the node that ran the job). Fix: rerun the job; on a cluster, put "
+                              "hydra.sweep.dir and data_dir on a path every node shares (README, Scale-out: two "
+                              "nodes)"})
+    return sorted(jobs, key=lambda job: _job_number(job["job"]))
 
 
 def _job_number(name: str) -> tuple[int, str]:
@@ -71,5 +100,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         jobs = collect(sweep_dir)
+        if (launched := launched_jobs(config)) is not None:
+            jobs = add_missing(sweep_dir.resolve(), jobs, launched)
         failed = write_summary(sweep_dir, jobs)
         last_sweep.update(dir=str(sweep_dir), jobs=len(jobs), failed=failed)
