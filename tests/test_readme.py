@@ -12,7 +12,7 @@ from sql_rows import query
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 CI = (REPO / ".ci" / "run").read_text()
-TEST_COMMAND = "pip install -e '.[test]' && pytest"
+TEST_COMMAND = "pip install -e '.[test,ray]' && pytest"  # the ray extra: CI runs the Ray sweep tests too
 RUN_COMMAND = "pip install . && engine"
 
 
