@@ -100,4 +100,4 @@ def fig_slurm(bench, env: dict[str, str], skipped: type[Exception]) -> None:
     row.data = {"seconds": times, "ratio": basic / slurm, "joblib_ratio": basic / joblib,
                 "overhead_seconds": tiny, "overhead_per_job_seconds": per_job, "max_rss_mib": peaks,
                 "jobs": first_counts}
-    bench.judge("sweep_4_symbols_slurm", basic / slurm >= 1.5)
+    bench.judge("sweep_4_symbols_slurm", basic / slurm >= 1.5, info=bench.smoke)
