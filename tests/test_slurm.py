@@ -119,7 +119,6 @@ def test_jobs_killed_inside_slurm_end_the_sweep_marked_and_are_reconciled(slurm_
         if sweep.poll() is None:
             sweep.kill()
             sweep.wait()
-    print(f"TOOK {took:.1f}")
     assert took < 45, f"the sweep took {took:.0f} s to end after its jobs were killed:\n{output}"
     assert sweep.returncode == 1, output
     assert "Traceback" not in output and "2 of 3 jobs failed" in output, output
