@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import data as bench_data
+from bench import slurm as bench_slurm
 from bench.data import BarFile, iso
 from bench.dbs import PgScratch, autocommit, finish, make_ctx, open_db, pg_admin_url, sqlite_url
 from bench.report import ERROR, INFO, MISS, PASS, PENDING, ROWS, SKIP, Check, Row, fmt_count, fmt_rate, fmt_seconds
@@ -822,6 +823,7 @@ class Bench:
         self.run_group("memory", ("peak_rss_pg",), lambda: self.fig_memory("postgresql"))
         self.run_group("memory", ("peak_rss_sqlite",), lambda: self.fig_memory("sqlite"))
         self.run_group("export", ("export_parquet",), self.fig_export)
+        self.run_group("slurm", ("sweep_4_symbols_slurm",), lambda: bench_slurm.fig_slurm(self, _env(), Skipped))
 
     def close(self, keep_files: bool = False) -> None:
         """Drop the scratch PostgreSQL databases; delete the scratch SQLite and DBN files (GBs) unless asked not to."""

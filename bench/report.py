@@ -37,6 +37,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("detect_stage_sqlite", "detect stage end to end", "SQLite"),
     ("detect_rerun_sqlite", "detect stage end to end, rerun", "SQLite"),
     ("sweep_4_symbols", "4-symbol sweep (ingest+detect)", "SQLite, file per job"),
+    ("sweep_4_symbols_slurm", "4-symbol sweep (ingest+detect), Slurm launcher", "SQLite, file per job"),
     ("incremental_update_sqlite", "4-symbol incremental update of one session, {years}-year database vs empty",
      "SQLite"),
     ("incremental_update_pg", "4-symbol incremental update of one session, {years}-year database vs empty",

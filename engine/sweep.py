@@ -14,15 +14,28 @@ from engine.console import console
 
 # Set in the launching process by `on_multirun_end`, read by `python -m engine` to pick its exit code.
 last_sweep: dict[str, Any] = {}
+# Jobs a launcher saw end without a result (engine/slurm_launcher.py): job directory -> the job's summary entry.
+_lost: dict[Path, dict] = {}
+
+
+def lost_job(job_dir: Path, overrides: list[str], reason: str) -> None:
+    """Record a job that ended without writing result.json (killed, cancelled, its node lost): it gets a row in the
+    sweep summary with status `lost` and counts as failed."""
+    symbol = next((o.split("=", 1)[1] for o in overrides if o.startswith("symbol=")), None)
+    _lost[job_dir.resolve()] = {"status": "lost", "symbol": symbol, "run_id": None, "run_dir": str(job_dir.resolve()),
+                                "overrides": overrides, "error": reason}
 
 
 def collect(sweep_dir: Path) -> list[dict]:
-    jobs = []
-    for result_file in sorted(sweep_dir.glob("*/result.json"), key=lambda p: _job_number(p.parent.name)):
+    jobs = {}
+    for result_file in sweep_dir.glob("*/result.json"):
         result = json.loads(result_file.read_text())
         result["job"] = result_file.parent.name
-        jobs.append(result)
-    return jobs
+        jobs[result_file.parent.resolve()] = result
+    for job_dir, entry in _lost.items():
+        if job_dir.parent == sweep_dir.resolve() and job_dir not in jobs:  # a result written before the kill wins
+            jobs[job_dir] = {**entry, "job": job_dir.name}
+    return sorted(jobs.values(), key=lambda job: _job_number(job["job"]))
 
 
 def launched_jobs(config: DictConfig) -> list[list[str]] | None:
