@@ -63,7 +63,6 @@ DAYS_DIR = "days"
 NS_PER_DAY = 86_400_000_000_000
 _EPOCH = dt.date(1970, 1, 1)
 _LOCK_STRIPES = 16  # lock files per days folder: `.lock-<n>` serialises landings of the days n, n+16, ...
-_WHOLE_DAY = re.compile(r"^(\d{8})\.dbn\.zst$")
 _PART_OF_DAY = re.compile(r"^(\d{8}T\d{6}(?:\.\d{6})?Z)_(\d{8}T\d{6}(?:\.\d{6})?Z)\.dbn\.zst$")
 _RECORD_HEADER_BYTES = 16
 _CHUNK_RECORDS = 1 << 16
@@ -131,12 +130,15 @@ def landed_pieces(folder: Path) -> list[tuple[int, int, str]]:
     except FileNotFoundError:
         return []
     out = []
-    epoch = _EPOCH.toordinal()
+    epoch, from_iso = _EPOCH.toordinal(), dt.date.fromisoformat  # YYYYMMDD: ISO 8601 basic format
     for name in names:
         if not name.endswith(".dbn.zst"):
             continue
-        if len(name) == 16 and _WHOLE_DAY.match(name):
-            start = (dt.date(int(name[:4]), int(name[4:6]), int(name[6:8])).toordinal() - epoch) * NS_PER_DAY
+        if len(name) == 16 and name[:8].isdigit():  # a whole day, YYYYMMDD.dbn.zst
+            try:
+                start = (from_iso(name[:8]).toordinal() - epoch) * NS_PER_DAY
+            except ValueError:  # not a date: not a piece
+                continue
             out.append((start, start + NS_PER_DAY, name))
         elif match := _PART_OF_DAY.match(name):
             out.append((_parse_stamp(match[1]), _parse_stamp(match[2]), name))
