@@ -261,3 +261,33 @@ def test_the_jobs_cost_guard_names_the_missing_days_before_anything_is_bought(fa
         landing = acquire(ctx, progress)
     assert len(landing.paths) == 28 and landing.trim and landing.raw_files[0]["days_bought"] == 21
     assert landing.raw_files[0]["cost_usd"] == pytest.approx(0.75)  # the week's $0.25 and the two runs'
+
+
+def test_concurrent_jobs_over_overlapping_windows_buy_each_day_once(fake, tmp_path):
+    import threading
+
+    from fake_databento import Reply
+
+    fake.script(GET_RANGE, Reply(delay=0.5))  # hold the first purchase open while the other job plans
+    served: dict[str, list] = {}
+    errors: list[BaseException] = []
+
+    def job(name: str, req: RawRequest) -> None:
+        try:
+            served[name] = fetch(fake, tmp_path, req)
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=("week", bars(*WEEK))),
+               threading.Thread(target=job, args=("days", bars(dt.datetime(2026, 2, 10, tzinfo=UTC),
+                                                               dt.datetime(2026, 2, 17, tzinfo=UTC))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    spans = bought(fake)
+    assert days_of(spans) == 9, spans  # Feb 8-16 once: the overlap (10-14) is bought by one job only
+    assert len({p.path for result in served.values() for p in result}) == 9
+    assert sorted(p.name for p in days_dir(tmp_path, bars(*WEEK)).glob("*.dbn.zst")) == [
+        f"202602{d:02d}.dbn.zst" for d in range(8, 17)]
