@@ -15,7 +15,7 @@ from bench import report
 from bench.figures import Bench
 
 GROUPS = ("help", "compute", "futures", "read", "sqlite", "postgresql", "sweep", "incremental", "memory", "export",
-          "slurm")
+          "slurm", "landing")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -53,6 +54,16 @@ from engine.sources.databento_client import (
     historical,
     resolve_intervals,
 )
+from engine.sources.databento_days import (
+    FetchResult,
+    day_pieces,
+    days_dir,
+    locked_days,
+    plan_days,
+    split_run,
+    verify_body,
+    verify_landed_piece,
+)
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
 from engine.sources.dbn import _read_info, count_records
@@ -73,22 +84,11 @@ from engine.sources.progress import ProgressPoller, notify
 if TYPE_CHECKING:
     from engine.sources.databento import DatabentoSource
 
-__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "available_end", "estimate_cost",
-           "extra_requests",
-           "fetch_raw", "planned_requests", "rolls_of", "timeouts"]
+__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "available_end", "bars_planned",
+           "estimate_cost", "extra_requests", "fetch_days", "fetch_raw", "planned_requests", "rolls_of", "timeouts"]
 
 log = logging.getLogger(__name__)
 _EPOCH = dt.date(1970, 1, 1)
-
-
-@dataclass
-class FetchResult:
-    path: Path
-    sha256: str
-    reused: bool
-    retries: int
-    cost_usd: float | None
-    bytes: int
 
 
 def fetch_raw(
@@ -225,6 +225,115 @@ def estimate_cost(
     return get_cost(historical(gateway), req, policy)
 
 
+def fetch_days(
+    req: RawRequest,
+    data_dir: Path,
+    *,
+    max_cost_usd: float,
+    max_retries: int = 5,
+    backoff_seconds: float = 1.0,
+    max_backoff_seconds: float = 60.0,
+    timeouts: Timeouts = Timeouts(),  # noqa: B008 -- frozen
+    gateway: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    quotes: dict[RawRequest, float] | None = None,
+) -> list[FetchResult]:
+    """Serve `req` from its UTC-day pieces (engine.sources.databento_days): the landed ones, checked, and the missing
+    time bought as one request per contiguous run and split into days. In time order.
+
+    `quotes`: prices already asked of `metadata.get_cost` (by run); the runs asked now are added. The cost guard
+    applies to the sum of the missing runs. Otherwise as `fetch_raw`.
+    """
+    policy = RetryPolicy(max_retries, backoff_seconds, max_backoff_seconds, sleep, timeouts, clock, on_status)
+    try:
+        return _fetch_days(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes,
+                           {} if quotes is None else quotes)
+    except BaseException as exc:
+        if policy.retries:
+            with contextlib.suppress(AttributeError):
+                exc.retries = policy.retries  # type: ignore[attr-defined]
+        raise
+
+
+def _fetch_days(req: RawRequest, data_dir: Path, max_cost_usd: float, policy: RetryPolicy, gateway: str | None,
+                on_bytes: Callable[[int], None] | None, quotes: dict[RawRequest, float]) -> list[FetchResult]:
+    plan = plan_days(data_dir, req)
+    bought: dict[Path, FetchResult] = {}
+    if plan.missing:
+        client = historical(gateway)
+        for run in plan.missing:
+            if run not in quotes:
+                quotes[run] = get_cost(client, run, policy)
+        cost = sum(quotes[run] for run in plan.missing)
+        if cost > max_cost_usd:
+            raise EngineError(
+                f"Databento quotes ${cost:,.2f} for {req.describe()} ({len(plan.missing_days())} missing days: "
+                f"{_listed(plan.missing_days())}), above the limit source.max_cost_usd=${max_cost_usd:,.2f}; "
+                "nothing was downloaded",
+                f"raise the limit, e.g. source.max_cost_usd={math.ceil(cost * 100) / 100:.2f}, "
+                "or request a shorter window",
+            )
+        with locked_days(days_dir(data_dir, req), plan.missing):
+            # Another process may have landed some of it while we waited for the locks: buy only what is still missing.
+            for run in plan_days(data_dir, req).missing:
+                run_cost = quotes[run] if run in quotes else get_cost(client, run, policy)
+                for result in _buy_run(client, run, data_dir, run_cost, policy, on_bytes):
+                    bought[result.path] = result
+        for result in bought.values():
+            result.retries = policy.retries  # all of this call's, on each piece it bought
+        plan = plan_days(data_dir, req)
+        if plan.missing:  # pragma: no cover -- every run bought was landed, under the locks
+            raise EngineError(f"{req.describe()} still misses {_listed(plan.missing_days())} after buying it",
+                              "run again; if it persists report this as a bug")
+    served = [bought.get(path) or verify_landed_piece(path) for path in plan.landed]
+    reused = [r for r in served if r.reused]
+    if reused:
+        log.info("Reusing %d landed day pieces of %s (%d bytes)", len(reused), req.describe(),
+                 sum(r.bytes for r in reused))
+    notify(on_bytes, sum(r.bytes for r in served))
+    return served
+
+
+def _listed(days: list[str], most: int = 6) -> str:
+    return ", ".join(days[:most]) + (f" and {len(days) - most} more" if len(days) > most else "")
+
+
+def _buy_run(client: databento.Historical, run: RawRequest, data_dir: Path, cost: float, policy: RetryPolicy,
+             on_bytes: Callable[[int], None] | None) -> list[FetchResult]:
+    """Buy `run` as one get_range, check it as one body, land it as its day pieces."""
+    expected = get_record_count(client, run, policy)
+    log.info("Databento quotes $%.4f for %s, %d records, %d day pieces", cost, run.describe(), expected,
+             len(day_pieces(run)))
+    nominal = days_dir(data_dir, run) / f"run-{run.landing_path(data_dir).name}"
+    part = part_path(nominal)
+
+    def attempt() -> int:
+        part.unlink(missing_ok=True)  # the client insists on creating the file itself
+        try:
+            with ProgressPoller(part, on_bytes, policy.show_stall):
+                download(client, run, part, policy)
+            return verify_body(part, run, expected)
+        except BadBody as bad:
+            bad.kept = set_aside(part, nominal)
+            raise
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+
+    try:
+        records = policy.run(attempt, "timeseries.get_range", run)
+        results = split_run(part, run, expected_records=records, cost_usd=cost, retries=policy.retries,
+                            data_dir=data_dir)
+    finally:
+        part.unlink(missing_ok=True)
+    log.info("Downloaded %s -> %d day pieces in %s (%d records, $%.4f)", run.describe(), len(results),
+             nominal.parent, records, cost)
+    return results
+
+
 # --------------------------------------------------------------------------------------------- reuse
 
 
@@ -305,31 +414,8 @@ def _check_legacy_count(
 
 
 def _verify_download(part: Path, req: RawRequest, expected: int) -> int:
-    """Check the body in `part` is the complete DBN asked for; return its record count.
-
-    Read through the same stream as ingest (engine.sources.dbn): every zstd frame finished, every record
-    whole, `expected` records. Complete DBN of the wrong dataset or schema raises EngineError straight away
-    (buying it again would give the same answer); any other fault raises BadBody.
-
-    Not `databento_dbn.DBNDecoder` (measured with databento-dbn 0.70 on 1,077,032 records: 0.29 s against
-    0.16 s, fast enough): with compression=ZSTD it does not tell a file cut inside a zstd frame from a
-    shorter one (at most a partial last record stays in its buffer); a record shorter than its rtype makes
-    it panic (pyo3 PanicException, a BaseException, with a Rust backtrace on stderr) instead of raising;
-    and it accepts records of another rtype (ohlcv-1s or MBO among ohlcv-1m bars). `count_records` refuses
-    all three.
-    """
-    try:
-        info, count = count_records(part)
-    except EngineError as exc:
-        raise BadBody(exc.problem.replace(str(part), "the body")) from None
-    if (info.schema or "").lower() != req.schema.lower() or info.dataset != req.dataset:
-        raise EngineError(
-            f"Databento sent {info.dataset} {info.schema or 'mixed-schema'} data for {req.describe()}",
-            "report this to support@databento.com; nothing was saved",
-        )
-    if count != expected:
-        raise BadBody(f"received {count:,} of {expected:,} records (metadata.get_record_count)")
-    return count
+    """Check the body in `part` is the complete DBN asked for; return its record count (see `verify_body`)."""
+    return verify_body(part, req, expected)
 
 
 # --------------------------------------------------------------------------------------------- the job's requests
@@ -349,6 +435,13 @@ class Planned:
     kind: str  # BARS | DEFINITIONS | OUTRIGHTS
     req: RawRequest
     roll: tuple[dt.date, int, int] | None = None  # (roll day, outgoing instrument_id, incoming instrument_id)
+    # Bars by day: whether the pieces are all landed already (None: the request-keyed file decides), and the UTC
+    # days a missing run lands as (`DayPlan.missing_days`).
+    landed: bool | None = None
+    days: tuple[str, ...] = ()
+
+    def is_landed(self, data_dir: Path) -> bool:
+        return self.landed if self.landed is not None else self.req.landing_path(data_dir).is_file()
 
     def label(self) -> str:
         if self.roll is None:
@@ -396,17 +489,33 @@ def planned_requests(source, symbol, window, data_dir: Path, *, online: bool) ->
     landed bars' mappings, else (`online`) from Databento's free `symbology.resolve`, else they are unknown
     and no outright request is listed."""
     bars = bars_request(symbol, window)
-    return [Planned(BARS, bars), *extra_requests(source, symbol, window, _intervals(source, symbol, bars, data_dir,
-                                                                                   online))]
+    return [*bars_planned(bars, data_dir), *extra_requests(source, symbol, window,
+                                                           _intervals(source, symbol, bars, data_dir, online))]
+
+
+def bars_planned(bars: RawRequest, data_dir: Path) -> list[Planned]:
+    """The bars of a window: a request-keyed landing of an earlier version when there is one for exactly this
+    window (reused as it is), else one item per run of missing time (the days it lands as listed), or one landed
+    item when every day piece of the window is landed."""
+    if bars.landing_path(data_dir).is_file():
+        return [Planned(BARS, bars)]
+    plan = plan_days(data_dir, bars)
+    if not plan.missing:
+        return [Planned(BARS, bars, landed=True)]
+    return [Planned(BARS, run, landed=False, days=tuple(plan_days(data_dir, run).missing_days()))
+            for run in plan.missing]
 
 
 def _intervals(source, symbol, bars: RawRequest, data_dir: Path, online: bool):
     if symbol.stype_in != "continuous" or not source.roll_outrights:
         return None
     landed = bars.landing_path(data_dir)
-    if landed.is_file():
-        with contextlib.suppress(EngineError):  # a damaged landing is refused (and bought again) by fetch_raw
-            return _day_before(source, symbol, bars, data_dir, online) + list(_read_info(landed).intervals)
+    plan = plan_days(data_dir, bars)
+    paths = [landed] if landed.is_file() else list(plan.landed) if not plan.missing else []
+    if paths:
+        with contextlib.suppress(EngineError):  # a damaged landing is refused (and bought again) when landed
+            return _day_before(source, symbol, bars, data_dir, online) + [
+                iv for path in paths for iv in _read_info(path).intervals]
     if not online:
         return None
     # One free call for the day before the window and the window; the day before is kept for the landing step.
@@ -450,7 +559,7 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
     limit = source.max_cost_usd
     client = None
     for item in planned:
-        if item.req in quotes or item.req.landing_path(data_dir).is_file():
+        if item.req in quotes or item.is_landed(data_dir):
             continue
         client = client or historical(source.gateway)
         quotes[item.req] = get_cost(client, item.req, _policy(source))
@@ -468,11 +577,21 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
               if kind in parts]
     also = f" and its extra requests ({shown})" if len(parts) > 1 else ""
     raise EngineError(
-        f"Databento quotes ${total:,.2f} for {planned[0].req.describe()}{also}, "
+        f"Databento quotes ${total:,.2f} for {_bars_described(planned)}{also}, "
         f"above the limit source.max_cost_usd=${limit:,.2f}; nothing was downloaded",
         f"raise the limit, e.g. source.max_cost_usd={math.ceil(total * 100) / 100:.2f}, request a shorter window"
         + (f", or leave out extras ({' / '.join(extras)})" if extras else ""),
     )
+
+
+def _bars_described(planned: list[Planned]) -> str:
+    """The bars items of `planned`: one request, or the days still missing."""
+    runs = [item for item in planned if item.kind == BARS]
+    days = [day for item in runs for day in item.days]
+    if not days:
+        return runs[0].req.describe()
+    req = runs[0].req
+    return f"{req.dataset} {req.symbol} ({req.stype_in}) {req.schema}, {len(days)} missing days ({_listed(days)})"
 
 
 def acquire(ctx, progress) -> Landing:
@@ -484,23 +603,63 @@ def acquire(ctx, progress) -> Landing:
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
     planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
+    bars_items = [item for item in planned if item.kind == BARS]
     quotes: dict[RawRequest, float] = {}
     _quote_all(planned, data_dir, source, quotes)
     landing = Landing([])
-    bars = _land(planned[0], ctx, progress, quotes, landing)
-    landing.paths.append(bars.path)
-    if symbol.stype_in == "continuous" and source.roll_outrights:
-        intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + list(
-            _read_info(bars.path).intervals)
-        extras = extra_requests(source, symbol, ctx.window, intervals)
-        if any(item.req not in quotes and not item.req.landing_path(data_dir).is_file() for item in extras):
-            _quote_all([planned[0], *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
+    if bars_items[0].landed is None:  # a request-keyed landing of an earlier version
+        landing.paths.append(_land(bars_items[0], ctx, progress, quotes, landing).path)
     else:
-        extras = planned[1:]
+        landing.paths.extend(_land_days(bars_request(symbol, ctx.window), ctx, progress, quotes, landing))
+    if symbol.stype_in == "continuous" and source.roll_outrights:
+        intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + [
+            iv for path in landing.paths for iv in _read_info(path).intervals]
+        extras = extra_requests(source, symbol, ctx.window, intervals)
+        if any(item.req not in quotes and not item.is_landed(data_dir) for item in extras):
+            _quote_all([*bars_items, *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
+    else:
+        extras = planned[len(bars_items):]
     for item in extras:
         result = _land(item, ctx, progress, quotes, landing)
         (landing.definitions if item.kind == DEFINITIONS else landing.outrights).append(result.path)
     return landing
+
+
+def _land_days(bars: RawRequest, ctx, progress, quotes: dict[RawRequest, float], landing: Landing) -> list[Path]:
+    """The window's bars from their day pieces (bought where missing); one raw_files entry for all of them."""
+    source = ctx.source
+    label = f"download {bars.symbol}"
+    task = progress.add_task(label, total=None, unit="bytes")
+    try:
+        results = fetch_days(
+            bars, Path(ctx.cfg.data_dir), max_cost_usd=source.max_cost_usd, max_retries=source.max_retries,
+            backoff_seconds=source.backoff_seconds, timeouts=timeouts(source), gateway=source.gateway,
+            on_bytes=lambda n: progress.update(task, completed=n),
+            on_status=lambda text: progress.update(task, description=f"{label} ({text})" if text else label),
+            quotes=quotes,
+        )
+    except BaseException as exc:
+        if landing.retries:
+            with contextlib.suppress(AttributeError):
+                exc.retries = landing.retries + getattr(exc, "retries", 0)  # type: ignore[attr-defined]
+        raise
+    progress.update(task, visible=False)
+    bought = [r for r in results if not r.reused]
+    landing.retries += max((r.retries for r in bought), default=0)
+    landing.trim = True  # whole days serve a window: their records outside it are counted, not quarantined
+    costs = [r.cost_usd for r in results]
+    landing.raw_files.append({
+        "path": str(days_dir(Path(ctx.cfg.data_dir), bars)),
+        "sha256": hashlib.sha256("".join(r.sha256 for r in results).encode()).hexdigest(),
+        "reused": not bought,
+        "bytes": sum(r.bytes for r in results),
+        "cost_usd": None if None in costs else round(sum(costs), 6),
+        "days": len(results),
+        "days_bought": len(bought),
+        "first": results[0].path.name if results else None,
+        "last": results[-1].path.name if results else None,
+    })
+    return [r.path for r in results]
 
 
 def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing: Landing) -> FetchResult:
