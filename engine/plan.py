@@ -7,6 +7,7 @@ the unified diff against an earlier plan. Nothing is written to the database.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -183,6 +184,13 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
     from engine.sources.databento_api import BARS, estimate_cost, planned_requests, timeouts
 
     online = bool(os.environ.get("DATABENTO_API_KEY"))
+    if pieces:  # the same up-front checks as a real run: the host's rate limits, then the symbol's mappings (free)
+        from engine.sources import databento_ratelimit
+        from engine.sources.databento_symbology import check_symbology
+
+        databento_ratelimit.install(source, Path(cfg.data_dir))
+        check_symbology(source, symbol, dataclasses.replace(pieces[0], end=pieces[-1].end), Path(cfg.data_dir),
+                        online=online)
     out = []
     for piece in pieces:
         for item in planned_requests(source, symbol, piece, Path(cfg.data_dir), online=online):

@@ -45,6 +45,7 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
+from engine.sources import databento_ratelimit as ratelimit
 from engine.sources.databento_client import (
     download,
     get_cost,
@@ -55,6 +56,7 @@ from engine.sources.databento_client import (
 )
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
+from engine.sources.databento_symbology import check_symbology, store_symbology
 from engine.sources.dbn import _read_info, count_records
 from engine.sources.landing import (
     exclusive,
@@ -483,11 +485,26 @@ def acquire(ctx, progress) -> Landing:
     their sum. The rolls are then read again from the landed bars' own mappings: those are what is bought.
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
+    budget = ratelimit.install(source, data_dir)  # every call from here on keeps the host's rate limits
+    symbology = check_symbology(source, symbol, ctx.window, data_dir, online=_has_key())  # before any price
+    try:
+        landing = _acquire(ctx, progress, symbology)
+    except BaseException as exc:
+        with contextlib.suppress(AttributeError):
+            exc.rate_limited = budget.rate_limited  # type: ignore[attr-defined]
+        raise
+    landing.rate_limited = budget.rate_limited
+    return landing
+
+
+def _acquire(ctx, progress, symbology) -> Landing:
+    symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
     planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
     quotes: dict[RawRequest, float] = {}
     _quote_all(planned, data_dir, source, quotes)
     landing = Landing([])
     bars = _land(planned[0], ctx, progress, quotes, landing)
+    store_symbology(bars.path, symbology)
     landing.paths.append(bars.path)
     if symbol.stype_in == "continuous" and source.roll_outrights:
         intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + list(
