@@ -184,11 +184,11 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
     from engine.sources.databento_api import BARS, estimate_cost, planned_requests, timeouts
 
     online = bool(os.environ.get("DATABENTO_API_KEY"))
-    if pieces:  # the same up-front checks as a real run: the host's rate limits, then the symbol's mappings (free)
-        from engine.sources import databento_ratelimit
-        from engine.sources.databento_symbology import check_symbology
+    from engine.sources import databento_ratelimit
+    from engine.sources.databento_symbology import check_symbology
 
-        databento_ratelimit.install(source, Path(cfg.data_dir))
+    databento_ratelimit.install(source, Path(cfg.data_dir))  # the dry run's calls keep the host's rate limits too
+    if pieces:  # the same up-front check as a real run (free)
         check_symbology(source, symbol, dataclasses.replace(pieces[0], end=pieces[-1].end), Path(cfg.data_dir),
                         online=online)
     out = []

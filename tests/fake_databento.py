@@ -30,6 +30,12 @@ The client forces `https://` onto any gateway URL, so the fake speaks TLS with a
 certificate (made with the `openssl` command) that `install()` makes requests trust via REQUESTS_CA_BUNDLE.
 Without `openssl` it serves plain HTTP and `install()` stops the client from rewriting the scheme.
 
+Rate limits (`rate_limits={endpoint: n}`): more than n requests of an endpoint within any second, over all
+handler threads, are answered HTTP 429 with `Retry-After` and the JSON error above (case rate_limit_exceeded);
+`rate_limited` counts them per endpoint, `accepted_at` times the others. symbology.resolve answers
+`unknown_symbols` as `not_found` and a symbol of `symbol_starts` as mapped only from that day (`partial`), with
+message/status "OK"/0, "Partially resolved"/1 or "Not found"/2.
+
 Each endpoint has a queue of scripted `Reply`s; when the queue is empty it answers normally, with a
 DBN body built (by databento_dbn) from the request's own dataset/symbol/schema/window.
 """

@@ -48,7 +48,7 @@ def test_a_symbol_mapped_from_mid_window_is_refused_with_the_first_mapped_day(en
 
     moved = engine_cli(*source(fake, db_url), "window.start=2025-12-10T00:00:00Z", WINDOW[1])
     assert moved.returncode == 0, moved.output
-    assert len(fake.seen(GET_RANGE)) == 1
+    assert [s.params["schema"] for s in fake.seen(GET_RANGE)] == ["ohlcv-1m", "definition"]
 
 
 def test_the_checked_mappings_are_stored_with_the_landing(engine_cli, db_url, fake_databento, tmp_path):

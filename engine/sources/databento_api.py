@@ -485,15 +485,16 @@ def acquire(ctx, progress) -> Landing:
     their sum. The rolls are then read again from the landed bars' own mappings: those are what is bought.
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
-    budget = ratelimit.install(source, data_dir)  # every call from here on keeps the host's rate limits
-    symbology = check_symbology(source, symbol, ctx.window, data_dir, online=_has_key())  # before any price
-    try:
-        landing = _acquire(ctx, progress, symbology)
-    except BaseException as exc:
-        with contextlib.suppress(AttributeError):
-            exc.rate_limited = budget.rate_limited  # type: ignore[attr-defined]
-        raise
-    landing.rate_limited = budget.rate_limited
+    with ratelimit.installed(source, data_dir) as budget:  # every call keeps the host's rate limits
+        try:
+            symbology = check_symbology(source, symbol, ctx.window, data_dir, online=_has_key())  # before any price
+            landing = _acquire(ctx, progress, symbology)
+        except BaseException as exc:
+            if budget.retries:
+                with contextlib.suppress(AttributeError):  # the retries of every call, pricing and symbology too
+                    exc.retries, exc.rate_limited = budget.retries, budget.rate_limited  # type: ignore[attr-defined]
+            raise
+    landing.retries, landing.rate_limited = budget.retries, budget.rate_limited
     return landing
 
 

@@ -9,7 +9,8 @@ which all processes of one host share; the host name in the path keeps machines 
 each to their own file, since their clocks differ.
 
 A 429 is still possible (other machines or programs behind the same IP or key): the retry policy honours its
-Retry-After and counts it here, on the budget of the running job.
+Retry-After and counts it here, on the budget of the running job, with every other retry of the job's calls
+(pricing and symbology included, which no landing counts).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class HostBudget:
     limits: Limits
     sleep: Callable[[float], object] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    rate_limited: int = 0  # HTTP 429 answers received since this budget was installed
+    retries: int = 0  # retries of every Databento call since this budget was installed
+    rate_limited: int = 0  # of them: after an HTTP 429 answer
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def wait(self, endpoint_class: str) -> float:
@@ -79,9 +81,10 @@ class HostBudget:
             self.sleep(delay)
         return max(0.0, delay)
 
-    def count_429(self) -> None:
+    def count_retry(self, http_status: int | None) -> None:
         with self._lock:
-            self.rate_limited += 1
+            self.retries += 1
+            self.rate_limited += http_status == 429
 
 
 @contextlib.contextmanager
@@ -114,6 +117,17 @@ def install(source, data_dir: Path) -> HostBudget:
     return _current
 
 
+@contextlib.contextmanager
+def installed(source, data_dir: Path):
+    """`install` for the calls inside the block (one job's acquisition); the previous budget afterwards."""
+    global _current
+    previous = _current
+    try:
+        yield install(source, data_dir)
+    finally:
+        _current = previous
+
+
 def current() -> HostBudget | None:
     """The budget installed in this process (None: calls are not throttled, e.g. fetch_raw used on its own)."""
     return _current
@@ -124,6 +138,7 @@ def throttle(endpoint_class: str) -> None:
         _current.wait(endpoint_class)
 
 
-def count_429() -> None:
+def count_retry(http_status: int | None) -> None:
+    """A retry of any Databento call (after `http_status`, None for a transport failure), on the job's budget."""
     if _current is not None:
-        _current.count_429()
+        _current.count_retry(http_status)

@@ -117,8 +117,7 @@ class RetryPolicy:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             reason = _failure(state).reason
             self.retries += 1
-            if _failure(state).http_status == 429:
-                ratelimit.count_429()
+            ratelimit.count_retry(_failure(state).http_status)
             self.current_retry = state.attempt_number
             log.warning(
                 "Databento %s: %s; retry %d/%d in %.1fs",
