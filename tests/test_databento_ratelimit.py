@@ -85,6 +85,24 @@ def test_a_stale_bucket_from_before_a_reboot_is_reset(tmp_path):
     assert budget.wait("timeseries") == 0.0, "each endpoint class has its own bucket"
 
 
+def test_an_endpoint_class_without_a_bucket_is_not_throttled(tmp_path):
+    from engine.sources import databento_ratelimit
+
+    source = __import__("types").SimpleNamespace(timeseries_requests_per_second=1, symbology_requests_per_second=1,
+                                                 metadata_requests_per_second=1, rate_limit_burst=1,
+                                                 rate_limit_dir=str(tmp_path))
+    with databento_ratelimit.installed(source, tmp_path) as budget:
+        started = time.monotonic()
+        for _ in range(3):
+            databento_ratelimit.throttle(None)  # e.g. client.batch: its own limits, no bucket here
+        assert time.monotonic() - started < 0.5
+        databento_ratelimit.throttle("metadata")
+        databento_ratelimit.throttle("metadata")
+        assert time.monotonic() - started >= 0.9, "the second metadata call waits for its slot at 1/s"
+        assert databento_ratelimit.current() is budget
+    assert databento_ratelimit.current() is None, "installed only for the block"
+
+
 # ------------------------------------------------------------------------------------------------ the sweep
 
 # 2 symbols x 8 weekdays = 16 jobs (the fake's bars are NQ-like prices, which ES's tick size also accepts)

@@ -60,7 +60,7 @@ def _prepare(client: databento.Historical, api: Any, policy: RetryPolicy) -> Non
     requests, so the connect timeout is checked by `probe_connect` first.
     """
     probe_connect(client.gateway, policy.timeouts.connect_seconds)
-    ratelimit.throttle(next(name for name in ratelimit.CLASSES if getattr(client, name) is api))
+    ratelimit.throttle(next((name for name in ratelimit.CLASSES if getattr(client, name) is api), None))
     api.TIMEOUT = policy.attempt_timeout()
 
 

@@ -133,8 +133,9 @@ def current() -> HostBudget | None:
     return _current
 
 
-def throttle(endpoint_class: str) -> None:
-    if _current is not None:
+def throttle(endpoint_class: str | None) -> None:
+    """Wait for the installed budget's slot of `endpoint_class` (None: a class without a bucket, not throttled)."""
+    if _current is not None and endpoint_class is not None:
         _current.wait(endpoint_class)
 
 
