@@ -7,6 +7,7 @@ the unified diff against an earlier plan. Nothing is written to the database.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -184,6 +185,13 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
     from engine.sources.databento_days import days_dir
 
     online = bool(os.environ.get("DATABENTO_API_KEY"))
+    from engine.sources import databento_ratelimit
+    from engine.sources.databento_symbology import check_symbology
+
+    databento_ratelimit.install(source, Path(cfg.data_dir))  # the dry run's calls keep the host's rate limits too
+    if pieces:  # the same up-front check as a real run (free)
+        check_symbology(source, symbol, dataclasses.replace(pieces[0], end=pieces[-1].end), Path(cfg.data_dir),
+                        online=online)
     out = []
     for piece in pieces:
         for item in planned_requests(source, symbol, piece, Path(cfg.data_dir), online=online):

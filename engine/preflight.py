@@ -72,7 +72,11 @@ def _ranges(cfg: EngineConfig, source) -> None:
     _at_least("source.batch_size", source.batch_size, 1, "each batch of rows is one transaction")
     for key, low, what in (("max_cost_usd", 0, "the most a download may cost"),
                            ("max_retries", 0, "retries of a failed call"),
-                           ("backoff_seconds", 0, "the wait before a retry")):
+                           ("backoff_seconds", 0, "the wait before a retry"),
+                           ("timeseries_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
+                           ("symbology_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
+                           ("metadata_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
+                           ("rate_limit_burst", 1, "requests at once on top of the rate")):
         if hasattr(source, key):
             _at_least(f"source.{key}", getattr(source, key), low, what)
     for key in ("connect_timeout_seconds", "read_timeout_seconds", "retry_budget_seconds"):

@@ -30,6 +30,12 @@ The client forces `https://` onto any gateway URL, so the fake speaks TLS with a
 certificate (made with the `openssl` command) that `install()` makes requests trust via REQUESTS_CA_BUNDLE.
 Without `openssl` it serves plain HTTP and `install()` stops the client from rewriting the scheme.
 
+Rate limits (`rate_limits={endpoint: n}`): more than n requests of an endpoint within any second, over all
+handler threads, are answered HTTP 429 with `Retry-After` and the JSON error above (case rate_limit_exceeded);
+`rate_limited` counts them per endpoint, `accepted_at` times the others. symbology.resolve answers
+`unknown_symbols` as `not_found` and a symbol of `symbol_starts` as mapped only from that day (`partial`), with
+message/status "OK"/0, "Partially resolved"/1 or "Not found"/2.
+
 Each endpoint has a queue of scripted `Reply`s; when the queue is empty it answers normally, with a
 DBN body built (by databento_dbn) from the request's own dataset/symbol/schema/window.
 """
@@ -394,11 +400,23 @@ class FakeDatabento:
 
     def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None,
                  stride: int = 1, rolls: tuple[dt.date, ...] = (), dataset_end: dt.datetime | None = None,
-                 schema_ends: dict[str, dt.datetime] | None = None, every_minutes: int | None = None):
+                 schema_ends: dict[str, dt.datetime] | None = None, every_minutes: int | None = None,
+                 rate_limits: dict[str, float] | None = None, retry_after: float = 1.0,
+                 unknown_symbols: tuple[str, ...] = (), symbol_starts: dict[str, dt.date] | None = None):
         self.cost_usd = cost_usd
         # Bars by day (issue 14): with `every_minutes`, an ohlcv body holds one bar every that many minutes of the
         # epoch's grid inside [start, end), whatever `records` says, so overlapping requests agree on their minutes.
         self.every_minutes = every_minutes
+        # Rate limits (issue 14 item 4): at most rate_limits[endpoint] requests of that endpoint in any second
+        # (sliding, over all handler threads); above it HTTP 429 with Retry-After `retry_after`, Databento's JSON.
+        self.rate_limits = dict(rate_limits or {})
+        self.retry_after = retry_after
+        self.rate_limited: dict[str, int] = {e: 0 for e in ENDPOINTS}  # 429s sent, per endpoint
+        self.accepted_at: dict[str, list[float]] = {e: [] for e in ENDPOINTS}  # time.monotonic() of the others
+        # Symbology (issue 14 item 5): symbols symbology.resolve answers `not_found`, and symbols mapped only from
+        # a day on (earlier days unmapped: `partial`).
+        self.unknown_symbols = set(unknown_symbols)
+        self.symbol_starts = dict(symbol_starts or {})
         # metadata.get_dataset_range: where the dataset ends (None: now, to the second), and per schema
         self.dataset_end = dataset_end
         self.schema_ends = dict(schema_ends or {})
@@ -464,16 +482,24 @@ class FakeDatabento:
         """symbology.resolve: the continuous symbols' mappings over [start_date, end_date), as Databento answers."""
         first, last = dt.date.fromisoformat(params["start_date"]), dt.date.fromisoformat(params["end_date"])
         symbols = params["symbols"].split(",")
-        result = {}
+        result, partial, not_found = {}, [], []
         for symbol in symbols:
-            if params["stype_in"] == "instrument_id":
+            begins = max(first, self.symbol_starts.get(symbol, first))
+            if symbol in self.unknown_symbols or begins >= last:
+                not_found.append(symbol)
+            elif params["stype_in"] == "instrument_id":
                 result[symbol] = [{"d0": first.isoformat(), "d1": last.isoformat(), "s": symbol}]
             else:
                 result[symbol] = [{"d0": i.start_date.isoformat(), "d1": i.end_date.isoformat(), "s": i.symbol}
-                                  for i in continuous_intervals(first, last, self.rolls)]
+                                  for i in continuous_intervals(begins, last, self.rolls)]
+                if begins > first:
+                    partial.append(symbol)
+        # status 0 "OK", 1 "Partially resolved" (some symbols partly or not mapped), 2 "Not found" (none mapped)
+        status, message = (2, "Not found") if not result else (1, "Partially resolved") if partial or not_found \
+            else (0, "OK")
         return {"result": result, "symbols": symbols, "stype_in": params["stype_in"],
                 "stype_out": params["stype_out"], "start_date": first.isoformat(), "end_date": last.isoformat(),
-                "partial": [], "not_found": [], "message": "OK", "status": 0}
+                "partial": partial, "not_found": not_found, "message": message, "status": status}
 
     def dataset_range(self) -> dict:
         """metadata.get_dataset_range, as Databento answers it: every schema ends where the dataset does unless
@@ -538,6 +564,17 @@ class FakeDatabento:
     def _record(self, seen: Seen) -> None:
         with self._lock:
             self.requests.append(seen)
+
+    def _over_rate(self, endpoint: str) -> bool:
+        """Whether this request of `endpoint` exceeds its rate limit (then counted as a 429, else as accepted)."""
+        with self._lock:
+            now, limit = time.monotonic(), self.rate_limits.get(endpoint)
+            recent = [t for t in self.accepted_at[endpoint][-int(limit or 0) - 1:] if now - t < 1.0]
+            if limit is not None and len(recent) >= limit:
+                self.rate_limited[endpoint] += 1
+                return True
+            self.accepted_at[endpoint].append(now)
+            return False
 
 
 def make_cert(directory: Path) -> tuple[Path, Path] | None:
@@ -626,6 +663,9 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
                 return self._send(Reply.error(404, f"no route {self.command} {url.path}"))
             if _basic_user(self.headers.get("Authorization")) in (None, ""):
                 return self._send(Reply.error(401, "missing API key"))
+            if fake._over_rate(endpoint):
+                return self._send(Reply.error(429, f"Rate limit exceeded for {endpoint}; retry later",
+                                              case="rate_limit_exceeded", retry_after=fake.retry_after))
             reply = fake._next(endpoint) or Reply()
             if reply.status == 200 and reply.json is None and reply.body is None:
                 if endpoint == GET_COST:

@@ -84,7 +84,9 @@ def test_a_continuous_download_lands_bars_definitions_and_the_roll_outrights(fak
     landing = land(fake, tmp_path)
 
     assert ranges(fake) == [BARS, DEFINITIONS, OUTRIGHTS]
-    assert len(fake.seen(RESOLVE)) == 1, "the rolls are priced before anything is bought (symbology.resolve)"
+    # symbology.resolve, free: the window checked up front (issue 14 item 5), then the rolls priced with the day before
+    assert [(s.params["start_date"], s.params["end_date"]) for s in fake.seen(RESOLVE)] == [
+        ("2025-12-01", "2025-12-03"), ("2025-11-30", "2025-12-03")]
     assert len(fake.seen(GET_COST)) == 3
     [outright] = fake.seen(GET_RANGE)[2:]
     assert (outright.params["start"], outright.params["end"]) == ("2025-11-30T00:00:00+00:00",
@@ -139,14 +141,15 @@ def test_each_extra_can_be_turned_off(fake, tmp_path):
 
     no_outrights = land(fake, tmp_path / "b", roll_outrights=False)
     assert ranges(fake)[2:] == [BARS, DEFINITIONS] and no_outrights.outrights == []
-    assert len(fake.seen(RESOLVE)) == resolves, "without outrights the rolls are not even looked up"
+    assert len(fake.seen(RESOLVE)) == resolves + 1, "without outrights only the up-front check resolves"
 
 
 def test_the_rolls_come_from_the_landed_bars_when_they_are_there(fake, tmp_path):
     land(fake, tmp_path, definitions=False, roll_outrights=False)
     landing = land(fake, tmp_path)  # bars reused: their own mappings name the roll; only the day before is resolved
-    assert [(s.params["start_date"], s.params["end_date"]) for s in fake.seen(RESOLVE)] == [("2025-11-30",
-                                                                                             "2025-12-01")]
+    # the first run's up-front check of its window, then (bars landed: no check) only the day before
+    assert [(s.params["start_date"], s.params["end_date"]) for s in fake.seen(RESOLVE)] == [
+        ("2025-12-01", "2025-12-03"), ("2025-11-30", "2025-12-01")]
     assert ranges(fake) == [BARS, DEFINITIONS, OUTRIGHTS]
     assert len(landing.outrights) == 1 and landing.raw_files[0]["reused"] is True
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class Landing:
     paths: list[Path]
     retries: int = 0
+    rate_limited: int = 0  # of the retries: HTTP 429 answers (rate limit exceeded), each honoured
     raw_files: list[dict] = field(default_factory=list)  # [{path, sha256, reused, ...}] for the run log
     # Beside the bars of `paths`, for continuous downloads: instrument definitions of the window (DBN, schema
     # definition), which name the contract of each instrument id, and the outright bars of the two contracts

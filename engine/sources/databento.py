@@ -27,6 +27,13 @@ class DatabentoSource(SourceParams):
     read_timeout_seconds: float = 60.0
     retry_budget_seconds: float = 600.0
     gateway: str | None = None
+    # Databento's published historical rate limits (requests per second, per endpoint class), kept by a token
+    # bucket shared by every job of the machine (engine/sources/databento_ratelimit.py); 0 = not throttled.
+    timeseries_requests_per_second: float = 100.0
+    symbology_requests_per_second: float = 100.0
+    metadata_requests_per_second: float = 20.0
+    rate_limit_burst: int = 1
+    rate_limit_dir: str | None = None  # null: <data_dir>/ratelimit
     # Continuous downloads only, each landed once beside the bars and priced by the same cost guard:
     # the window's instrument definitions (without them raw_symbol stays NULL on the clean bars, and the
     # ingest says so), and the outgoing and incoming contracts' bars of each roll session (without them a

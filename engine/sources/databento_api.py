@@ -46,6 +46,7 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
+from engine.sources import databento_ratelimit as ratelimit
 from engine.sources.databento_client import (
     download,
     get_cost,
@@ -66,6 +67,7 @@ from engine.sources.databento_days import (
 )
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
+from engine.sources.databento_symbology import check_symbology, store_symbology
 from engine.sources.dbn import _read_info, count_records
 from engine.sources.landing import (
     exclusive,
@@ -602,13 +604,30 @@ def acquire(ctx, progress) -> Landing:
     their sum. The rolls are then read again from the landed bars' own mappings: those are what is bought.
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
+    with ratelimit.installed(source, data_dir) as budget:  # every call keeps the host's rate limits
+        try:
+            symbology = check_symbology(source, symbol, ctx.window, data_dir, online=_has_key())  # before any price
+            landing = _acquire(ctx, progress, symbology)
+        except BaseException as exc:
+            if budget.retries:
+                with contextlib.suppress(AttributeError):  # the retries of every call, pricing and symbology too
+                    exc.retries, exc.rate_limited = budget.retries, budget.rate_limited  # type: ignore[attr-defined]
+            raise
+    landing.retries, landing.rate_limited = budget.retries, budget.rate_limited
+    return landing
+
+
+def _acquire(ctx, progress, symbology) -> Landing:
+    symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
     planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
     bars_items = [item for item in planned if item.kind == BARS]
     quotes: dict[RawRequest, float] = {}
     _quote_all(planned, data_dir, source, quotes)
     landing = Landing([])
     if bars_items[0].landed is None:  # a request-keyed landing of an earlier version
-        landing.paths.append(_land(bars_items[0], ctx, progress, quotes, landing).path)
+        bars = _land(bars_items[0], ctx, progress, quotes, landing)
+        store_symbology(bars.path, symbology)
+        landing.paths.append(bars.path)
     else:
         landing.paths.extend(_land_days(bars_request(symbol, ctx.window), ctx, progress, quotes, landing))
     if symbol.stype_in == "continuous" and source.roll_outrights:

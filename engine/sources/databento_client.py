@@ -20,6 +20,7 @@ import requests
 from databento.common.error import BentoError, BentoHttpError
 
 from engine.errors import EngineError
+from engine.sources import databento_ratelimit as ratelimit
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, RetryPolicy
 
@@ -52,12 +53,14 @@ def historical(gateway: str | None) -> databento.Historical:
 
 
 def _prepare(client: databento.Historical, api: Any, policy: RetryPolicy) -> None:
-    """Before each call: the connect timeout (probed), then the read timeout on this client instance.
+    """Before each call: the connect timeout (probed), the host's rate-limit budget of the endpoint class, then
+    the read timeout on this client instance.
 
     The client passes its one `TIMEOUT` (read per instance) as both the connect and the read timeout to
     requests, so the connect timeout is checked by `probe_connect` first.
     """
     probe_connect(client.gateway, policy.timeouts.connect_seconds)
+    ratelimit.throttle(next((name for name in ratelimit.CLASSES if getattr(client, name) is api), None))
     api.TIMEOUT = policy.attempt_timeout()
 
 
@@ -121,12 +124,9 @@ def get_record_count(client: databento.Historical, req: RawRequest, policy: Retr
     return count
 
 
-def resolve_intervals(
-    client: databento.Historical, req: RawRequest, policy: RetryPolicy
-) -> list[tuple[int, int, int, str]]:
-    """The symbology mappings of `req`'s symbols over its UTC days, as `DbnFileInfo.intervals`
-    ((instrument_id, start_day, end_day, symbol), days since the epoch, end exclusive): `symbology.resolve`,
-    free of charge. Symbols Databento does not find map to nothing."""
+def resolve(client: databento.Historical, req: RawRequest, policy: RetryPolicy) -> dict:
+    """`symbology.resolve` (free) of `req`'s symbols to instrument ids over its UTC days, as Databento answers:
+    {"result": {symbol: [{"d0", "d1", "s"}]}, "partial", "not_found", "message", "status", ...}."""
     start = req.start.date()
     end = (req.end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)
 
@@ -136,15 +136,20 @@ def resolve_intervals(
                                         stype_out="instrument_id", start_date=start, end_date=end)
 
     answer = policy.run(call, "symbology.resolve", req)
-    result = answer.get("result") if isinstance(answer, dict) else None
-    if not isinstance(result, dict):
+    if not isinstance(answer, dict) or not isinstance(answer.get("result"), dict):
         raise EngineError(
             f"Databento's symbology.resolve answered {str(answer)[:200]!r} for {req.describe()}",
             "try again later; if it persists contact support@databento.com",
         )
+    return answer
+
+
+def intervals_of(answer: dict, req: RawRequest) -> list[tuple[int, int, int, str]]:
+    """The mappings of a `resolve` answer as `DbnFileInfo.intervals` ((instrument_id, start_day, end_day, symbol),
+    days since the epoch, end exclusive). Symbols Databento does not find map to nothing."""
     intervals = []
     try:
-        for symbol, entries in result.items():
+        for symbol, entries in answer["result"].items():
             for entry in entries:
                 first, last = dt.date.fromisoformat(entry["d0"]), dt.date.fromisoformat(entry["d1"])
                 if entry.get("s") and last > first:
@@ -155,6 +160,13 @@ def resolve_intervals(
             "try again later; if it persists contact support@databento.com",
         ) from None
     return intervals
+
+
+def resolve_intervals(
+    client: databento.Historical, req: RawRequest, policy: RetryPolicy
+) -> list[tuple[int, int, int, str]]:
+    """The symbology mappings of `req`'s symbols over its UTC days (`resolve`, then `intervals_of`)."""
+    return intervals_of(resolve(client, req, policy), req)
 
 
 def download(client: databento.Historical, req: RawRequest, part: Path, policy: RetryPolicy) -> None:

@@ -23,6 +23,7 @@ import tenacity
 from databento.common.error import BentoClientError, BentoError, BentoHttpError, BentoServerError
 
 from engine.errors import EngineError
+from engine.sources import databento_ratelimit as ratelimit
 from engine.sources.databento_request import RawRequest
 from engine.sources.progress import notify
 
@@ -55,9 +56,9 @@ class BadBody(Exception):
 class Transient(Exception):
     """A failure worth another attempt: why, and how long the server asked us to wait (Retry-After)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, http_status: int | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.retry_after = reason, retry_after
+        self.reason, self.retry_after, self.http_status = reason, retry_after, http_status
 
 
 @dataclass
@@ -116,6 +117,7 @@ class RetryPolicy:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             reason = _failure(state).reason
             self.retries += 1
+            ratelimit.count_retry(_failure(state).http_status)
             self.current_retry = state.attempt_number
             log.warning(
                 "Databento %s: %s; retry %d/%d in %.1fs",
@@ -222,7 +224,7 @@ def _classify_http(exc: BentoHttpError, what: str, req: RawRequest) -> Transient
     status = exc.http_status
     said = _server_message(exc)
     if status == 429 or status == 408 or (isinstance(exc, BentoServerError) and status >= 500):
-        return Transient(f"HTTP {status} {said}".rstrip(), _retry_after(exc.headers))
+        return Transient(f"HTTP {status} {said}".rstrip(), _retry_after(exc.headers), status)
     if status in (401, 403):
         raise EngineError(
             f"Databento refused the API key (HTTP {status}) on {what}: {said}",

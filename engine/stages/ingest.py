@@ -84,6 +84,7 @@ class IngestResult(StageResult):
     outside_window: int = 0
     batch_commits: int = 0
     retries: int = 0
+    rate_limited: int = 0  # Databento HTTP 429 answers among the retries (rate limit exceeded, Retry-After honoured)
     raw_files: list[dict] = field(default_factory=list)
     duration_seconds: float = 0.0
     ingest_run_ids: list[int] = field(default_factory=list)  # one clean_ingest_runs row per ingest (per chunk)
@@ -142,13 +143,15 @@ class IngestResult(StageResult):
         if self.session_quality.get("sessions"):
             rows.append(("sessions", _describe_quality(self.session_quality)))
         if self.retries:
-            rows.append(("retries", f"{self.retries:,}"))
+            limited = f" ({self.rate_limited:,} rate-limited, HTTP 429)" if self.rate_limited else ""
+            rows.append(("retries", f"{self.retries:,}{limited}"))
         return rows
 
 
 # Fields of IngestResult that two ingests' results add up (lists concatenate).
 _SUMMED = ("bars_received", "bars_inserted", "bars_updated", "bars_unchanged", "bars_skipped", "outside_window",
-           "batch_commits", "retries", "raw_files", "ingest_run_ids", "raw_symbol_unknown", "rolls", "rolls_unadjusted")
+           "batch_commits", "retries", "rate_limited",
+           "raw_files", "ingest_run_ids", "raw_symbol_unknown", "rolls", "rolls_unadjusted")
 
 
 def _quality_fields(summary: QualitySummary) -> dict:
@@ -217,9 +220,10 @@ def run(ctx: StageContext) -> IngestResult:
             try:
                 landing = source.acquire(ctx, progress)
             except BaseException as exc:
-                tally.retries = _retries_of(exc)
+                tally.retries, tally.rate_limited = _retries_of(exc), _retries_of(exc, "rate_limited")
                 raise
             tally.retries, tally.raw_files = landing.retries, landing.raw_files
+            tally.rate_limited = getattr(landing, "rate_limited", 0)  # a user's source's Landing may lack it
             bars = DbnBarFile(landing.paths)
             window = (datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)) if _trims(source,
                                                                                                    landing) else None
@@ -340,6 +344,7 @@ class _Tally:
         self.received = 0
         self.counts = WriteCounts()
         self.retries = 0
+        self.rate_limited = 0
         self.skipped: Counter[str] = Counter()
         self.raw_files: list[dict] = []
         self.files: DbnBarFile | None = None
@@ -383,6 +388,7 @@ class _Tally:
             "outside_window": self.files.outside_window if self.files is not None else 0,
             "batch_commits": self.counts.batch_commits,
             "retries": self.retries,
+            "rate_limited": self.rate_limited,
             "raw_files": self.raw_file_entries(),
             "duration_seconds": round(seconds, 3),
             "contracts_not_chosen": dict(sorted(self.not_chosen_read.items())) if self.read_all else self.not_chosen,
@@ -412,9 +418,10 @@ def _finish(ctx, ingest_id, tally: _Tally, started: float, status: str, error: s
         log.warning("could not record ingest %s as %s: %s", ingest_id, status, exc)
 
 
-def _retries_of(exc: BaseException) -> int:
-    """Retries a failed acquisition made (the source's exception carries them as `.retries`)."""
-    retries = getattr(exc, "retries", 0)
+def _retries_of(exc: BaseException, name: str = "retries") -> int:
+    """Retries (or `name`: rate_limited, the 429s among them) a failed acquisition made, as the source's exception
+    carries them."""
+    retries = getattr(exc, name, 0)
     return retries if isinstance(retries, int) and not isinstance(retries, bool) and retries > 0 else 0
 
 
