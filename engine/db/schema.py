@@ -251,3 +251,22 @@ __all__ = [
     "contract_rolls",
     "session_quality",
 ]
+
+databento_batch_jobs = Table(
+    "databento_batch_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Text, unique=True),  # NULL only while the job is being submitted
+    Column("dataset", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("schema", Text, nullable=False),
+    Column("stype_in", Text, nullable=False),
+    Column("start_ts", UtcTimestamp, nullable=False),
+    Column("end_ts", UtcTimestamp, nullable=False),
+    Column("state", Text, nullable=False),  # submitting | received | queued | processing | done | expired | landed
+    Column("cost_usd", Float),
+    Column("submitted_at", UtcTimestamp, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+    Column("engine_run_id", Integer),
+    Index("ix_databento_batch_jobs_request", "dataset", "symbol", "schema", "stype_in", "start_ts", "end_ts"),
+)

@@ -45,6 +45,7 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
+from engine.sources.databento_batch import batch_landed, fetch_batch, wants_batch
 from engine.sources.databento_client import (
     download,
     get_cost,
@@ -487,11 +488,14 @@ def acquire(ctx, progress) -> Landing:
     quotes: dict[RawRequest, float] = {}
     _quote_all(planned, data_dir, source, quotes)
     landing = Landing([])
-    bars = _land(planned[0], ctx, progress, quotes, landing)
-    landing.paths.append(bars.path)
+    bars_req = planned[0].req
+    if batch_landed(bars_req, data_dir) or wants_batch(source, bars_req, _policy(source)):  # big pulls (issue 14)
+        landing.paths.extend(_land_batch(bars_req, ctx, progress, landing))
+    else:
+        landing.paths.append(_land(planned[0], ctx, progress, quotes, landing).path)
     if symbol.stype_in == "continuous" and source.roll_outrights:
-        intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + list(
-            _read_info(bars.path).intervals)
+        intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + [
+            iv for path in landing.paths for iv in _read_info(path).intervals]
         extras = extra_requests(source, symbol, ctx.window, intervals)
         if any(item.req not in quotes and not item.req.landing_path(data_dir).is_file() for item in extras):
             _quote_all([planned[0], *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
@@ -528,6 +532,19 @@ def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing
         entry["kind"] = item.kind
     landing.raw_files.append(entry)
     return result
+
+
+def _land_batch(req: RawRequest, ctx, progress, landing: Landing) -> list[Path]:
+    """The bars of `req` landed day by day through a batch job (see databento_batch), with a progress line."""
+    label = f"batch {req.symbol}"
+    task = progress.add_task(label, total=None, unit="bytes")
+    days = fetch_batch(req, Path(ctx.cfg.data_dir), ctx.db, ctx.run.id, ctx.source, _policy(ctx.source),
+                       on_status=lambda text: progress.update(task, description=f"{label} ({text})"))
+    progress.update(task, visible=False)
+    for day in days:
+        landing.raw_files.append({"path": str(day.path), "sha256": day.sha256, "reused": day.reused,
+                                  "bytes": day.bytes, "cost_usd": None, "batch_job": day.job_id})
+    return [day.path for day in days]
 
 
 def _has_key() -> bool:
