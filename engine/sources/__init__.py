@@ -27,6 +27,9 @@ class Landing:
     # of each roll session (ohlcv-1m), whose closes back-adjust the roll.
     definitions: list[Path] = field(default_factory=list)
     outrights: list[Path] = field(default_factory=list)
+    # Databento days bought with a data-quality flag (degraded, or not final yet), for the coverage:
+    # {UTC day: {"condition", "last_modified_date", "provisional"}} (engine/sources/databento_conditions.py)
+    day_conditions: dict = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)

@@ -54,6 +54,16 @@ from engine.sources.databento_client import (
     historical,
     resolve_intervals,
 )
+from engine.sources.databento_conditions import (
+    DayPlan,
+    day_request,
+    days_of,
+    flagged,
+    needs_rebuy,
+    plan_days,
+    report,
+    runs,
+)
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
 from engine.sources.dbn import _read_info, count_records
@@ -451,7 +461,7 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
     limit = source.max_cost_usd
     client = None
     for item in planned:
-        if item.req in quotes or item.req.landing_path(data_dir).is_file():
+        if item.req in quotes or item.req.landing_path(data_dir).is_file() or batch_landed(item.req, data_dir):
             continue
         client = client or historical(source.gateway)
         quotes[item.req] = get_cost(client, item.req, _policy(source))
@@ -485,22 +495,40 @@ def acquire(ctx, progress) -> Landing:
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
     planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
+    bars_req, others = planned[0].req, planned[1:]
+    plan = _condition_plan(source, bars_req, data_dir)
+    if plan is not None and not plan.buy:
+        raise EngineError(
+            f"Databento has no data yet for any day of {bars_req.describe()} ("
+            + ", ".join(f"{day} {condition}" for day, condition in sorted(plan.skipped.items()))
+            + "); nothing was bought",
+            "run again once metadata.get_dataset_condition says available or degraded, or choose another window")
+    # The bars, cut to the days Databento has data for (issue 14 item 3); each piece streamed or a batch job.
+    bars = [Planned(BARS, piece) for piece in runs(bars_req, plan.buy)] if plan is not None else [planned[0]]
     quotes: dict[RawRequest, float] = {}
-    _quote_all(planned, data_dir, source, quotes)
+    _quote_all([*bars, *others], data_dir, source, quotes)
     landing = Landing([])
-    bars_req = planned[0].req
-    if batch_landed(bars_req, data_dir) or wants_batch(source, bars_req, _policy(source)):  # big pulls (issue 14)
-        landing.paths.extend(_land_batch(bars_req, ctx, progress, landing))
-    else:
-        landing.paths.append(_land(planned[0], ctx, progress, quotes, landing).path)
+    if plan is not None:
+        landing.raw_files.extend(report(plan))
+        landing.day_conditions = {**{day: flag for day, flag in plan.flags.items() if plan.flagged(day)},
+                                  **{day: {"condition": condition, "bought": False}
+                                     for day, condition in plan.skipped.items()}}
+    for item in bars:
+        if batch_landed(item.req, data_dir) or (not item.req.landing_path(data_dir).is_file()
+                                                and wants_batch(source, item.req, _policy(source))):
+            landing.paths.extend(_land_batch(item.req, ctx, progress, landing, plan))
+        else:
+            landing.paths.append(_land(item, ctx, progress, quotes, landing).path)
+            if plan is not None:
+                _flag_landing(item.req.landing_path(data_dir), item.req, plan)
     if symbol.stype_in == "continuous" and source.roll_outrights:
         intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + [
             iv for path in landing.paths for iv in _read_info(path).intervals]
         extras = extra_requests(source, symbol, ctx.window, intervals)
         if any(item.req not in quotes and not item.req.landing_path(data_dir).is_file() for item in extras):
-            _quote_all([planned[0], *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
+            _quote_all([*bars, *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
     else:
-        extras = planned[1:]
+        extras = others
     for item in extras:
         result = _land(item, ctx, progress, quotes, landing)
         (landing.definitions if item.kind == DEFINITIONS else landing.outrights).append(result.path)
@@ -534,12 +562,46 @@ def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing
     return result
 
 
-def _land_batch(req: RawRequest, ctx, progress, landing: Landing) -> list[Path]:
+def _condition_plan(source, bars: RawRequest, data_dir: Path) -> DayPlan | None:
+    """Which days of `bars` are bought (databento_conditions), or None when nothing needs asking: all of it is
+    landed, none of it flagged degraded or provisional (then no key is needed), or there is no key."""
+    stream = bars.landing_path(data_dir)
+    flags = None
+    if stream.is_file():
+        flags = (read_sidecar(stream) or {}).get("conditions", {})
+    elif batch_landed(bars, data_dir):
+        flags = {day.isoformat(): sidecar for day in days_of(bars)
+                 if flagged(sidecar := read_sidecar(day_request(bars, day).landing_path(data_dir)))}
+    if (flags is not None and not flags) or not _has_key():
+        return None
+    plan = plan_days(source, bars, _policy(source))
+    if stream.is_file() and any(needs_rebuy(flag, plan.flags.get(dt.date.fromisoformat(day), {}))
+                                for day, flag in flags.items()):
+        log.warning("Databento regenerated degraded or provisional days of %s: buying it once more", bars.describe())
+        set_aside(stream, stream)
+    for day in plan.buy:
+        path = day_request(bars, day).landing_path(data_dir)
+        if path.is_file() and needs_rebuy(read_sidecar(path), plan.flags[day]):
+            log.warning("Databento regenerated %s (%s): buying that day once more", day, plan.flags[day])
+            set_aside(path, path)
+    return plan
+
+
+def _flag_landing(path: Path, req: RawRequest, plan: DayPlan) -> None:
+    """Record in the sidecar of a streamed landing the condition of each of its days that is flagged."""
+    sidecar = read_sidecar(path) or {}
+    flagged = {day.isoformat(): plan.flags[day] for day in days_of(req) if plan.flagged(day)}
+    if sidecar.get("conditions", {}) != flagged:
+        write_json_atomic(sidecar_path(path), {**sidecar, "conditions": flagged})
+
+
+def _land_batch(req: RawRequest, ctx, progress, landing: Landing, plan: DayPlan | None) -> list[Path]:
     """The bars of `req` landed day by day through a batch job (see databento_batch), with a progress line."""
     label = f"batch {req.symbol}"
     task = progress.add_task(label, total=None, unit="bytes")
     days = fetch_batch(req, Path(ctx.cfg.data_dir), ctx.db, ctx.run.id, ctx.source, _policy(ctx.source),
-                       on_status=lambda text: progress.update(task, description=f"{label} ({text})"))
+                       on_status=lambda text: progress.update(task, description=f"{label} ({text})"),
+                       flags=plan.flags if plan is not None else {})
     progress.update(task, visible=False)
     for day in days:
         landing.raw_files.append({"path": str(day.path), "sha256": day.sha256, "reused": day.reused,

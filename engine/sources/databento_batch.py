@@ -48,6 +48,7 @@ from engine.sources.databento_client import (
     list_jobs,
     submit_job,
 )
+from engine.sources.databento_conditions import day_request, days_of
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import RetryPolicy
 from engine.sources.dbn import count_records
@@ -76,12 +77,6 @@ class LandedDay:
     records: int
     job_id: str
     reused: bool = False
-
-
-def days_of(req: RawRequest) -> list[dt.date]:
-    """The UTC days `req` touches."""
-    first, last = req.start.date(), (req.end - dt.timedelta(microseconds=1)).date()
-    return [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
 
 
 def batch_landed(req: RawRequest, data_dir: Path) -> bool:
@@ -130,10 +125,10 @@ def wants_batch(source, req: RawRequest, policy: RetryPolicy) -> bool:
 
 
 def fetch_batch(req: RawRequest, data_dir: Path, db: Engine, run_id: int | None, source, policy: RetryPolicy,
-                on_status: Callable[[str], None] | None = None,
+                on_status: Callable[[str], None] | None = None, flags: dict[dt.date, dict] | None = None,
                 sleep: Callable[[float], object] = time.sleep) -> list[LandedDay]:
     """Land `req` day by day through one batch job (resumed when a row says one was submitted already), or reuse
-    the days a job landed before."""
+    the days a job landed before. `flags`: each day's condition (databento_conditions), kept in its sidecar."""
     landed = landed_days(req, data_dir)
     if landed is not None:
         return landed
@@ -156,7 +151,7 @@ def fetch_batch(req: RawRequest, data_dir: Path, db: Engine, run_id: int | None,
             f"{details['record_count']:,}; nothing was landed",
             f"run again to download them once more (free for 30 days); if it persists contact "
             f"support@databento.com about job {job_id}")
-    landed = [_land_day(req, data_dir, item, path, records, job_id) for item, path, records in counted]
+    landed = [_land_day(req, data_dir, item, path, records, job_id, flags or {}) for item, path, records in counted]
     for day in set(days_of(req)) - {_day_of(item.filename, job_id) for item in manifest}:
         _land_empty_day(day_request(req, day).landing_path(data_dir), day_request(req, day), job_id)
     batch_jobs.record_state(db, row, "landed")
@@ -249,13 +244,6 @@ def _check_file(path: Path, req: RawRequest, job_id: str) -> int:
     return records
 
 
-def day_request(req: RawRequest, day: dt.date) -> RawRequest:
-    """`req`'s part on UTC day `day`."""
-    midnight = datetime.combine(day, dt.time(), UTC)
-    return RawRequest(req.dataset, req.symbol, req.schema, req.stype_in, max(req.start, midnight),
-                      min(req.end, midnight + dt.timedelta(days=1)))
-
-
 def _day_of(filename: str, job_id: str) -> dt.date:
     match = _DAY_IN_NAME.search(filename)
     if match is None:
@@ -272,8 +260,9 @@ def _land_empty_day(final: Path, day_req: RawRequest, job_id: str) -> None:
 
 
 def _land_day(req: RawRequest, data_dir: Path, item: BatchFile, path: Path, records: int,
-              job_id: str) -> LandedDay:
-    day_req = day_request(req, _day_of(item.filename, job_id))
+              job_id: str, flags: dict[dt.date, dict]) -> LandedDay:
+    day = _day_of(item.filename, job_id)
+    day_req = day_request(req, day)
     final = day_req.landing_path(data_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(final):
@@ -283,7 +272,7 @@ def _land_day(req: RawRequest, data_dir: Path, item: BatchFile, path: Path, reco
             "records": records, "records_checked": "batch.list_files sha256 and the job's record_count",
             "batch_job": job_id, "cost_usd": None, "retries": 0,
             "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "client": f"databento {databento.__version__}",
+            "client": f"databento {databento.__version__}", **flags.get(day, {}),
         })
         os.replace(path, final)
         fsync_dir(final.parent)
