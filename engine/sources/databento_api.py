@@ -568,23 +568,31 @@ def _condition_plan(source, bars: RawRequest, data_dir: Path) -> DayPlan | None:
     stream = bars.landing_path(data_dir)
     flags = None
     if stream.is_file():
-        flags = (read_sidecar(stream) or {}).get("conditions", {})
+        flags = _recorded_flags(stream)
     elif batch_landed(bars, data_dir):
-        flags = {day.isoformat(): sidecar for day in days_of(bars)
-                 if flagged(sidecar := read_sidecar(day_request(bars, day).landing_path(data_dir)))}
+        flags = {iso: flag for day in days_of(bars)
+                 for iso, flag in _recorded_flags(day_request(bars, day).landing_path(data_dir)).items()}
     if (flags is not None and not flags) or not _has_key():
         return None
     plan = plan_days(source, bars, _policy(source))
-    if stream.is_file() and any(needs_rebuy(flag, plan.flags.get(dt.date.fromisoformat(day), {}))
-                                for day, flag in flags.items()):
-        log.warning("Databento regenerated degraded or provisional days of %s: buying it once more", bars.describe())
-        set_aside(stream, stream)
-    for day in plan.buy:
-        path = day_request(bars, day).landing_path(data_dir)
-        if path.is_file() and needs_rebuy(read_sidecar(path), plan.flags[day]):
-            log.warning("Databento regenerated %s (%s): buying that day once more", day, plan.flags[day])
+    candidates = dict.fromkeys([stream, *(piece.landing_path(data_dir) for piece in runs(bars, plan.buy)),
+                                *(day_request(bars, day).landing_path(data_dir) for day in plan.buy)])
+    for path in candidates:
+        moved = [day for day, flag in _recorded_flags(path).items()
+                 if needs_rebuy(flag, plan.flags.get(dt.date.fromisoformat(day), {}))]
+        if path.is_file() and moved:
+            log.warning("Databento regenerated %s since %s was bought: buying it once more", ", ".join(moved), path)
             set_aside(path, path)
     return plan
+
+
+def _recorded_flags(path: Path) -> dict[str, dict]:
+    """The flagged days a landing's sidecar records: {ISO day: flags} (a batch day keeps them at its top level)."""
+    sidecar = read_sidecar(path) or {}
+    if "batch_job" in sidecar:
+        day = sidecar.get("request", {}).get("start", "")[:10]
+        return {day: sidecar} if day and flagged(sidecar) else {}
+    return sidecar.get("conditions", {})
 
 
 def _flag_landing(path: Path, req: RawRequest, plan: DayPlan) -> None:

@@ -82,7 +82,7 @@ def decide(req: RawRequest, conditions: dict[dt.date, DayCondition], now: dateti
         plan.flags[day] = {"condition": condition, "last_modified_date": modified,
                            "provisional": day_request(req, day).end > now - FINAL_AFTER}
     if plan.skipped:
-        log.warning("Not buying %d day(s) of %s that Databento has no final data for: %s", len(plan.skipped),
+        log.warning("Not buying %d day(s) of %s that Databento has no data for: %s", len(plan.skipped),
                     req.describe(), ", ".join(f"{d.isoformat()} ({c})" for d, c in sorted(plan.skipped.items())))
     return plan
 
