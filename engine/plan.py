@@ -181,13 +181,16 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
     if not isinstance(source, DatabentoSource) or "ingest" not in cfg.stages:
         return []
     from engine.sources.databento_api import BARS, estimate_cost, planned_requests, timeouts
+    from engine.sources.databento_days import days_dir
 
     online = bool(os.environ.get("DATABENTO_API_KEY"))
     out = []
     for piece in pieces:
         for item in planned_requests(source, symbol, piece, Path(cfg.data_dir), online=online):
             path = item.req.landing_path(Path(cfg.data_dir))
-            landed = path.is_file()
+            if item.kind == BARS and item.landed is not None:  # bars by day: the days folder, the days to buy
+                path = days_dir(Path(cfg.data_dir), item.req)
+            landed = item.is_landed(Path(cfg.data_dir))
             cost: float | None = 0.0
             if not landed:  # a landed file is reused, never paid again
                 cost = round(estimate_cost(item.req, gateway=source.gateway, max_retries=source.max_retries,
@@ -195,6 +198,8 @@ def _requests(cfg: EngineConfig, source, symbol: ResolvedSymbol, pieces: list[Wi
                              4) if online else None
             row = {"chunk": [_iso(item.req.start), _iso(item.req.end)], "path": path.as_posix(), "landed": landed,
                    "cost_usd": cost}
+            if item.days:
+                row["days"] = list(item.days)
             out.append(row if item.kind == BARS else {**row, "request": item.label()})
     return out
 

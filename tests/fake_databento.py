@@ -395,8 +395,11 @@ class FakeDatabento:
 
     def __init__(self, *, cost_usd: float = 0.25, records: int = 60, cert: tuple[Path, Path] | None = None,
                  stride: int = 1, rolls: tuple[dt.date, ...] = (), dataset_end: dt.datetime | None = None,
-                 schema_ends: dict[str, dt.datetime] | None = None):
+                 schema_ends: dict[str, dt.datetime] | None = None, every_minutes: int | None = None):
         self.cost_usd = cost_usd
+        # Bars by day (issue 14): with `every_minutes`, an ohlcv body holds one bar every that many minutes of the
+        # epoch's grid inside [start, end), whatever `records` says, so overlapping requests agree on their minutes.
+        self.every_minutes = every_minutes
         # metadata.get_dataset_range: where the dataset ends (None: now, to the second), and per schema
         self.dataset_end = dataset_end
         self.schema_ends = dict(schema_ends or {})
@@ -440,16 +443,22 @@ class FakeDatabento:
                 rolls=self.rolls,
                 first_frame_records=first_frame_records,
             )
+        start, end = _parse_ts(params["start"]), _parse_ts(params["end"]) if params.get("end") else None
+        records, stride, first = self.records, self.stride, start
+        if self.every_minutes and end is not None and params["schema"] == "ohlcv-1m":  # the grid inside the window
+            grid = self.every_minutes * 60 * _NS
+            first = -(-start // grid) * grid
+            records, stride = max(0, -(-(end - first) // grid)), self.every_minutes
         return ohlcv_dbn(
             dataset=params["dataset"],
             symbol=params["symbols"] if params["stype_in"] == "instrument_id" else params["symbols"].split(",")[0],
             schema=params["schema"],
             stype_in=params["stype_in"],
-            start=_parse_ts(params["start"]),
-            end=_parse_ts(params["end"]) if params.get("end") else None,
-            records=self.records,
+            start=first,
+            end=end,
+            records=records,
             first_frame_records=first_frame_records,
-            stride=self.stride,
+            stride=stride,
             rolls=self.rolls,
         )
 

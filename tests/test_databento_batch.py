@@ -40,7 +40,7 @@ def ingested(url: str) -> int:
 
 
 def day_landings(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "data" / "raw" / "GLBX.MDP3" / "ohlcv-1m" / "NQ.v.0").glob("*.dbn.zst"))
+    return sorted((tmp_path / "data" / "raw" / "GLBX.MDP3" / "ohlcv-1m" / "NQ.v.0" / "days").glob("*.dbn.zst"))
 
 
 def assert_landed_by_days(tmp_path: Path, job_id: str) -> None:
@@ -49,7 +49,7 @@ def assert_landed_by_days(tmp_path: Path, job_id: str) -> None:
     records = []
     for path in landed:
         sidecar = json.loads(path.with_name(path.name + ".json").read_text())
-        assert sidecar["batch_job"] == job_id and sidecar["file"] == path.name
+        assert sidecar["origin"] == f"batch:{job_id}" and sidecar["file"] == path.name
         records.append(sidecar["records"])
     assert records == [1440, 1440, 120]
     assert not (tmp_path / "data" / "batch" / job_id).exists(), "the downloads are removed once landed"

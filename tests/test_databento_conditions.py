@@ -32,7 +32,7 @@ def bought(fake) -> list[tuple[str, str]]:
 
 
 def landing(tmp_path: Path, name: str) -> dict:
-    path = tmp_path / "data" / "raw" / "GLBX.MDP3" / "ohlcv-1m" / "NQ.v.0" / name
+    path = tmp_path / "data" / "raw" / "GLBX.MDP3" / "ohlcv-1m" / "NQ.v.0" / "days" / name
     return json.loads(path.with_name(path.name + ".json").read_text())
 
 
@@ -74,9 +74,9 @@ def test_days_without_data_are_not_bought_and_degraded_days_are_flagged_then_reb
     assert [(str(r["day"]), r["condition"], bool(r["bought"])) for r in flags] == [
         ("2025-12-10", absent, False), ("2025-12-11", "degraded", True)]
     assert str(flags[1]["last_modified_date"]) == "2025-12-20"
-    sidecar = landing(tmp_path, "20251211T000000Z_20251212T000000Z.dbn.zst")
-    assert sidecar["conditions"]["2025-12-11"]["condition"] == "degraded"
-    assert sidecar["conditions"]["2025-12-11"]["last_modified_date"] == "2025-12-20"
+    sidecar = landing(tmp_path, "20251211.dbn.zst")
+    assert (sidecar["condition"], sidecar["last_modified_date"]) == ("degraded", "2025-12-20")
+    assert landing(tmp_path, "20251209.dbn.zst")["condition"] == "available"
 
     same = engine_cli(*job_args(db_url, fake, "source.mode=stream"))
     assert same.returncode == 0, same.output
@@ -98,15 +98,14 @@ def test_degraded_days_of_a_batch_job_are_flagged_in_their_day_sidecars(engine_c
     run = engine_cli(*job_args(db_url, fake, "source.mode=batch"))
     assert run.returncode == 0, run.output
     assert fake.batch.submitted() == 1 and not fake.seen(GET_RANGE)
-    assert landing(tmp_path, "20251210T000000Z_20251211T000000Z.dbn.zst")["condition"] == "degraded"
-    assert "condition" not in landing(tmp_path, "20251209T000000Z_20251210T000000Z.dbn.zst") or landing(
-        tmp_path, "20251209T000000Z_20251210T000000Z.dbn.zst")["condition"] == "available"
+    assert landing(tmp_path, "20251210.dbn.zst")["condition"] == "degraded"
+    assert landing(tmp_path, "20251209.dbn.zst")["condition"] == "available"
     fake.batch.conditions = {D10: ("available", "2025-12-28")}
     again = engine_cli(*job_args(db_url, fake, "source.mode=batch"))
     assert again.returncode == 0, again.output
     assert fake.batch.submitted() == 2
-    assert [s.params["start"][:10] for s in fake.seen(SUBMIT_JOB)][1] == "2025-12-09", (
-        "before day landing (issue 14 item 1) a job buys its whole run of days again")
+    second = fake.seen(SUBMIT_JOB)[1].params
+    assert (second["start"][:10], second["end"][:10]) == ("2025-12-10", "2025-12-11"), "only that day again"
 
 
 def test_the_last_24_hours_are_bought_flagged_provisional_and_rebought_when_final(
@@ -120,8 +119,8 @@ def test_the_last_24_hours_are_bought_flagged_provisional_and_rebought_when_fina
     first = engine_cli(*args)
     assert first.returncode in (0, 2), first.output
     assert len(bought(fake)) == 1
-    name = f"{start:%Y%m%dT%H%M%SZ}_{end:%Y%m%dT%H%M%SZ}.dbn.zst"
-    assert landing(tmp_path, name)["conditions"][start.date().isoformat()]["provisional"] is True
+    name = f"{start:%Y%m%dT%H%M%SZ}_{end:%Y%m%dT%H%M%SZ}.dbn.zst"  # a part of the day
+    assert landing(tmp_path, name)["provisional"] is True
     fake.batch.conditions = {start.date(): ("available", (now.date() + dt.timedelta(days=1)).isoformat())}
     again = engine_cli(*args)
     assert again.returncode in (0, 2), again.output

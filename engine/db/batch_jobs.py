@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
@@ -19,18 +20,25 @@ class BatchJobRow:
     job_id: str | None
     state: str
     submitted_at: datetime
+    request: Any  # the RawRequest the job buys
 
 
 def open_job(engine: Engine, req) -> BatchJobRow | None:
-    """The newest unfinished job recorded for exactly the request `req` (a RawRequest), or None."""
-    query = (select(jobs.c.id, jobs.c.job_id, jobs.c.state, jobs.c.submitted_at)
+    """The newest unfinished job recorded for the symbol, dataset and schema of `req` (a RawRequest) whose window
+    covers it (a killed run may have landed some of its days since), or None."""
+    from engine.sources.databento_request import RawRequest
+
+    query = (select(jobs)
              .where(jobs.c.dataset == req.dataset, jobs.c.symbol == req.symbol, jobs.c.schema == req.schema,
-                    jobs.c.stype_in == req.stype_in, jobs.c.start_ts == req.start, jobs.c.end_ts == req.end,
+                    jobs.c.stype_in == req.stype_in, jobs.c.start_ts <= req.start, jobs.c.end_ts >= req.end,
                     jobs.c.state.not_in(FINISHED))
              .order_by(jobs.c.id.desc()).limit(1))
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return None if row is None else BatchJobRow(row.id, row.job_id, row.state, row.submitted_at)
+    if row is None:
+        return None
+    request = RawRequest(row.dataset, row.symbol, row.schema, row.stype_in, row.start_ts, row.end_ts)
+    return BatchJobRow(row.id, row.job_id, row.state, row.submitted_at, request)
 
 
 def record_submitting(engine: Engine, req, run_id: int | None) -> BatchJobRow:
@@ -43,7 +51,7 @@ def record_submitting(engine: Engine, req, run_id: int | None) -> BatchJobRow:
             start_ts=req.start, end_ts=req.end, state="submitting", submitted_at=now, updated_at=now,
             engine_run_id=run_id,
         ).returning(jobs.c.id)).scalar_one()
-    return BatchJobRow(row_id, None, "submitting", now)
+    return BatchJobRow(row_id, None, "submitting", now, req)
 
 
 def record_job(engine: Engine, row_id: int, job_id: str, state: str, cost_usd: float | None = None) -> None:

@@ -27,6 +27,9 @@ class Landing:
     # of each roll session (ohlcv-1m), whose closes back-adjust the roll.
     definitions: list[Path] = field(default_factory=list)
     outrights: list[Path] = field(default_factory=list)
+    # True when `paths` may hold bars outside the job's window that are not anomalies (whole landed days serving a
+    # part of them): the ingest counts them as outside the window instead of quarantining them.
+    trim: bool = False
     # Databento days bought with a data-quality flag (degraded, or not final yet), for the coverage:
     # {UTC day: {"condition", "last_modified_date", "provisional"}} (engine/sources/databento_conditions.py)
     day_conditions: dict = field(default_factory=dict)

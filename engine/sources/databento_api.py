@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -45,7 +46,8 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
-from engine.sources.databento_batch import batch_landed, fetch_batch, wants_batch
+from engine.sources import databento_conditions as conditions
+from engine.sources.databento_batch import fetch_batch, wants_batch
 from engine.sources.databento_client import (
     download,
     get_cost,
@@ -54,15 +56,15 @@ from engine.sources.databento_client import (
     historical,
     resolve_intervals,
 )
-from engine.sources.databento_conditions import (
-    DayPlan,
-    day_request,
-    days_of,
-    flagged,
-    needs_rebuy,
+from engine.sources.databento_days import (
+    FetchResult,
+    day_pieces,
+    days_dir,
+    locked_days,
     plan_days,
-    report,
-    runs,
+    split_run,
+    verify_body,
+    verify_landed_piece,
 )
 from engine.sources.databento_request import RawRequest
 from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
@@ -84,22 +86,11 @@ from engine.sources.progress import ProgressPoller, notify
 if TYPE_CHECKING:
     from engine.sources.databento import DatabentoSource
 
-__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "available_end", "estimate_cost",
-           "extra_requests",
-           "fetch_raw", "planned_requests", "rolls_of", "timeouts"]
+__all__ = ["FetchResult", "Planned", "RawRequest", "Timeouts", "acquire", "available_end", "bars_planned",
+           "estimate_cost", "extra_requests", "fetch_days", "fetch_raw", "planned_requests", "rolls_of", "timeouts"]
 
 log = logging.getLogger(__name__)
 _EPOCH = dt.date(1970, 1, 1)
-
-
-@dataclass
-class FetchResult:
-    path: Path
-    sha256: str
-    reused: bool
-    retries: int
-    cost_usd: float | None
-    bytes: int
 
 
 def fetch_raw(
@@ -236,6 +227,115 @@ def estimate_cost(
     return get_cost(historical(gateway), req, policy)
 
 
+def fetch_days(
+    req: RawRequest,
+    data_dir: Path,
+    *,
+    max_cost_usd: float,
+    max_retries: int = 5,
+    backoff_seconds: float = 1.0,
+    max_backoff_seconds: float = 60.0,
+    timeouts: Timeouts = Timeouts(),  # noqa: B008 -- frozen
+    gateway: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    quotes: dict[RawRequest, float] | None = None,
+) -> list[FetchResult]:
+    """Serve `req` from its UTC-day pieces (engine.sources.databento_days): the landed ones, checked, and the missing
+    time bought as one request per contiguous run and split into days. In time order.
+
+    `quotes`: prices already asked of `metadata.get_cost` (by run); the runs asked now are added. The cost guard
+    applies to the sum of the missing runs. Otherwise as `fetch_raw`.
+    """
+    policy = RetryPolicy(max_retries, backoff_seconds, max_backoff_seconds, sleep, timeouts, clock, on_status)
+    try:
+        return _fetch_days(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes,
+                           {} if quotes is None else quotes)
+    except BaseException as exc:
+        if policy.retries:
+            with contextlib.suppress(AttributeError):
+                exc.retries = policy.retries  # type: ignore[attr-defined]
+        raise
+
+
+def _fetch_days(req: RawRequest, data_dir: Path, max_cost_usd: float, policy: RetryPolicy, gateway: str | None,
+                on_bytes: Callable[[int], None] | None, quotes: dict[RawRequest, float]) -> list[FetchResult]:
+    plan = plan_days(data_dir, req)
+    bought: dict[Path, FetchResult] = {}
+    if plan.missing:
+        client = historical(gateway)
+        for run in plan.missing:
+            if run not in quotes:
+                quotes[run] = get_cost(client, run, policy)
+        cost = sum(quotes[run] for run in plan.missing)
+        if cost > max_cost_usd:
+            raise EngineError(
+                f"Databento quotes ${cost:,.2f} for {req.describe()} ({len(plan.missing_days())} missing days: "
+                f"{_listed(plan.missing_days())}), above the limit source.max_cost_usd=${max_cost_usd:,.2f}; "
+                "nothing was downloaded",
+                f"raise the limit, e.g. source.max_cost_usd={math.ceil(cost * 100) / 100:.2f}, "
+                "or request a shorter window",
+            )
+        with locked_days(days_dir(data_dir, req), plan.missing):
+            # Another process may have landed some of it while we waited for the locks: buy only what is still missing.
+            for run in plan_days(data_dir, req).missing:
+                run_cost = quotes[run] if run in quotes else get_cost(client, run, policy)
+                for result in _buy_run(client, run, data_dir, run_cost, policy, on_bytes):
+                    bought[result.path] = result
+        for result in bought.values():
+            result.retries = policy.retries  # all of this call's, on each piece it bought
+        plan = plan_days(data_dir, req)
+        if plan.missing:  # pragma: no cover -- every run bought was landed, under the locks
+            raise EngineError(f"{req.describe()} still misses {_listed(plan.missing_days())} after buying it",
+                              "run again; if it persists report this as a bug")
+    served = [bought.get(path) or verify_landed_piece(path) for path in plan.landed]
+    reused = [r for r in served if r.reused]
+    if reused:
+        log.info("Reusing %d landed day pieces of %s (%d bytes)", len(reused), req.describe(),
+                 sum(r.bytes for r in reused))
+    notify(on_bytes, sum(r.bytes for r in served))
+    return served
+
+
+def _listed(days: list[str], most: int = 6) -> str:
+    return ", ".join(days[:most]) + (f" and {len(days) - most} more" if len(days) > most else "")
+
+
+def _buy_run(client: databento.Historical, run: RawRequest, data_dir: Path, cost: float, policy: RetryPolicy,
+             on_bytes: Callable[[int], None] | None) -> list[FetchResult]:
+    """Buy `run` as one get_range, check it as one body, land it as its day pieces."""
+    expected = get_record_count(client, run, policy)
+    log.info("Databento quotes $%.4f for %s, %d records, %d day pieces", cost, run.describe(), expected,
+             len(day_pieces(run)))
+    nominal = days_dir(data_dir, run) / f"run-{run.landing_path(data_dir).name}"
+    part = part_path(nominal)
+
+    def attempt() -> int:
+        part.unlink(missing_ok=True)  # the client insists on creating the file itself
+        try:
+            with ProgressPoller(part, on_bytes, policy.show_stall):
+                download(client, run, part, policy)
+            return verify_body(part, run, expected)
+        except BadBody as bad:
+            bad.kept = set_aside(part, nominal)
+            raise
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+
+    try:
+        records = policy.run(attempt, "timeseries.get_range", run)
+        results = split_run(part, run, expected_records=records, cost_usd=cost, retries=policy.retries,
+                            data_dir=data_dir)
+    finally:
+        part.unlink(missing_ok=True)
+    log.info("Downloaded %s -> %d day pieces in %s (%d records, $%.4f)", run.describe(), len(results),
+             nominal.parent, records, cost)
+    return results
+
+
 # --------------------------------------------------------------------------------------------- reuse
 
 
@@ -316,31 +416,8 @@ def _check_legacy_count(
 
 
 def _verify_download(part: Path, req: RawRequest, expected: int) -> int:
-    """Check the body in `part` is the complete DBN asked for; return its record count.
-
-    Read through the same stream as ingest (engine.sources.dbn): every zstd frame finished, every record
-    whole, `expected` records. Complete DBN of the wrong dataset or schema raises EngineError straight away
-    (buying it again would give the same answer); any other fault raises BadBody.
-
-    Not `databento_dbn.DBNDecoder` (measured with databento-dbn 0.70 on 1,077,032 records: 0.29 s against
-    0.16 s, fast enough): with compression=ZSTD it does not tell a file cut inside a zstd frame from a
-    shorter one (at most a partial last record stays in its buffer); a record shorter than its rtype makes
-    it panic (pyo3 PanicException, a BaseException, with a Rust backtrace on stderr) instead of raising;
-    and it accepts records of another rtype (ohlcv-1s or MBO among ohlcv-1m bars). `count_records` refuses
-    all three.
-    """
-    try:
-        info, count = count_records(part)
-    except EngineError as exc:
-        raise BadBody(exc.problem.replace(str(part), "the body")) from None
-    if (info.schema or "").lower() != req.schema.lower() or info.dataset != req.dataset:
-        raise EngineError(
-            f"Databento sent {info.dataset} {info.schema or 'mixed-schema'} data for {req.describe()}",
-            "report this to support@databento.com; nothing was saved",
-        )
-    if count != expected:
-        raise BadBody(f"received {count:,} of {expected:,} records (metadata.get_record_count)")
-    return count
+    """Check the body in `part` is the complete DBN asked for; return its record count (see `verify_body`)."""
+    return verify_body(part, req, expected)
 
 
 # --------------------------------------------------------------------------------------------- the job's requests
@@ -360,6 +437,13 @@ class Planned:
     kind: str  # BARS | DEFINITIONS | OUTRIGHTS
     req: RawRequest
     roll: tuple[dt.date, int, int] | None = None  # (roll day, outgoing instrument_id, incoming instrument_id)
+    # Bars by day: whether the pieces are all landed already (None: the request-keyed file decides), and the UTC
+    # days a missing run lands as (`DayPlan.missing_days`).
+    landed: bool | None = None
+    days: tuple[str, ...] = ()
+
+    def is_landed(self, data_dir: Path) -> bool:
+        return self.landed if self.landed is not None else self.req.landing_path(data_dir).is_file()
 
     def label(self) -> str:
         if self.roll is None:
@@ -407,17 +491,33 @@ def planned_requests(source, symbol, window, data_dir: Path, *, online: bool) ->
     landed bars' mappings, else (`online`) from Databento's free `symbology.resolve`, else they are unknown
     and no outright request is listed."""
     bars = bars_request(symbol, window)
-    return [Planned(BARS, bars), *extra_requests(source, symbol, window, _intervals(source, symbol, bars, data_dir,
-                                                                                   online))]
+    return [*bars_planned(bars, data_dir), *extra_requests(source, symbol, window,
+                                                           _intervals(source, symbol, bars, data_dir, online))]
+
+
+def bars_planned(bars: RawRequest, data_dir: Path) -> list[Planned]:
+    """The bars of a window: a request-keyed landing of an earlier version when there is one for exactly this
+    window (reused as it is), else one item per run of missing time (the days it lands as listed), or one landed
+    item when every day piece of the window is landed."""
+    if bars.landing_path(data_dir).is_file():
+        return [Planned(BARS, bars)]
+    plan = plan_days(data_dir, bars)
+    if not plan.missing:
+        return [Planned(BARS, bars, landed=True)]
+    return [Planned(BARS, run, landed=False, days=tuple(plan_days(data_dir, run).missing_days()))
+            for run in plan.missing]
 
 
 def _intervals(source, symbol, bars: RawRequest, data_dir: Path, online: bool):
     if symbol.stype_in != "continuous" or not source.roll_outrights:
         return None
     landed = bars.landing_path(data_dir)
-    if landed.is_file():
-        with contextlib.suppress(EngineError):  # a damaged landing is refused (and bought again) by fetch_raw
-            return _day_before(source, symbol, bars, data_dir, online) + list(_read_info(landed).intervals)
+    plan = plan_days(data_dir, bars)
+    paths = [landed] if landed.is_file() else list(plan.landed) if not plan.missing else []
+    if paths:
+        with contextlib.suppress(EngineError):  # a damaged landing is refused (and bought again) when landed
+            return _day_before(source, symbol, bars, data_dir, online) + [
+                iv for path in paths for iv in _read_info(path).intervals]
     if not online:
         return None
     # One free call for the day before the window and the window; the day before is kept for the landing step.
@@ -461,7 +561,7 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
     limit = source.max_cost_usd
     client = None
     for item in planned:
-        if item.req in quotes or item.req.landing_path(data_dir).is_file() or batch_landed(item.req, data_dir):
+        if item.req in quotes or item.is_landed(data_dir):
             continue
         client = client or historical(source.gateway)
         quotes[item.req] = get_cost(client, item.req, _policy(source))
@@ -479,11 +579,21 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
               if kind in parts]
     also = f" and its extra requests ({shown})" if len(parts) > 1 else ""
     raise EngineError(
-        f"Databento quotes ${total:,.2f} for {planned[0].req.describe()}{also}, "
+        f"Databento quotes ${total:,.2f} for {_bars_described(planned)}{also}, "
         f"above the limit source.max_cost_usd=${limit:,.2f}; nothing was downloaded",
         f"raise the limit, e.g. source.max_cost_usd={math.ceil(total * 100) / 100:.2f}, request a shorter window"
         + (f", or leave out extras ({' / '.join(extras)})" if extras else ""),
     )
+
+
+def _bars_described(planned: list[Planned]) -> str:
+    """The bars items of `planned`: one request, or the runs of missing days they are."""
+    runs = [item for item in planned if item.kind == BARS]
+    if len(runs) == 1 and not runs[0].days:
+        return runs[0].req.describe()
+    days = [day for item in runs for day in item.days]
+    return f"{runs[0].req.describe()} and {len(runs) - 1} more runs" * (len(runs) > 1) + (
+        "" if len(runs) > 1 else runs[0].req.describe()) + f" ({len(days)} missing days: {_listed(days)})"
 
 
 def acquire(ctx, progress) -> Landing:
@@ -492,47 +602,136 @@ def acquire(ctx, progress) -> Landing:
     A continuous download also lands the window's instrument definitions and the outright bars of each roll
     session (see `extra_requests`). All requests not landed yet are priced first and the cost guard applies to
     their sum. The rolls are then read again from the landed bars' own mappings: those are what is bought.
+
+    Before anything is bought, the days Databento has no data for are left out (`_condition_plan`), and missing
+    runs above source.batch_threshold_bytes (or with source.mode=batch) are bought as batch jobs
+    (engine/sources/databento_batch.py) that land day pieces; the window is then served from its day pieces.
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
-    planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
-    bars_req, others = planned[0].req, planned[1:]
-    plan = _condition_plan(source, bars_req, data_dir)
-    if plan is not None and not plan.buy:
+    bars_req = bars_request(symbol, ctx.window)
+    quality = _condition_plan(source, bars_req, data_dir)
+    if quality is not None and not quality.buy:
         raise EngineError(
             f"Databento has no data yet for any day of {bars_req.describe()} ("
-            + ", ".join(f"{day} {condition}" for day, condition in sorted(plan.skipped.items()))
+            + ", ".join(f"{day} {condition}" for day, condition in sorted(quality.skipped.items()))
             + "); nothing was bought",
             "run again once metadata.get_dataset_condition says available or degraded, or choose another window")
-    # The bars, cut to the days Databento has data for (issue 14 item 3); each piece streamed or a batch job.
-    bars = [Planned(BARS, piece) for piece in runs(bars_req, plan.buy)] if plan is not None else [planned[0]]
+    pieces = conditions.runs(bars_req, quality.buy) if quality is not None else [bars_req]
+    planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
+    others = [item for item in planned if item.kind != BARS]
+    bars_items = [item for piece in pieces for item in bars_planned(piece, data_dir)]
     quotes: dict[RawRequest, float] = {}
-    _quote_all([*bars, *others], data_dir, source, quotes)
+    _quote_all([*bars_items, *others], data_dir, source, quotes)
     landing = Landing([])
-    if plan is not None:
-        landing.raw_files.extend(report(plan))
-        landing.day_conditions = {**{day: flag for day, flag in plan.flags.items() if plan.flagged(day)},
+    if quality is not None:
+        landing.raw_files.extend(conditions.report(quality))
+        landing.day_conditions = {**{day: flag for day, flag in quality.flags.items() if quality.flagged(day)},
                                   **{day: {"condition": condition, "bought": False}
-                                     for day, condition in plan.skipped.items()}}
-    for item in bars:
-        if batch_landed(item.req, data_dir) or (not item.req.landing_path(data_dir).is_file()
-                                                and wants_batch(source, item.req, _policy(source))):
-            landing.paths.extend(_land_batch(item.req, ctx, progress, landing, plan))
-        else:
-            landing.paths.append(_land(item, ctx, progress, quotes, landing).path)
-            if plan is not None:
-                _flag_landing(item.req.landing_path(data_dir), item.req, plan)
+                                     for day, condition in quality.skipped.items()}}
+    if bars_items[0].landed is None:  # a request-keyed landing of an earlier version
+        landing.paths.append(_land(bars_items[0], ctx, progress, quotes, landing).path)
+    else:
+        for piece in pieces:
+            _land_batches(piece, ctx, progress, quality)
+            served = _land_days(piece, ctx, progress, quotes, landing)
+            if quality is not None:
+                _flag_days(served, quality)
+            landing.paths.extend(served)
     if symbol.stype_in == "continuous" and source.roll_outrights:
         intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + [
             iv for path in landing.paths for iv in _read_info(path).intervals]
         extras = extra_requests(source, symbol, ctx.window, intervals)
-        if any(item.req not in quotes and not item.req.landing_path(data_dir).is_file() for item in extras):
-            _quote_all([*bars, *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
+        if any(item.req not in quotes and not item.is_landed(data_dir) for item in extras):
+            _quote_all([*bars_items, *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
     else:
         extras = others
     for item in extras:
         result = _land(item, ctx, progress, quotes, landing)
         (landing.definitions if item.kind == DEFINITIONS else landing.outrights).append(result.path)
     return landing
+
+
+def _condition_plan(source, bars: RawRequest, data_dir: Path) -> conditions.DayPlan | None:
+    """Which days of `bars` are bought (databento_conditions), or None when nothing needs asking: no key, a
+    request-keyed landing of an earlier version, or every day landed and none flagged degraded or provisional.
+    Landed days whose flags Databento has since moved on are set aside here, so they are bought again (once)."""
+    if not _has_key() or bars.landing_path(data_dir).is_file():
+        return None
+    days = plan_days(data_dir, bars)
+    flagged = {path: sidecar for path in days.landed
+               if conditions.flagged(sidecar := read_sidecar(path) or {})}
+    if not days.missing and not flagged:
+        return None
+    plan = conditions.plan_days(source, bars, _policy(source))
+    for path, sidecar in flagged.items():
+        day = dt.date.fromisoformat(sidecar["request"]["start"][:10])
+        if day in plan.flags and conditions.needs_rebuy(sidecar, plan.flags[day]):
+            log.warning("Databento regenerated %s (last modified %s, was %s): buying it once more", day,
+                        plan.flags[day]["last_modified_date"], sidecar.get("last_modified_date"))
+            set_aside(path, path)
+    return plan
+
+
+def _flag_days(paths: list[Path], plan: conditions.DayPlan) -> None:
+    """Record the day's condition in the sidecar of each day piece bought without one (streamed just now)."""
+    for path in paths:
+        sidecar = read_sidecar(path) or {}
+        day = dt.date.fromisoformat(sidecar.get("request", {}).get("start", "1970-01-01")[:10])
+        if "condition" not in sidecar and day in plan.flags:
+            write_json_atomic(sidecar_path(path), {**sidecar, **plan.flags[day]})
+
+
+def _land_batches(piece: RawRequest, ctx, progress, quality: conditions.DayPlan | None) -> None:
+    """Land the missing runs of `piece` through batch jobs when they are big enough (or source.mode=batch)."""
+    source, data_dir = ctx.source, Path(ctx.cfg.data_dir)
+    missing = list(plan_days(data_dir, piece).missing)
+    if not wants_batch(source, missing, _policy(source)):
+        return
+    for run in missing:
+        label = f"batch {run.symbol}"
+        task = progress.add_task(label, total=None, unit="bytes")
+        fetch_batch(run, data_dir, ctx.db, ctx.run.id, source, _policy(source),
+                    on_status=lambda text, task=task, label=label: progress.update(
+                        task, description=f"{label} ({text})"),
+                    flags=quality.flags if quality is not None else {})
+        progress.update(task, visible=False)
+
+
+def _land_days(bars: RawRequest, ctx, progress, quotes: dict[RawRequest, float], landing: Landing) -> list[Path]:
+    """The window's bars from their day pieces (bought where missing); one raw_files entry for all of them."""
+    source = ctx.source
+    label = f"download {bars.symbol}"
+    task = progress.add_task(label, total=None, unit="bytes")
+    try:
+        results = fetch_days(
+            bars, Path(ctx.cfg.data_dir), max_cost_usd=source.max_cost_usd, max_retries=source.max_retries,
+            backoff_seconds=source.backoff_seconds, timeouts=timeouts(source), gateway=source.gateway,
+            on_bytes=lambda n: progress.update(task, completed=n),
+            on_status=lambda text: progress.update(task, description=f"{label} ({text})" if text else label),
+            quotes=quotes,
+        )
+    except BaseException as exc:
+        if landing.retries:
+            with contextlib.suppress(AttributeError):
+                exc.retries = landing.retries + getattr(exc, "retries", 0)  # type: ignore[attr-defined]
+        raise
+    progress.update(task, visible=False)
+    bought = [r for r in results if not r.reused]
+    landing.retries += max((r.retries for r in bought), default=0)
+    landing.trim = True  # whole days serve a window: their records outside it are counted, not quarantined
+    costs = [r.cost_usd for r in results]
+    landing.raw_files.append({
+        "path": str(days_dir(Path(ctx.cfg.data_dir), bars)),
+        "sha256": hashlib.sha256("".join(r.sha256 for r in results).encode()).hexdigest(),
+        "reused": not bought,
+        "bytes": sum(r.bytes for r in results),
+        "cost_usd": None if None in costs else round(sum(costs), 6),
+        "days": len(results),
+        "days_bought": len(bought),
+        "first": results[0].path.name if results else None,
+        "last": results[-1].path.name if results else None,
+    })
+    return [r.path for r in results]
 
 
 def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing: Landing) -> FetchResult:
@@ -560,61 +759,6 @@ def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing
         entry["kind"] = item.kind
     landing.raw_files.append(entry)
     return result
-
-
-def _condition_plan(source, bars: RawRequest, data_dir: Path) -> DayPlan | None:
-    """Which days of `bars` are bought (databento_conditions), or None when nothing needs asking: all of it is
-    landed, none of it flagged degraded or provisional (then no key is needed), or there is no key."""
-    stream = bars.landing_path(data_dir)
-    flags = None
-    if stream.is_file():
-        flags = _recorded_flags(stream)
-    elif batch_landed(bars, data_dir):
-        flags = {iso: flag for day in days_of(bars)
-                 for iso, flag in _recorded_flags(day_request(bars, day).landing_path(data_dir)).items()}
-    if (flags is not None and not flags) or not _has_key():
-        return None
-    plan = plan_days(source, bars, _policy(source))
-    candidates = dict.fromkeys([stream, *(piece.landing_path(data_dir) for piece in runs(bars, plan.buy)),
-                                *(day_request(bars, day).landing_path(data_dir) for day in plan.buy)])
-    for path in candidates:
-        moved = [day for day, flag in _recorded_flags(path).items()
-                 if needs_rebuy(flag, plan.flags.get(dt.date.fromisoformat(day), {}))]
-        if path.is_file() and moved:
-            log.warning("Databento regenerated %s since %s was bought: buying it once more", ", ".join(moved), path)
-            set_aside(path, path)
-    return plan
-
-
-def _recorded_flags(path: Path) -> dict[str, dict]:
-    """The flagged days a landing's sidecar records: {ISO day: flags} (a batch day keeps them at its top level)."""
-    sidecar = read_sidecar(path) or {}
-    if "batch_job" in sidecar:
-        day = sidecar.get("request", {}).get("start", "")[:10]
-        return {day: sidecar} if day and flagged(sidecar) else {}
-    return sidecar.get("conditions", {})
-
-
-def _flag_landing(path: Path, req: RawRequest, plan: DayPlan) -> None:
-    """Record in the sidecar of a streamed landing the condition of each of its days that is flagged."""
-    sidecar = read_sidecar(path) or {}
-    flagged = {day.isoformat(): plan.flags[day] for day in days_of(req) if plan.flagged(day)}
-    if sidecar.get("conditions", {}) != flagged:
-        write_json_atomic(sidecar_path(path), {**sidecar, "conditions": flagged})
-
-
-def _land_batch(req: RawRequest, ctx, progress, landing: Landing, plan: DayPlan | None) -> list[Path]:
-    """The bars of `req` landed day by day through a batch job (see databento_batch), with a progress line."""
-    label = f"batch {req.symbol}"
-    task = progress.add_task(label, total=None, unit="bytes")
-    days = fetch_batch(req, Path(ctx.cfg.data_dir), ctx.db, ctx.run.id, ctx.source, _policy(ctx.source),
-                       on_status=lambda text: progress.update(task, description=f"{label} ({text})"),
-                       flags=plan.flags if plan is not None else {})
-    progress.update(task, visible=False)
-    for day in days:
-        landing.raw_files.append({"path": str(day.path), "sha256": day.sha256, "reused": day.reused,
-                                  "bytes": day.bytes, "cost_usd": None, "batch_job": day.job_id})
-    return [day.path for day in days]
 
 
 def _has_key() -> bool:

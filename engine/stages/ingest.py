@@ -5,7 +5,8 @@ with their reason. Every ingest leaves a clean_ingest_runs row, on failure too.
 
 One commit unit = one decoded chunk of `source.batch_size` records: its good bars, its quarantine rows and the
 row's counter increments commit (or roll back) in one transaction, so the row always describes exactly what is
-committed, whatever stops the ingest. Records of a local file outside the window are counted, not received.
+committed, whatever stops the ingest. Records of a local file (or of a whole landed Databento day) outside the
+window are counted, not received.
 
 One contract per minute (engine/contracts.py, decided from the files' metadata before any bar is read): the
 continuous symbol's records when an input maps it, else the contract the roll rule picks each session from the
@@ -220,9 +221,10 @@ def run(ctx: StageContext) -> IngestResult:
                 raise
             tally.retries, tally.raw_files = landing.retries, landing.raw_files
             bars = DbnBarFile(landing.paths)
-            window = (datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)) if source.local else None
+            window = (datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)) if _trims(source,
+                                                                                                   landing) else None
             selection = select_series(ctx, bars, landing, window)
-            accepted = _load(ctx, ingest_id, bars, tally, progress, tick, selection)
+            accepted = _load(ctx, ingest_id, bars, tally, progress, tick, selection, window)
             rolls = series_rolls(ctx, selection, tally.runs, tally.priced, landing)
             with ctx.db.begin() as conn:
                 record_rolls(conn, symbol.internal_symbol, ctx.window.start, ctx.window.end, rolls, ingest_id)
@@ -263,8 +265,14 @@ def chunk_settings(ctx: StageContext) -> dict:
     return settings
 
 
+def _trims(source, landing) -> bool:
+    """Whether records of the landed files outside the window are other parts of the files (counted), not anomalies
+    (quarantined as ts_outside_window): local files, and landings that say so (Databento's whole days)."""
+    return source.local or getattr(landing, "trim", False)
+
+
 def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, progress, tick: int | None,
-          selection: Selection) -> SeenTimestamps:
+          selection: Selection, window: tuple[int, int] | None) -> SeenTimestamps:
     """Decode, validate and commit chunk by chunk; `tally` holds what is committed. Returns the accepted minutes.
 
     A worker thread decodes, validates and encodes the next chunks (at most two ahead, no database access) while
@@ -272,7 +280,6 @@ def _load(ctx: StageContext, ingest_id: int, bars: DbnBarFile, tally: _Tally, pr
     after the chunks before it are committed."""
     symbol, source = ctx.symbol, ctx.source
     start_ns, end_ns = datetime_to_ns(ctx.window.start), datetime_to_ns(ctx.window.end)
-    window = (start_ns, end_ns) if source.local else None
     writer = CleanBarWriter(ctx.db, symbol.internal_symbol, ingest_id, batch_size=source.batch_size)
     seen = SeenTimestamps()
     task = progress.add_task(f"ingest {symbol.internal_symbol}", total=None, unit="bars")
