@@ -14,7 +14,8 @@ from rich.console import Console
 from bench import report
 from bench.figures import Bench
 
-GROUPS = ("help", "compute", "futures", "read", "sqlite", "postgresql", "sweep", "incremental", "memory", "export")
+GROUPS = ("help", "compute", "futures", "read", "sqlite", "postgresql", "sweep", "incremental", "memory", "export",
+          "landing")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -804,6 +804,37 @@ class Bench:
         self.check("export: partitions", out["partitions"] > 0, f"{out['partitions']:,} partitions of {n:,} bars")
         self.judge("export_parquet", out["ratio"] >= out["target"], info=self.smoke)
 
+    def fig_landing(self) -> None:
+        """Issue 14 item 1: what of a 10-year window is landed (names only), and the cost of landing by day."""
+        from bench.landing import reuse_lookup, split_overhead  # noqa: PLC0415 - only when this group runs
+
+        lookup = reuse_lookup(self.run_dir / "landing_lookup", reps=max(self.reps, 11))
+        self.check("landing lookup: every day landed, none missing",
+                   lookup["landed"] == lookup["days"] and lookup["missing"] == 0, f"{lookup['landed']:,} days")
+        row = self.rows["landing_reuse_lookup"]
+        row.engine = (f"{lookup['ms']:.1f} ms (best of {len(lookup['runs_ms'])}; median {lookup['median_ms']:.1f} ms, "
+                      f"CPU {lookup['cpu_median_ms']:.1f} ms)")
+        row.target = f"≤ {lookup['target_ms']:g} ms"
+        row.note = (f"`plan_days` over {lookup['days']:,} landed day files (+ sidecars): one directory listing, "
+                    "names only; the days that then serve the window are checked (size, sha256) as they are used")
+        row.data = lookup
+        self.judge("landing_reuse_lookup", lookup["ms"] <= lookup["target_ms"], info=self.smoke)
+        split = split_overhead(self.run_dir / "landing_split", reps=max(self.reps, 1), days=7 if self.smoke else 31)
+        self.check("landing split: every bar landed both ways, one get_range each",
+                   split["days_records"] == split["one_records"] == split["bars"]
+                   and split["days_get_range"] == split["one_get_range"] == 1
+                   and split["day_files"] == split["days"], f"{split['days_records']:,} bars")
+        row = self.rows["landing_day_split"]
+        row.engine = f"{fmt_seconds(split['days_seconds'])} (median of {len(split['days_runs'])})"
+        row.baseline = f"{fmt_seconds(split['one_seconds'])} one request, one file"
+        row.ratio = f"{split['ratio']:.2f}× time"
+        row.target = f"≤ {split['target']}× time"
+        row.note = (f"{split['days']} days, {split['bars']:,} bars (one a minute) from tests/fake_databento.py "
+                    "over TLS with the official client: get_cost + get_record_count + one get_range each way; by day "
+                    f"the body is split into {split['day_files']} DBN files with their own metadata and sidecars")
+        row.data = split
+        self.judge("landing_day_split", split["ratio"] <= split["target"], info=self.smoke)
+
     # ---- all of it
 
     def run(self) -> None:
@@ -822,6 +853,7 @@ class Bench:
         self.run_group("memory", ("peak_rss_pg",), lambda: self.fig_memory("postgresql"))
         self.run_group("memory", ("peak_rss_sqlite",), lambda: self.fig_memory("sqlite"))
         self.run_group("export", ("export_parquet",), self.fig_export)
+        self.run_group("landing", ("landing_reuse_lookup", "landing_day_split"), self.fig_landing)
 
     def close(self, keep_files: bool = False) -> None:
         """Drop the scratch PostgreSQL databases; delete the scratch SQLite and DBN files (GBs) unless asked not to."""

@@ -48,6 +48,9 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("plan_time", "dry run writing plan.md, 5-year weekly backfill (261 chunks), offline", "SQLite"),
     ("export_parquet", "Parquet export of bars by symbol and UTC date, vs pyarrow write_table per date",
      "— (Parquet files)"),
+    # issue 14 item 1: bars landed by UTC day
+    ("landing_reuse_lookup", "landing-reuse lookup, 10-year window of landed days", "— (files)"),
+    ("landing_day_split", "1-month streamed download landed by day, vs one request as one file", "— (fake gateway)"),
 )
 ROW_KEYS = tuple(key for key, _, _ in ROWS)
 

@@ -49,6 +49,9 @@ FIGURE_ROWS = {
     "plan_time": ("dry run writing plan.md, 5-year weekly backfill (261 chunks), offline", "SQLite"),
     "export_parquet": ("Parquet export of bars by symbol and UTC date, vs pyarrow write_table per date",
                        "— (Parquet files)"),
+    # issue 14 item 1
+    "landing_reuse_lookup": ("landing-reuse lookup, 10-year window of landed days", "— (files)"),
+    "landing_day_split": ("1-month streamed download landed by day, vs one request as one file", "— (fake gateway)"),
 }
 PG_ROWS = {key for key, (_, db) in FIGURE_ROWS.items() if db == "PostgreSQL"}
 

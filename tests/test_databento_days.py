@@ -235,3 +235,29 @@ def test_dry_run_prices_and_lists_only_the_missing_days(engine_cli, db_url, serv
         (["2026-02-15T00:00:00Z", "2026-03-01T00:00:00Z"], False)]
     assert rows[0]["days"] == [f"2026-02-{d:02d}" for d in range(1, 8)] and len(rows[1]["days"]) == 14
     assert len(served.seen(GET_COST)) == costs + 2 and len(served.seen(GET_RANGE)) == 1
+
+
+def test_the_jobs_cost_guard_names_the_missing_days_before_anything_is_bought(fake, tmp_path):
+    from types import SimpleNamespace
+
+    from rich.progress import Progress
+
+    from engine.sources.databento import DatabentoSource
+    from engine.sources.databento_api import acquire
+    from engine.symbols import ResolvedSymbol
+    from engine.windows import Window
+
+    fetch(fake, tmp_path, bars(*WEEK))
+    nq = ResolvedSymbol("GLBX.MDP3:NQ", "GLBX.MDP3", "NQ", "v", 0, "ohlcv-1m", "continuous", {})
+    source = DatabentoSource(gateway=fake.gateway, backoff_seconds=0.01, max_cost_usd=0.4, definitions=False,
+                             roll_outrights=False)
+    ctx = SimpleNamespace(symbol=nq, source=source, window=Window(*MONTH), cfg=SimpleNamespace(data_dir=tmp_path))
+    with pytest.raises(EngineError) as refused, Progress(disable=True) as progress:
+        acquire(ctx, progress)  # two runs of missing days at $0.25 each: $0.50
+    assert "$0.50" in refused.value.problem and "21 missing days (2026-02-01, 2026-02-02" in refused.value.problem
+    assert len(bought(fake)) == 1
+    source.max_cost_usd = 0.5
+    with Progress(disable=True) as progress:
+        landing = acquire(ctx, progress)
+    assert len(landing.paths) == 28 and landing.trim and landing.raw_files[0]["days_bought"] == 21
+    assert landing.raw_files[0]["cost_usd"] == pytest.approx(0.75)  # the week's $0.25 and the two runs'

@@ -7,6 +7,7 @@ unmodified): the landing part in process (no database), the ingest end to end on
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -88,7 +89,8 @@ def test_a_continuous_download_lands_bars_definitions_and_the_roll_outrights(fak
     [outright] = fake.seen(GET_RANGE)[2:]
     assert (outright.params["start"], outright.params["end"]) == ("2025-11-30T00:00:00+00:00",
                                                                   "2025-12-03T00:00:00+00:00")
-    [bars], [definitions], [outrights] = landing.paths, landing.definitions, landing.outrights
+    bars, [definitions], [outrights] = landing.paths, landing.definitions, landing.outrights
+    assert [p.name for p in bars] == ["20251201.dbn.zst", "20251202.dbn.zst"]  # the bars land by UTC day
     assert definitions.parent.parts[-3:] == ("GLBX.MDP3", "definition", "NQ.v.0")
     assert outrights.parent.name == f"{OLD}_{NEW}"
     assert [entry.get("kind") for entry in landing.raw_files] == [None, "definitions", "outrights"]
@@ -104,7 +106,7 @@ def test_a_continuous_download_lands_bars_definitions_and_the_roll_outrights(fak
     assert {r.instrument_id for r in store} == {OLD, NEW}
     assert sidecar(outrights)["records"] == count_records(outrights)[1] == 2 * RECORDS
     assert sidecar(outrights)["request"]["stype_in"] == "instrument_id"
-    assert {iid for iid, *_ in count_records(bars)[0].intervals} == {OLD, NEW}
+    assert [{iid for iid, *_ in count_records(day)[0].intervals} for day in bars] == [{OLD}, {NEW}]
 
 
 def test_a_second_run_reuses_every_landing_without_any_request(fake, tmp_path):
@@ -238,7 +240,12 @@ def test_ingest_lands_bars_definitions_and_outrights_once(engine_cli, db_url, se
     assert ranges(served) == [BARS, DEFINITIONS, OUTRIGHTS]
     for entry in summary["raw_files"]:
         path = first.cwd / entry["path"] if not Path(entry["path"]).is_absolute() else Path(entry["path"])
-        assert sidecar(path)["sha256"] == entry["sha256"]
+        if entry.get("days"):  # the bars by day: the digest of the days' digests, in order
+            days = sorted(path.glob("*.dbn.zst"))
+            digest = hashlib.sha256("".join(sidecar(day)["sha256"] for day in days).encode()).hexdigest()
+            assert (entry["days"], digest) == (2, entry["sha256"])
+        else:
+            assert sidecar(path)["sha256"] == entry["sha256"]
     rolls = query(db_url, "SELECT * FROM contract_rolls")
     assert len(rolls) == 1 and summary["rolls_unadjusted"] == [], summary
     roll = rolls[0]

@@ -587,13 +587,13 @@ def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawR
 
 
 def _bars_described(planned: list[Planned]) -> str:
-    """The bars items of `planned`: one request, or the runs of missing days they are."""
+    """The bars items of `planned`: one request, or the days still missing."""
     runs = [item for item in planned if item.kind == BARS]
-    if len(runs) == 1 and not runs[0].days:
-        return runs[0].req.describe()
     days = [day for item in runs for day in item.days]
-    return f"{runs[0].req.describe()} and {len(runs) - 1} more runs" * (len(runs) > 1) + (
-        "" if len(runs) > 1 else runs[0].req.describe()) + f" ({len(days)} missing days: {_listed(days)})"
+    if not days:
+        return runs[0].req.describe()
+    req = runs[0].req
+    return f"{req.dataset} {req.symbol} ({req.stype_in}) {req.schema}, {len(days)} missing days ({_listed(days)})"
 
 
 def acquire(ctx, progress) -> Landing:

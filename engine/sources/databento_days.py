@@ -63,7 +63,6 @@ DAYS_DIR = "days"
 NS_PER_DAY = 86_400_000_000_000
 _EPOCH = dt.date(1970, 1, 1)
 _LOCK_STRIPES = 16  # lock files per days folder: `.lock-<n>` serialises landings of the days n, n+16, ...
-_WHOLE_DAY = re.compile(r"^(\d{8})\.dbn\.zst$")
 _PART_OF_DAY = re.compile(r"^(\d{8}T\d{6}(?:\.\d{6})?Z)_(\d{8}T\d{6}(?:\.\d{6})?Z)\.dbn\.zst$")
 _RECORD_HEADER_BYTES = 16
 _CHUNK_RECORDS = 1 << 16
@@ -123,25 +122,27 @@ def _parse_stamp(text: str) -> int:
     return _ns(datetime.strptime(text, fmt).replace(tzinfo=UTC))
 
 
-def landed_pieces(folder: Path) -> list[tuple[int, int, Path]]:
-    """(start_ns, end_ns, path) of every piece landed in the days folder `folder`, by start: one directory listing,
-    names only (sidecars, .part, .lock and .rejected-<n> files are not pieces)."""
-    out = []
+def landed_pieces(folder: Path) -> list[tuple[int, int, str]]:
+    """(start_ns, end_ns, file name) of every piece landed in the days folder `folder`, by start: one directory
+    listing, names only (sidecars, .part, .lock and .rejected-<n> files are not pieces)."""
     try:
-        entries = os.scandir(folder)
+        names = os.listdir(folder)
     except FileNotFoundError:
         return []
-    with entries:
-        for entry in entries:
-            name = entry.name
-            if not name.endswith(".dbn.zst"):
+    out = []
+    epoch, from_iso = _EPOCH.toordinal(), dt.date.fromisoformat  # YYYYMMDD: ISO 8601 basic format
+    for name in names:
+        if not name.endswith(".dbn.zst"):
+            continue
+        if len(name) == 16 and name[:8].isdigit():  # a whole day, YYYYMMDD.dbn.zst
+            try:
+                start = (from_iso(name[:8]).toordinal() - epoch) * NS_PER_DAY
+            except ValueError:  # not a date: not a piece
                 continue
-            if match := _WHOLE_DAY.match(name):
-                start = (dt.date(int(name[:4]), int(name[4:6]), int(name[6:8])) - _EPOCH).days * NS_PER_DAY
-                out.append((start, start + NS_PER_DAY, Path(entry.path)))
-            elif match := _PART_OF_DAY.match(name):
-                out.append((_parse_stamp(match[1]), _parse_stamp(match[2]), Path(entry.path)))
-    out.sort(key=lambda piece: piece[0])
+            out.append((start, start + NS_PER_DAY, name))
+        elif match := _PART_OF_DAY.match(name):
+            out.append((_parse_stamp(match[1]), _parse_stamp(match[2]), name))
+    out.sort()
     return out
 
 
@@ -151,8 +152,14 @@ class DayPlan:
     (each one request to buy), with the day pieces each run will land as."""
 
     window: RawRequest
-    landed: tuple[Path, ...]
+    folder: Path
+    names: tuple[str, ...]  # of the landed pieces that overlap the window, in time order
     missing: tuple[RawRequest, ...]
+
+    @property
+    def landed(self) -> tuple[Path, ...]:
+        """The landed pieces that overlap the window, in time order."""
+        return tuple(self.folder / name for name in self.names)
 
     def missing_pieces(self, run: RawRequest) -> list[RawRequest]:
         return day_pieces(run)
@@ -175,18 +182,19 @@ def _end_clock(piece: RawRequest) -> str:
 def plan_days(data_dir: Path, window: RawRequest) -> DayPlan:
     """What of `window` is landed and what must be bought (names only, see `landed_pieces`)."""
     lo, hi = _ns(window.start), _ns(window.end)
+    folder = days_dir(data_dir, window)
     landed, missing, at = [], [], lo
-    for start, end, path in landed_pieces(days_dir(data_dir, window)):
+    for start, end, name in landed_pieces(folder):
         if end <= lo or start >= hi:
             continue
-        landed.append(path)
+        landed.append(name)
         if start > at:
             missing.append((at, start))
         at = max(at, end)
     if at < hi:
         missing.append((at, hi))
     runs = tuple(dataclasses.replace(window, start=_from_ns(a), end=_from_ns(b)) for a, b in missing)
-    return DayPlan(window, tuple(landed), runs)
+    return DayPlan(window, folder, tuple(landed), runs)
 
 
 @contextlib.contextmanager
