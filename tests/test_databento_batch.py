@@ -219,3 +219,67 @@ def _rows(url: str) -> list[dict]:
         return batch_rows(url)
     except Exception:  # noqa: BLE001 -- the table appears when the run has migrated the database
         return []
+
+
+# ------------------------------------------------------------------------------------------ in process: rare paths
+
+
+def _source(fake):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(gateway=fake.gateway, mode="batch", batch_threshold_bytes=0, batch_poll_seconds=0.01,
+                           max_retries=1, backoff_seconds=0.01)
+
+
+def _request():
+    import datetime as dt
+
+    from engine.sources.databento_request import RawRequest
+
+    return RawRequest("GLBX.MDP3", "NQ.v.0", "ohlcv-1m", "continuous", dt.datetime(2025, 12, 9, tzinfo=dt.UTC),
+                      dt.datetime(2025, 12, 12, tzinfo=dt.UTC))
+
+
+def _policy():
+    from engine.sources.databento_retry import RetryPolicy
+
+    return RetryPolicy(1, 0.01, 0.1, time.sleep)
+
+
+def test_a_job_submitted_by_a_run_killed_before_its_answer_is_found_again_not_bought_again(
+        db, fake_databento, tmp_path):
+    from engine.db import batch_jobs
+    from engine.sources.databento_batch import fetch_batch
+
+    fake = fake_databento(KEY, records=RECORDS)
+    req = _request()
+    batch_jobs.record_submitting(db, req, None)  # the row was committed, then the run died before the answer
+    databento.Historical(key=KEY, gateway=fake.gateway).batch.submit_job(  # ...which Databento had received
+        **req.client_params(), encoding="dbn", compression="zstd", split_duration="day")
+    landed = fetch_batch(req, tmp_path, db, None, _source(fake), _policy(), sleep=lambda s: None)
+    assert landed == 3 and fake.batch.submitted() == 1
+    [row] = batch_jobs.job_rows(db)
+    assert row["job_id"] == next(iter(fake.batch.jobs)) and row["state"] == "landed"
+
+
+def test_an_expired_job_stops_the_run_and_the_next_one_submits_anew(db, fake_databento, tmp_path):
+    from engine.db import batch_jobs
+    from engine.errors import EngineError
+    from engine.sources.databento_batch import fetch_batch
+
+    fake = fake_databento(KEY, records=RECORDS)
+    fake.batch.queued_polls = 10**9
+    req = _request()
+    calls = []
+
+    def expire_on_second_poll(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) == 2:
+            fake.batch.expire(next(iter(fake.batch.jobs)))
+
+    with pytest.raises(EngineError, match="expired before its files were downloaded"):
+        fetch_batch(req, tmp_path, db, None, _source(fake), _policy(), sleep=expire_on_second_poll)
+    assert [r["state"] for r in batch_jobs.job_rows(db)] == ["expired"]
+    fake.batch.queued_polls = 0
+    assert fetch_batch(req, tmp_path, db, None, _source(fake), _policy(), sleep=lambda s: None) == 3
+    assert fake.batch.submitted() == 2 and [r["state"] for r in batch_jobs.job_rows(db)] == ["expired", "landed"]
