@@ -25,12 +25,10 @@ on UTC ``ts`` expects. A CME session (17:00–16:00 Chicago) therefore spans two
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import NO_SPACE
+from engine.sources.landing import sync_paths as _sync  # one syncfs, else an fsync per path
 
 PART = "part-0.parquet"
 TEMP_PREFIX = f".{PART}.tmp-"
@@ -341,35 +340,3 @@ def _no_space(exc: OSError) -> bool:
         "No space left" in str(exc)
 
 
-def _sync(paths: list[Path], on: Path) -> None:
-    """`paths` (files or folders) durable on disk: one syncfs of the file system holding `on`, else an fsync each."""
-    if _SYNCFS is not None:
-        fd = os.open(on, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) != 0:
-                code = ctypes.get_errno()
-                raise OSError(code, os.strerror(code), str(on))
-        finally:
-            os.close(fd)
-        return
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _load_syncfs():
-    """Linux's syncfs(2) from the C library (None elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
-    return function
-
-
-_SYNCFS = _load_syncfs()

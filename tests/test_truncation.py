@@ -21,7 +21,11 @@ from engine.errors import EngineError
 from engine.sources.dbn import DbnBarFile, SymbolFilter, count_records
 
 ESU4_NQU4 = "nt_ESU4_NQU4_20240701T2340-0010.ohlcv-1m.dbn.zst"
+# A request-keyed landing of an earlier version, and where the same window lands by day (issue 14): its one day, and
+# the run's body while it is checked (kept as <run>.rejected-<n> when it fails).
 LANDING = Path("data/raw/GLBX.MDP3/ohlcv-1m/NQ.v.0/20251209T000000Z_20251210T000000Z.dbn.zst")
+DAY_LANDING = Path("data/raw/GLBX.MDP3/ohlcv-1m/NQ.v.0/days/20251209.dbn.zst")
+RUN = Path("data/raw/GLBX.MDP3/ohlcv-1m/NQ.v.0/days/run-20251209T000000Z_20251210T000000Z.dbn.zst")
 DAY = ["window.start=2025-12-09T00:00:00Z", "window.end=2025-12-10T00:00:00Z"]
 KEY = "db-TRUNCATIONTESTKEY000000"
 RECORDS = 50
@@ -139,12 +143,12 @@ FAULTS = {
     "cut_at_frame": (
         [Reply.cut_at_frame(10), Reply.cut_at_frame(12)],
         "received 12 of 50 records (metadata.get_record_count)",
-        [LANDING.name + ".rejected-1", LANDING.name + ".rejected-2"],
+        [RUN.name + ".rejected-1", RUN.name + ".rejected-2"],
     ),
     "garbage": (
         [Reply.garbage(), Reply.garbage(), Reply.garbage()],
         "not a DBN file",
-        [LANDING.name + ".rejected-1", LANDING.name + ".rejected-2"],
+        [RUN.name + ".rejected-1", RUN.name + ".rejected-2"],
     ),
     "stall": ([Reply.stalled(5, after_bytes=100)] * 8, "source.retry_budget_seconds=2.5 is spent", []),
 }
@@ -163,13 +167,13 @@ def test_a_databento_fault_fails_the_run_and_the_next_run_buys_once(engine_cli, 
     error = failed.result["error"]
     assert said in error, error
     if kept:
-        assert str(LANDING) in error, error  # data_dir as configured (relative)
+        assert str(RUN) in error, error  # data_dir as configured (relative)
     else:
         assert "raise source.retry_budget_seconds" in error  # what to change
         log = (failed.run_dir / "engine.log").read_text()
         assert "stalled: no data for 1 s (source.read_timeout_seconds); retry 1/5" in log
     for name in kept:
-        assert str(LANDING.parent / name) in error  # says where the kept bodies are
+        assert str(RUN.parent / name) in error  # says where the kept bodies are
     assert raw_files(tmp_path) == kept
     bought = len(fake.seen(GET_RANGE))
     assert bought == (2 if fault != "stall" else bought) and bought >= 2
@@ -182,7 +186,7 @@ def test_a_databento_fault_fails_the_run_and_the_next_run_buys_once(engine_cli, 
 
     assert healed.returncode == 0, healed.output
     assert len(fake.seen(GET_RANGE)) == bought + 1, "bought again exactly once"
-    assert raw_files(tmp_path) == sorted([*kept, LANDING.name, LANDING.name + ".json"])
+    assert raw_files(tmp_path) == sorted([*kept, DAY_LANDING.name, DAY_LANDING.name + ".json"])
     assert ingest_rows(db_url)[-1] | {"error": None} == {
         "status": "success", "retries": 0, "error": None, "bars_received": RECORDS, "bars_inserted": RECORDS,
         "bars_unchanged": 0,
@@ -198,19 +202,19 @@ def test_a_databento_fault_fails_the_run_and_the_next_run_buys_once(engine_cli, 
 @pytest.mark.slow
 def test_a_landing_cut_at_a_frame_boundary_is_set_aside_and_bought_again_once(engine_cli, db_url, fake, tmp_path):
     args = databento_args(fake, db_url)
-    first = engine_cli(*args)
-    assert first.returncode == 0, first.output
-    # Make the landing what the old code accepted and kept reusing: a body cut after a frame, its sidecar
+    # A request-keyed landing that the old code accepted and kept reusing: a body cut after a frame, its sidecar
     # written from the cut body (sha256, size and the decoded count), with no record-count check recorded.
     landing = tmp_path / LANDING
+    landing.parent.mkdir(parents=True)
     start = dt.datetime(2025, 12, 9, tzinfo=dt.UTC)
     body = ohlcv_dbn(start=start, end=start + dt.timedelta(days=1), records=RECORDS, first_frame_records=10)
     landing.write_bytes(zstd_frames(body)[0])
     sidecar_path = landing.with_name(landing.name + ".json")
-    sidecar = json.loads(sidecar_path.read_text())
-    sidecar.update(sha256=hashlib.sha256(landing.read_bytes()).hexdigest(), bytes=landing.stat().st_size, records=10)
-    del sidecar["records_checked"]
-    sidecar_path.write_text(json.dumps(sidecar))
+    request = {"dataset": "GLBX.MDP3", "symbol": "NQ.v.0", "schema": "ohlcv-1m", "stype_in": "continuous",
+               "start": "2025-12-09T00:00:00+00:00", "end": "2025-12-10T00:00:00+00:00"}
+    sidecar_path.write_text(json.dumps({"request": request, "file": landing.name, "cost_usd": 0.25, "records": 10,
+                                        "sha256": hashlib.sha256(landing.read_bytes()).hexdigest(),
+                                        "bytes": landing.stat().st_size}))
 
     refused = engine_cli(*args)
 
@@ -220,11 +224,12 @@ def test_a_landing_cut_at_a_frame_boundary_is_set_aside_and_bought_again_once(en
     assert str(LANDING) + ".rejected-1" in error
     assert raw_files(tmp_path) == [LANDING.name + ".rejected-1", LANDING.name + ".rejected-1.json"]
     assert ingest_rows(db_url)[-1]["status"] == "failed"
-    assert len(fake.seen(GET_RANGE)) == 1 and fake.seen()[-1].endpoint == GET_RECORD_COUNT
+    assert len(fake.seen(GET_RANGE)) == 0 and fake.seen()[-1].endpoint == GET_RECORD_COUNT
 
     healed = engine_cli(*args)
 
     assert healed.returncode == 0, healed.output
-    assert len(fake.seen(GET_RANGE)) == 2, "bought again exactly once"
-    assert ingest_rows(db_url)[-1]["bars_unchanged"] == RECORDS
+    assert len(fake.seen(GET_RANGE)) == 1, "bought again exactly once (by day)"
+    assert (tmp_path / DAY_LANDING).is_file()
+    assert ingest_rows(db_url)[-1]["bars_inserted"] == RECORDS
     assert query(db_url, "SELECT count(*) AS n FROM market_bars_ohlcv_1m_clean")[0]["n"] == RECORDS

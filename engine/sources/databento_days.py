@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -48,12 +49,12 @@ from engine.sources.landing import (
     exclusive,
     file_digest,
     fsync_dir,
-    fsync_file,
     part_path,
     read_sidecar,
+    replacing,
     set_aside,
     sidecar_path,
-    write_json_atomic,
+    sync_paths,
 )
 
 __all__ = ["DAYS_DIR", "DayPlan", "FetchResult", "day_landing_path", "day_pieces", "days_dir", "land_day_body",
@@ -287,10 +288,22 @@ def land_day_body(part: Path, day_req: RawRequest, *, expected_records: int | No
         final = part.parent / day_landing_path(Path(), day_req).name
     else:
         raise ValueError(f"{part} is not in a days folder: give data_dir")
+    return _commit([_staged(part, final, day_req, expected_records, sidecar_extra)])[0]
+
+
+@dataclass
+class _Staged:
+    """A checked piece waiting to be made durable and renamed into place."""
+
+    part: Path
+    final: Path
+    sidecar: dict
+
+
+def _staged(part: Path, final: Path, day_req: RawRequest, expected_records: int | None, extra: dict) -> _Staged:
     records = verify_body(part, day_req, expected_records)
     sha256, size = file_digest(part)
-    fsync_file(part)
-    sidecar = {
+    return _Staged(part, final, {
         "request": day_req.as_dict(),
         "file": final.name,
         "sha256": sha256,
@@ -301,14 +314,28 @@ def land_day_body(part: Path, day_req: RawRequest, *, expected_records: int | No
         "origin": "stream",
         "downloaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "client": f"databento {databento.__version__}",
-        **sidecar_extra,
-    }
-    final.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(sidecar_path(final), sidecar)
-    os.replace(part, final)
-    fsync_dir(final.parent)
-    return FetchResult(path=final, sha256=sha256, reused=False, retries=0, cost_usd=sidecar.get("cost_usd"),
-                       bytes=size, records=records)
+        **extra,
+    })
+
+
+def _commit(staged: list[_Staged]) -> list[FetchResult]:
+    """Sidecars written, then every body and sidecar made durable at once (one syncfs where Linux has it), then each
+    body renamed into place (after its sidecar: a data file never appears without one), then the folders synced."""
+    folders = sorted({item.final.parent for item in staged})
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    for item in staged:
+        with replacing(sidecar_path(item.final)) as tmp, open(tmp, "w") as f:
+            json.dump(item.sidecar, f, indent=2, sort_keys=True)
+            f.write("\n")
+    sync_paths([*(item.part for item in staged), *(sidecar_path(item.final) for item in staged)], folders[0])
+    for item in staged:
+        os.replace(item.part, item.final)
+    for folder in folders:
+        fsync_dir(folder)
+    return [FetchResult(path=item.final, sha256=item.sidecar["sha256"], reused=False, retries=0,
+                        cost_usd=item.sidecar.get("cost_usd"), bytes=item.sidecar["bytes"],
+                        records=item.sidecar["records"]) for item in staged]
 
 
 def _day_symbology(path: Path) -> dict[str, list[dict[str, str]]]:
@@ -330,14 +357,18 @@ def split_run(body: Path, run: RawRequest, *, expected_records: int, cost_usd: f
     Each piece gets the body's metadata with its own start/end and the mappings of its day, and the records whose
     ts_event falls in it (records are time-ordered; one before the run goes into the first piece, one after it or
     out of order into the current piece: kept and counted, the ingest quarantines what is outside its window).
-    The pieces' record counts must add up to `expected_records`. Then each piece is landed by `land_day_body`.
+    The pieces' record counts must add up to `expected_records`. Then each piece is checked and landed as by
+    `land_day_body`, all of them made durable at once.
     """
     pieces = day_pieces(run)
     info = _read_info(body)
     starts = np.array([_ns(p.start) for p in pieces], dtype=np.int64)
     parts = [part_path(day_landing_path(data_dir, p)) for p in pieces]
     counts = [0] * len(pieces)
+    for part in parts:
+        part.unlink(missing_ok=True)  # left over from a crash: never trusted
     writers: dict[int, tuple] = {}
+    compressor = zstandard.ZstdCompressor(level=3)  # one context for all the pieces
     current = 0
     stream = _open_stream(body)
     try:
@@ -354,19 +385,19 @@ def split_run(body: Path, run: RawRequest, *, expected_records: int, cost_usd: f
             bounds = np.flatnonzero(np.diff(index)) + 1
             for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), whole], strict=True):
                 k = int(index[a])
-                if k not in writers:
-                    writers[k] = _open_piece(parts[k], info, pieces[k])
+                if k not in writers:  # pieces come in order: the one before is complete
+                    for done in list(writers):
+                        _close_piece(writers.pop(done))
+                    writers[k] = _open_piece(parts[k], info, pieces[k], compressor)
                 writers[k][1].write(recs[a:b].tobytes())
                 counts[k] += b - a
-            for k in [k for k in writers if k < int(index[-1])]:
-                _close_piece(writers.pop(k))
             current = int(index[-1])
             data = stream.read(size * _CHUNK_RECORDS)
-        for k in range(len(pieces)):  # days without records land too: they are known to be empty
-            if k not in writers and not parts[k].exists():
-                _close_piece(_open_piece(parts[k], info, pieces[k]))
         for k in list(writers):
             _close_piece(writers.pop(k))
+        for k in range(len(pieces)):  # days without records land too: they are known to be empty
+            if not counts[k]:
+                _close_piece(_open_piece(parts[k], info, pieces[k], compressor))
     except BaseException:
         for writer in writers.values():
             with contextlib.suppress(Exception):
@@ -379,23 +410,23 @@ def split_run(body: Path, run: RawRequest, *, expected_records: int, cost_usd: f
     if sum(counts) != expected_records:
         for part in parts:
             part.unlink(missing_ok=True)
-        raise BadBody(f"split into {sum(counts):,} records, not the {expected_records:,} received")
+        raise EngineError(f"splitting {run.describe()} into days gave {sum(counts):,} records, not the "
+                          f"{expected_records:,} received; nothing was landed", "report this as a bug")
     total = sum(counts)
-    results = []
     extra = {"run": run.as_dict(), "run_records": total, "retries": retries}
+    staged = []
     for k, piece in enumerate(pieces):
         share = None if cost_usd is None else (cost_usd * counts[k] / total if total else cost_usd / len(pieces))
-        result = land_day_body(parts[k], piece, expected_records=counts[k],
-                               sidecar_extra={**extra, "cost_usd": share}, data_dir=data_dir)
-        results.append(result)
-    return results
+        staged.append(_staged(parts[k], day_landing_path(data_dir, piece), piece, counts[k],
+                              {**extra, "cost_usd": share}))
+    return _commit(staged)
 
 
-def _open_piece(part: Path, info, piece: RawRequest) -> tuple:
-    """A zstd writer on `part`, the piece's metadata already written."""
+def _open_piece(part: Path, info, piece: RawRequest, compressor: zstandard.ZstdCompressor) -> tuple:
+    """A zstd writer on `part`, the piece's metadata already written (one piece at a time per compressor)."""
     part.parent.mkdir(parents=True, exist_ok=True)
     raw = open(part, "wb")  # noqa: SIM115 -- closed by _close_piece
-    writer = zstandard.ZstdCompressor(level=3).stream_writer(raw, closefd=False)
+    writer = compressor.stream_writer(raw, closefd=False)
     writer.write(_piece_metadata(info, piece))
     return raw, writer
 

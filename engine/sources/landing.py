@@ -8,10 +8,12 @@ its checks, kept for inspection).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,37 @@ def set_aside(path: Path, final: Path) -> Path:
         os.replace(sidecar, sidecar_path(target))
     log.warning("kept the rejected body as %s", target)
     return target
+
+
+def sync_paths(paths: list[Path], on: Path) -> None:
+    """`paths` (files or folders) durable on disk: one syncfs of the file system holding `on`, else an fsync each."""
+    if _SYNCFS is not None:
+        fd = os.open(on, os.O_RDONLY)
+        try:
+            if _SYNCFS(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code), str(on))
+        finally:
+            os.close(fd)
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _load_syncfs():
+    """Linux's syncfs(2) from the C library (None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
