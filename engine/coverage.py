@@ -10,7 +10,7 @@ clean_coverage, which the clean-only contract of the detect stage reads instead 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -81,13 +81,21 @@ class IngestCoverage:
                                                                                             window_end))
 
     def record(self, db: Engine, ingest_run_id: int, symbol: str, root: str, accepted_minutes: SeenTimestamps,
-               paths: Sequence[Path]) -> None:
-        """Store the covered intervals in clean_coverage.
+               paths: Sequence[Path], day_conditions: dict | None = None) -> None:
+        """Store the covered intervals in clean_coverage, and the source's flagged days (`day_conditions`, UTC day
+        -> {condition, last_modified_date, provisional, bought}) in clean_coverage_conditions; days not bought
+        (Databento had no data for them yet) are not covered, closed market time in them neither.
 
         An ingest that accepted no bar at all over a window in which the market was open is refused (EngineError,
-        exit 2): it read the wrong file, symbol or roll rule, and must not count as coverage.
+        exit 2): it read the wrong file, symbol or roll rule, and must not count as coverage -- unless every
+        session of the window lies in days that were not bought.
         """
-        if not len(accepted_minutes) and self.market_open:
+        not_bought = [(datetime.combine(day, time(), UTC), datetime.combine(day, time(), UTC) + timedelta(days=1))
+                      for day, flag in (day_conditions or {}).items() if flag.get("bought") is False]
+        coverage_db.record_day_conditions(db, ingest_run_id, symbol, day_conditions or {})
+        open_bought = [(a, b) for a, b in calendar.open_parts(self.start, self.end)
+                       if b - a >= QUIET and not any(lo <= a and b <= hi for lo, hi in not_bought)]
+        if not len(accepted_minutes) and self.market_open and (open_bought or not not_bought):
             names = ", ".join(str(p) for p in paths[:_MAX_LISTED_FILES])
             if len(paths) > _MAX_LISTED_FILES:
                 names += f" and {len(paths) - _MAX_LISTED_FILES} more"
@@ -98,8 +106,11 @@ class IngestCoverage:
                 "ignored_instruments and rejected bars in clean_ingest_quarantine), and that symbol, roll_rule and "
                 "rank match them",
             )
-        coverage_db.record_coverage(db, ingest_run_id, symbol, covered_intervals(self.start, self.end,
-                                                                                  accepted_minutes))
+        intervals = covered_intervals(self.start, self.end, accepted_minutes)
+        for lo, hi in not_bought:
+            intervals = [piece for a, b in intervals for piece in ((a, min(b, lo)), (max(a, hi), b))
+                         if piece[0] < piece[1]]
+        coverage_db.record_coverage(db, ingest_run_id, symbol, intervals)
 
 
 def _parts(start: datetime, end: datetime, accepted: SeenTimestamps):

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import random
 import shutil
@@ -429,6 +430,7 @@ class FakeDatabento:
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batch = FakeBatch(self)  # batch jobs and dataset conditions (the block at the end of this file)
 
     # scripting / inspection
     def script(self, endpoint: str, *replies: Reply) -> None:
@@ -646,7 +648,7 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             params = dict(parse_qsl(url.query, keep_blank_values=True))
             params.update(parse_qsl(raw.decode(), keep_blank_values=True))
-            endpoint = url.path.rsplit("/", 1)[-1]
+            endpoint = BATCH_DOWNLOAD if url.path.startswith(_DOWNLOAD_PREFIX) else url.path.rsplit("/", 1)[-1]
             fake._record(
                 Seen(
                     endpoint=endpoint,
@@ -658,6 +660,8 @@ def _handler_for(fake: FakeDatabento) -> type[BaseHTTPRequestHandler]:
                 )
             )
 
+            if url.path.startswith("/v0/batch") or endpoint in BATCH_ENDPOINTS:
+                return _serve_batch(fake, self, url.path, endpoint, params)
             method = "GET" if endpoint in _GET_ENDPOINTS else "POST"
             if url.path not in {f"/v0/{e}" for e in ENDPOINTS} or self.command != method:
                 return self._send(Reply.error(404, f"no route {self.command} {url.path}"))
@@ -744,3 +748,244 @@ def _basic_user(header: str | None) -> str | None:
         return base64.b64decode(header.split(" ", 1)[1]).decode().split(":", 1)[0]
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+
+# ======================================================================================= batch jobs and conditions
+# Databento's batch API and the dataset-condition / billable-size metadata, as the official client calls them
+# (databento/historical/api/batch.py, metadata.py):
+#
+#   POST /v0/batch.submit_job      form: dataset, symbols, schema, start, end, stype_in, stype_out, encoding,
+#                                  compression, split_duration, delivery, ... -> the job (JSON, state "received")
+#   GET  /v0/batch.list_jobs       query: states, since[, short] -> [{"id", "state", "ts_received"}] (short form;
+#                                  short=False: every job field)
+#   GET  /v0/batch.get_job_details query: job_id -> every field of the job
+#   GET  /v0/batch.list_files      query: job_id -> [{"filename", "size", "hash": "sha256:<hex>",
+#                                  "urls": {"https", "ftp"}}], one DBN zstd file per UTC day (split_duration=day)
+#                                  and manifest.json; 400 until the job is done
+#   GET  /v0/batch/download/<job_id>/<filename>  the file; honours "Range: bytes=a-b" (206 + Content-Range)
+#   GET  /v0/metadata.get_dataset_condition  query: dataset, start_date, end_date (inclusive)
+#                                  -> [{"date", "condition", "last_modified_date"}]
+#   POST /v0/metadata.get_billable_size  form: as get_record_count -> a bare integer (uncompressed DBN bytes)
+#
+# A job's state moves on each time it is looked at (list_jobs / get_job_details): `queued_polls` looks "queued",
+# then `processing_polls` "processing", then "done". Scripting, per test, on `fake.batch`:
+#   queued_polls, processing_polls   how many looks stay queued / processing (for every job)
+#   corrupt = {filename, ...}        list_files gives these files a wrong sha256 (the bytes are right)
+#   cut_after = {filename: n}        the next download of that file sends n bytes with the full Content-Length,
+#                                    then hangs up (once); `stall_after = {filename: (n, seconds)}` sends n bytes
+#                                    and then holds the connection `seconds` (to kill a run mid-download)
+#   conditions = {date: (condition, last_modified_date)}  the others are "available", modified the day after
+#   billable_size = n                metadata.get_billable_size answers n (None: the request's DBN size)
+
+SUBMIT_JOB = "batch.submit_job"
+LIST_JOBS = "batch.list_jobs"
+GET_JOB_DETAILS = "batch.get_job_details"
+LIST_FILES = "batch.list_files"
+BATCH_DOWNLOAD = "batch.download"
+GET_DATASET_CONDITION = "metadata.get_dataset_condition"
+GET_BILLABLE_SIZE = "metadata.get_billable_size"
+BATCH_ENDPOINTS = (SUBMIT_JOB, LIST_JOBS, GET_JOB_DETAILS, LIST_FILES, BATCH_DOWNLOAD, GET_DATASET_CONDITION,
+                   GET_BILLABLE_SIZE)
+_BATCH_POST = (SUBMIT_JOB, GET_BILLABLE_SIZE)
+_DOWNLOAD_PREFIX = "/v0/batch/download/"
+
+
+@dataclass
+class FakeJob:
+    details: dict[str, Any]
+    files: dict[str, bytes]
+    looks: int = 0
+
+
+class FakeBatch:
+    """The batch jobs and dataset conditions of one FakeDatabento (see the block comment above)."""
+
+    def __init__(self, fake: FakeDatabento):
+        self.fake = fake
+        self.jobs: dict[str, FakeJob] = {}
+        self.queued_polls = 1
+        self.processing_polls = 1
+        self.corrupt: set[str] = set()
+        self.cut_after: dict[str, int] = {}
+        self.stall_after: dict[str, tuple[int, float]] = {}
+        self.conditions: dict[dt.date, tuple[str, str | None]] = {}
+        self.billable_size: int | None = None
+
+    def submit(self, params: dict[str, str]) -> dict:
+        start, end = _parse_ts(params["start"]), _parse_ts(params["end"])
+        job_id = f"{params['dataset'].split('.')[0]}-{dt.datetime.now(dt.UTC):%Y%m%d}-{len(self.jobs) + 1:010d}"
+        # The records get_range would stream for the whole job, cut by UTC day (ts_event), each day behind the
+        # metadata header Databento writes for that day's piece of the window.
+        streamed = _plain(self.fake.body_for(params))
+        records = streamed[8 + int.from_bytes(streamed[4:8], "little"):]
+        size = records[0] * 4 if records else 1
+        files: dict[str, bytes] = {}
+        day = dt.datetime.fromtimestamp(start // _NS, dt.UTC).date()
+        while _day_ns(day) < end:
+            lo, hi = max(start, _day_ns(day)), min(end, _day_ns(day + dt.timedelta(days=1)))
+            header = _plain(self.fake.body_for({**params, "start": str(lo), "end": str(hi)}))
+            header = header[:8 + int.from_bytes(header[4:8], "little")]
+            todays = b"".join(records[i:i + size] for i in range(0, len(records), size)
+                              if lo <= int.from_bytes(records[i + 8:i + 16], "little") < hi)
+            name = f"{params['dataset'].lower().replace('.', '-')}-{day:%Y%m%d}.{params['schema']}.dbn.zst"
+            files[name] = zstandard.ZstdCompressor(level=3).compress(header + todays)
+            day += dt.timedelta(days=1)
+        manifest = {"job_id": job_id, "files": [{"filename": name, "size": len(body),
+                                                 "hash": "sha256:" + hashlib.sha256(body).hexdigest()}
+                                                for name, body in files.items()]}
+        files["manifest.json"] = json.dumps(manifest, indent=2).encode()
+        now = _iso_ns(dt.datetime.now(dt.UTC))
+        dbn = [b for name, b in files.items() if name.endswith(".dbn.zst")]
+        details = {
+            "id": job_id, "user_id": "FAKEUSER", "api_key": "fake-001", "cost_usd": self.fake.cost_usd,
+            "dataset": params["dataset"], "symbols": params["symbols"], "stype_in": params["stype_in"],
+            "stype_out": params["stype_out"], "schema": params["schema"], "start": _iso_ns(_from_ns(start)),
+            "end": _iso_ns(_from_ns(end)), "limit": None, "encoding": params["encoding"],
+            "compression": params.get("compression"), "pretty_px": params.get("pretty_px") == "True",
+            "pretty_ts": params.get("pretty_ts") == "True", "map_symbols": params.get("map_symbols") == "True",
+            "split_symbols": params.get("split_symbols") == "True", "split_duration": params["split_duration"],
+            "split_size": None, "packaging": None, "delivery": params["delivery"],
+            "record_count": sum(record_count(b) for b in dbn),
+            "billed_size": sum(len(_plain(b)) for b in dbn),
+            "actual_size": sum(len(b) for b in dbn), "package_size": sum(len(b) for b in files.values()),
+            "state": "received", "ts_received": now, "ts_queued": None, "ts_process_start": None,
+            "ts_process_done": None, "ts_expiration": None, "progress": 0,
+        }
+        with self.fake._lock:
+            self.jobs[job_id] = FakeJob(details, files)
+        return dict(details)
+
+    def look(self, job: FakeJob) -> dict:
+        """The job as seen now; each look moves it on (received -> queued -> processing -> done)."""
+        with self.fake._lock:
+            job.looks += 1
+            now = _iso_ns(dt.datetime.now(dt.UTC))
+            d = job.details
+            if d["state"] != "expired":
+                if job.looks <= self.queued_polls:
+                    d["state"], d["ts_queued"] = "queued", d["ts_queued"] or now
+                elif job.looks <= self.queued_polls + self.processing_polls:
+                    d["state"], d["ts_process_start"], d["progress"] = "processing", d["ts_process_start"] or now, 50
+                else:
+                    d["state"], d["progress"] = "done", 100
+                    d["ts_queued"] = d["ts_queued"] or now
+                    d["ts_process_start"] = d["ts_process_start"] or now
+                    d["ts_process_done"] = d["ts_process_done"] or now
+                    d["ts_expiration"] = d["ts_expiration"] or _iso_ns(dt.datetime.now(dt.UTC) + dt.timedelta(days=30))
+            return dict(d)
+
+    def expire(self, job_id: str) -> None:
+        with self.fake._lock:
+            self.jobs[job_id].details["state"] = "expired"
+
+    def list_files(self, job: FakeJob) -> list[dict]:
+        base = self.fake.gateway
+        out = []
+        for name, body in job.files.items():
+            digest = hashlib.sha256(body + (b"x" if name in self.corrupt else b"")).hexdigest()
+            out.append({"filename": name, "size": len(body), "hash": f"sha256:{digest}",
+                        "urls": {"https": f"{base}{_DOWNLOAD_PREFIX}{job.details['id']}/{name}",
+                                 "ftp": f"ftp://ftp.fake.databento.com/{job.details['id']}/{name}"}})
+        return out
+
+    def condition(self, dataset: str, first: dt.date, last: dt.date) -> list[dict]:
+        out = []
+        day = first
+        while day <= last:
+            condition, modified = self.conditions.get(day, ("available", (day + dt.timedelta(days=1)).isoformat()))
+            out.append({"date": day.isoformat(), "condition": condition, "last_modified_date": modified})
+            day += dt.timedelta(days=1)
+        return out
+
+    def billable(self, params: dict[str, str]) -> int:
+        if self.billable_size is not None:
+            return self.billable_size
+        return len(_plain(self.fake.body_for(params)))
+
+    def submitted(self) -> int:
+        """How many jobs were submitted (what a client paid for)."""
+        return len(self.fake.seen(SUBMIT_JOB))
+
+
+def _plain(body: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(body) if body[:4] == _ZSTD_MAGIC else body
+
+
+def _from_ns(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns // _NS, dt.UTC).replace(microsecond=(ns % _NS) // 1000)
+
+
+def _serve_batch(fake: FakeDatabento, handler: BaseHTTPRequestHandler, path: str, endpoint: str,
+                 params: dict[str, str]) -> None:
+    send = handler._send  # type: ignore[attr-defined]
+    batch = fake.batch
+    expected = "POST" if endpoint in _BATCH_POST else "GET"
+    known = path.startswith(_DOWNLOAD_PREFIX) or path == f"/v0/{endpoint}"
+    if not known or endpoint not in BATCH_ENDPOINTS or handler.command != expected:
+        return send(Reply.error(404, f"no route {handler.command} {path}"))
+    if _basic_user(handler.headers.get("Authorization")) in (None, ""):
+        return send(Reply.error(401, "missing API key"))
+    if endpoint == SUBMIT_JOB:
+        if params.get("encoding") != "dbn" or params.get("split_duration") not in ("day", "week", "month", "none"):
+            return send(Reply.error(422, f"fake serves encoding=dbn only, got {params}"))
+        try:
+            return send(Reply(json=batch.submit(params)))
+        except (KeyError, ValueError, databento_dbn.DBNError) as exc:
+            return send(Reply.error(422, f"fake cannot batch {params}: {exc}"))
+    if endpoint == GET_BILLABLE_SIZE:
+        return send(Reply(json=batch.billable(params)))
+    if endpoint == GET_DATASET_CONDITION:
+        first = dt.date.fromisoformat(params.get("start_date") or DATASET_START.date().isoformat())
+        last = dt.date.fromisoformat(params.get("end_date") or dt.datetime.now(dt.UTC).date().isoformat())
+        return send(Reply(json=batch.condition(params["dataset"], first, last)))
+    if endpoint == LIST_JOBS:
+        states = set((params.get("states") or "queued,processing,done").split(","))
+        short = params.get("short", "True") != "False"
+        jobs = [batch.look(job) for job in list(batch.jobs.values())]
+        jobs = [({k: j[k] for k in ("id", "state", "ts_received")} if short else j) for j in jobs
+                if j["state"] in states or j["state"] == "received"]
+        return send(Reply(json=jobs))
+    if endpoint == BATCH_DOWNLOAD:
+        job_id, _, name = path[len(_DOWNLOAD_PREFIX):].partition("/")
+        job = batch.jobs.get(job_id)
+        if job is None or name not in job.files:
+            return send(Reply.error(404, f"no file {name} in job {job_id}"))
+        if job.details["state"] != "done":
+            return send(Reply.error(400, f"job {job_id} is {job.details['state']}", case="job_not_done"))
+        return _send_file(batch, handler, name, job.files[name])
+    job = batch.jobs.get(params.get("job_id", ""))
+    if job is None:
+        return send(Reply.error(404, f"no batch job {params.get('job_id')!r}", case="job_not_found"))
+    if endpoint == GET_JOB_DETAILS:
+        return send(Reply(json=batch.look(job)))
+    if job.details["state"] != "done":  # list_files
+        return send(Reply.error(400, f"job {job.details['id']} is {job.details['state']}", case="job_not_done"))
+    return send(Reply(json=batch.list_files(job)))
+
+
+def _send_file(batch: FakeBatch, handler: BaseHTTPRequestHandler, name: str, body: bytes) -> None:
+    first, last = 0, len(body) - 1
+    ranged = handler.headers.get("Range", "")
+    if ranged.startswith("bytes="):
+        lo, _, hi = ranged[len("bytes="):].partition("-")
+        first, last = int(lo), int(hi) if hi else len(body) - 1
+    part = body[first:last + 1]
+    with batch.fake._lock:
+        cut = batch.cut_after.pop(name, None)
+        stall = batch.stall_after.pop(name, None)
+    handler.send_response(206 if ranged else 200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(len(part)))
+    if ranged:
+        handler.send_header("Content-Range", f"bytes {first}-{last}/{len(body)}")
+    handler.end_headers()
+    if stall is not None:
+        handler.wfile.write(part[:stall[0]])
+        handler.wfile.flush()
+        time.sleep(stall[1])
+        return handler._cut()  # type: ignore[attr-defined]
+    if cut is not None:
+        handler.wfile.write(part[:cut])
+        return handler._cut()  # type: ignore[attr-defined]
+    handler.wfile.write(part)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import Engine, insert, select
 
-from engine.db.schema import clean_coverage, clean_ingest_runs
+from engine.db.schema import clean_coverage, clean_coverage_conditions, clean_ingest_runs
 
 
 def record_coverage(engine: Engine, ingest_run_id: int, symbol: str,
@@ -17,6 +17,19 @@ def record_coverage(engine: Engine, ingest_run_id: int, symbol: str,
     with engine.begin() as conn:
         conn.execute(insert(clean_coverage), [
             {"ingest_run_id": ingest_run_id, "symbol": symbol, "start_ts": a, "end_ts": b} for a, b in intervals])
+
+
+def record_day_conditions(engine: Engine, ingest_run_id: int, symbol: str, conditions: dict) -> None:
+    """Store the flagged Databento days of one ingest ({day: {condition, last_modified_date, provisional,
+    bought}}, see engine/sources/databento_conditions.py)."""
+    if not conditions:
+        return
+    rows = [{"ingest_run_id": ingest_run_id, "symbol": symbol, "day": day, "condition": flag["condition"],
+             "last_modified_date": date.fromisoformat(flag["last_modified_date"]) if flag.get("last_modified_date")
+             else None, "provisional": bool(flag.get("provisional")), "bought": flag.get("bought", True)}
+            for day, flag in sorted(conditions.items())]
+    with engine.begin() as conn:
+        conn.execute(insert(clean_coverage_conditions), rows)
 
 
 def covered_intervals(engine: Engine, symbol: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:

@@ -251,3 +251,37 @@ __all__ = [
     "contract_rolls",
     "session_quality",
 ]
+
+databento_batch_jobs = Table(
+    "databento_batch_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Text, unique=True),  # NULL only while the job is being submitted
+    Column("dataset", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("schema", Text, nullable=False),
+    Column("stype_in", Text, nullable=False),
+    Column("start_ts", UtcTimestamp, nullable=False),
+    Column("end_ts", UtcTimestamp, nullable=False),
+    Column("state", Text, nullable=False),  # submitting | received | queued | processing | done | expired | landed
+    Column("cost_usd", Float),
+    Column("submitted_at", UtcTimestamp, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+    Column("engine_run_id", Integer),
+    Index("ix_databento_batch_jobs_request", "dataset", "symbol", "schema", "stype_in", "start_ts", "end_ts"),
+)
+
+clean_coverage_conditions = Table(
+    "clean_coverage_conditions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ingest_run_id", Integer, ForeignKey("clean_ingest_runs.id", name="fk_clean_coverage_conditions_run"),
+           nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("condition", Text, nullable=False),  # Databento's: available | degraded | pending | missing
+    Column("last_modified_date", Date),
+    Column("provisional", Boolean, nullable=False),  # the day was not final yet (the last ~24 hours) when bought
+    Column("bought", Boolean, nullable=False),  # false: pending or missing, left out of clean_coverage
+    Index("ix_clean_coverage_conditions_symbol_day", "symbol", "day"),
+)

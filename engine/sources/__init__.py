@@ -31,6 +31,9 @@ class Landing:
     # True when `paths` may hold bars outside the job's window that are not anomalies (whole landed days serving a
     # part of them): the ingest counts them as outside the window instead of quarantining them.
     trim: bool = False
+    # Databento days bought with a data-quality flag (degraded, or not final yet), for the coverage:
+    # {UTC day: {"condition", "last_modified_date", "provisional"}} (engine/sources/databento_conditions.py)
+    day_conditions: dict = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)

@@ -40,10 +40,24 @@ class DatabentoSource(SourceParams):
     # back-adjusted series cannot adjust Databento's rolls, and the ingest says which).
     definitions: bool = True
     roll_outrights: bool = True
+    # Big pulls (engine/sources/databento_batch.py): auto = a batch job when Databento bills more than
+    # batch_threshold_bytes for the bars (metadata.get_billable_size, free), else streamed; stream | batch: always.
+    mode: str = "auto"
+    batch_threshold_bytes: int = 5_000_000_000
+    batch_poll_seconds: float = 30.0
     local: ClassVar[bool] = False
 
     def check(self) -> None:
         """Before the run: a key that is set looks like a Databento key (an unset one fails when it is needed)."""
+        from engine.sources.databento_batch import MODES
+
+        if self.mode not in MODES:
+            raise EngineError(f"source.mode={self.mode!r} is not one of {', '.join(MODES)}",
+                              "set source.mode=auto (batch above source.batch_threshold_bytes), stream or batch")
+        if self.batch_poll_seconds <= 0 or self.batch_threshold_bytes < 0:
+            raise EngineError(
+                f"source.batch_poll_seconds={self.batch_poll_seconds} / source.batch_threshold_bytes="
+                f"{self.batch_threshold_bytes} must be positive", "e.g. source.batch_poll_seconds=30")
         key = os.environ.get("DATABENTO_API_KEY", "").strip()
         if key and not DATABENTO_KEY.fullmatch(key):
             shown = f"{len(key)} characters" + ("" if key.startswith("db-") else ", not starting db-")

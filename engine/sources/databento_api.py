@@ -46,7 +46,9 @@ import databento
 
 from engine.errors import EngineError
 from engine.sources import Landing
+from engine.sources import databento_conditions as conditions
 from engine.sources import databento_ratelimit as ratelimit
+from engine.sources.databento_batch import fetch_batch, wants_batch
 from engine.sources.databento_client import (
     download,
     get_cost,
@@ -602,6 +604,10 @@ def acquire(ctx, progress) -> Landing:
     A continuous download also lands the window's instrument definitions and the outright bars of each roll
     session (see `extra_requests`). All requests not landed yet are priced first and the cost guard applies to
     their sum. The rolls are then read again from the landed bars' own mappings: those are what is bought.
+
+    Before anything is bought, the days Databento has no data for are left out (`_condition_plan`), and missing
+    runs above source.batch_threshold_bytes (or with source.mode=batch) are bought as batch jobs
+    (engine/sources/databento_batch.py) that land day pieces; the window is then served from its day pieces.
     """
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
     with ratelimit.installed(source, data_dir) as budget:  # every call keeps the host's rate limits
@@ -619,17 +625,37 @@ def acquire(ctx, progress) -> Landing:
 
 def _acquire(ctx, progress, symbology) -> Landing:
     symbol, source, data_dir = ctx.symbol, ctx.source, Path(ctx.cfg.data_dir)
+    bars_req = bars_request(symbol, ctx.window)
+    quality = _condition_plan(source, bars_req, data_dir)
+    if quality is not None and not quality.buy:
+        raise EngineError(
+            f"Databento has no data yet for any day of {bars_req.describe()} ("
+            + ", ".join(f"{day} {condition}" for day, condition in sorted(quality.skipped.items()))
+            + "); nothing was bought",
+            "run again once metadata.get_dataset_condition says available or degraded, or choose another window")
+    pieces = conditions.runs(bars_req, quality.buy) if quality is not None else [bars_req]
     planned = planned_requests(source, symbol, ctx.window, data_dir, online=_has_key())
-    bars_items = [item for item in planned if item.kind == BARS]
+    others = [item for item in planned if item.kind != BARS]
+    bars_items = [item for piece in pieces for item in bars_planned(piece, data_dir)]
     quotes: dict[RawRequest, float] = {}
-    _quote_all(planned, data_dir, source, quotes)
+    _quote_all([*bars_items, *others], data_dir, source, quotes)
     landing = Landing([])
+    if quality is not None:
+        landing.raw_files.extend(conditions.report(quality))
+        landing.day_conditions = {**{day: flag for day, flag in quality.flags.items() if quality.flagged(day)},
+                                  **{day: {"condition": condition, "bought": False}
+                                     for day, condition in quality.skipped.items()}}
     if bars_items[0].landed is None:  # a request-keyed landing of an earlier version
         bars = _land(bars_items[0], ctx, progress, quotes, landing)
         store_symbology(bars.path, symbology)
         landing.paths.append(bars.path)
     else:
-        landing.paths.extend(_land_days(bars_request(symbol, ctx.window), ctx, progress, quotes, landing))
+        for piece in pieces:
+            _land_batches(piece, ctx, progress, quality)
+            served = _land_days(piece, ctx, progress, quotes, landing)
+            if quality is not None:
+                _flag_days(served, quality)
+            landing.paths.extend(served)
     if symbol.stype_in == "continuous" and source.roll_outrights:
         intervals = _day_before(source, symbol, ctx.window, data_dir, online=True) + [
             iv for path in landing.paths for iv in _read_info(path).intervals]
@@ -637,11 +663,57 @@ def _acquire(ctx, progress, symbology) -> Landing:
         if any(item.req not in quotes and not item.is_landed(data_dir) for item in extras):
             _quote_all([*bars_items, *extras], data_dir, source, quotes)  # the file's mappings differ from resolve
     else:
-        extras = planned[len(bars_items):]
+        extras = others
     for item in extras:
         result = _land(item, ctx, progress, quotes, landing)
         (landing.definitions if item.kind == DEFINITIONS else landing.outrights).append(result.path)
     return landing
+
+
+def _condition_plan(source, bars: RawRequest, data_dir: Path) -> conditions.DayPlan | None:
+    """Which days of `bars` are bought (databento_conditions), or None when nothing needs asking: no key, a
+    request-keyed landing of an earlier version, or every day landed and none flagged degraded or provisional.
+    Landed days whose flags Databento has since moved on are set aside here, so they are bought again (once)."""
+    if not _has_key() or bars.landing_path(data_dir).is_file():
+        return None
+    days = plan_days(data_dir, bars)
+    flagged = {path: sidecar for path in days.landed
+               if conditions.flagged(sidecar := read_sidecar(path) or {})}
+    if not days.missing and not flagged:
+        return None
+    plan = conditions.plan_days(source, bars, _policy(source))
+    for path, sidecar in flagged.items():
+        day = dt.date.fromisoformat(sidecar["request"]["start"][:10])
+        if day in plan.flags and conditions.needs_rebuy(sidecar, plan.flags[day]):
+            log.warning("Databento regenerated %s (last modified %s, was %s): buying it once more", day,
+                        plan.flags[day]["last_modified_date"], sidecar.get("last_modified_date"))
+            set_aside(path, path)
+    return plan
+
+
+def _flag_days(paths: list[Path], plan: conditions.DayPlan) -> None:
+    """Record the day's condition in the sidecar of each day piece bought without one (streamed just now)."""
+    for path in paths:
+        sidecar = read_sidecar(path) or {}
+        day = dt.date.fromisoformat(sidecar.get("request", {}).get("start", "1970-01-01")[:10])
+        if "condition" not in sidecar and day in plan.flags:
+            write_json_atomic(sidecar_path(path), {**sidecar, **plan.flags[day]})
+
+
+def _land_batches(piece: RawRequest, ctx, progress, quality: conditions.DayPlan | None) -> None:
+    """Land the missing runs of `piece` through batch jobs when they are big enough (or source.mode=batch)."""
+    source, data_dir = ctx.source, Path(ctx.cfg.data_dir)
+    missing = list(plan_days(data_dir, piece).missing)
+    if not wants_batch(source, missing, _policy(source)):
+        return
+    for run in missing:
+        label = f"batch {run.symbol}"
+        task = progress.add_task(label, total=None, unit="bytes")
+        fetch_batch(run, data_dir, ctx.db, ctx.run.id, source, _policy(source),
+                    on_status=lambda text, task=task, label=label: progress.update(
+                        task, description=f"{label} ({text})"),
+                    flags=quality.flags if quality is not None else {})
+        progress.update(task, visible=False)
 
 
 def _land_days(bars: RawRequest, ctx, progress, quotes: dict[RawRequest, float], landing: Landing) -> list[Path]:

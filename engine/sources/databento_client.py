@@ -5,10 +5,12 @@ The API key comes only from the DATABENTO_API_KEY environment variable and is ne
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from urllib.parse import urlsplit
 import databento
 import databento_dbn
 import requests
-from databento.common.error import BentoError, BentoHttpError
+from databento.common.error import BentoError, BentoHttpError, BentoWarning
 
 from engine.errors import EngineError
 from engine.sources import databento_ratelimit as ratelimit
@@ -201,3 +203,162 @@ def probe_connect(gateway: str, seconds: float) -> None:
         ) from None
     except OSError as exc:
         raise requests.exceptions.ConnectionError(f"cannot connect to {url.hostname}:{port}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------- batch jobs, conditions
+# Issue 14 items 2 and 3: the batch API (submit a job, watch its state, list and download its files) and the free
+# metadata calls that decide what is bought (billable size, per-day dataset condition).
+
+JOB_STATES = ("received", "queued", "processing", "done", "expired")
+CONDITIONS = ("available", "degraded", "pending", "missing")
+_UNREADABLE = "try again later; if it persists contact support@databento.com"
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What a call about one batch job is about, as the retry policy names it in its messages."""
+
+    job_id: str
+
+    def describe(self) -> str:
+        return f"batch job {self.job_id}"
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """One file of a done batch job, as `batch.list_files` lists it."""
+
+    filename: str
+    size: int
+    sha256: str  # hex, from the listed "sha256:<hex>"
+
+
+@dataclass(frozen=True)
+class DayCondition:
+    """`metadata.get_dataset_condition` for one UTC day."""
+
+    day: dt.date
+    condition: str  # available | degraded | pending | missing
+    last_modified: dt.date | None
+
+
+def get_billable_size(client: databento.Historical, req: RawRequest, policy: RetryPolicy) -> int:
+    """The bytes Databento bills for `req` (`metadata.get_billable_size`, free): what decides stream or batch."""
+
+    def call() -> int:
+        _prepare(client, client.metadata, policy)
+        return client.metadata.get_billable_size(**req.client_params())
+
+    size = policy.run(call, "metadata.get_billable_size", req)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise EngineError(f"Databento's metadata.get_billable_size answered {size!r} for {req.describe()}",
+                          _UNREADABLE)
+    return size
+
+
+def get_dataset_condition(client: databento.Historical, dataset: str, first: dt.date, last: dt.date,
+                          policy: RetryPolicy) -> dict[dt.date, DayCondition]:
+    """The condition of each UTC day in [first, last] (both inclusive, as the endpoint takes them), free."""
+
+    def call() -> list:
+        _prepare(client, client.metadata, policy)
+        return client.metadata.get_dataset_condition(dataset=dataset, start_date=first, end_date=last)
+
+    answer = policy.run(call, "metadata.get_dataset_condition", DatasetQuery(dataset))
+    days: dict[dt.date, DayCondition] = {}
+    try:
+        for entry in answer:
+            modified = entry.get("last_modified_date")
+            item = DayCondition(dt.date.fromisoformat(entry["date"]), entry["condition"],
+                                dt.date.fromisoformat(modified) if modified else None)
+            if item.condition not in CONDITIONS:
+                raise ValueError(f"condition {item.condition!r}")
+            days[item.day] = item
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise EngineError(f"Databento's metadata.get_dataset_condition answered an unreadable list for {dataset} "
+                          f"{first}..{last}: {exc!r}", _UNREADABLE) from None
+    return days
+
+
+def submit_job(client: databento.Historical, req: RawRequest, policy: RetryPolicy) -> dict:
+    """`batch.submit_job` for `req`: DBN, zstd, one file per UTC day. This is what costs money, so it is sent
+    once and never retried (a retry after a lost answer could buy the job twice); see databento_batch."""
+
+    def call() -> dict:
+        _prepare(client, client.batch, policy)
+        return client.batch.submit_job(**req.client_params(), encoding="dbn", compression="zstd",
+                                       split_duration="day", delivery="download", stype_out="instrument_id")
+
+    once = dataclasses.replace(policy, max_retries=0)
+    job = once.run(call, "batch.submit_job", req)
+    return _checked_job(job, "batch.submit_job", req.describe())
+
+
+def job_details(client: databento.Historical, job_id: str, policy: RetryPolicy) -> dict:
+    """`batch.get_job_details`: every field of the job, its `state` one of JOB_STATES."""
+
+    def call() -> dict:
+        _prepare(client, client.batch, policy)
+        return client.batch.get_job_details(job_id=job_id)
+
+    return _checked_job(policy.run(call, "batch.get_job_details", JobQuery(job_id)), "batch.get_job_details",
+                        f"batch job {job_id}")
+
+
+def list_jobs(client: databento.Historical, since: dt.datetime, policy: RetryPolicy) -> list[dict]:
+    """`batch.list_jobs` of jobs submitted since `since` that are not expired: [{"id", "state", "ts_received"}]."""
+
+    def call() -> list:
+        _prepare(client, client.batch, policy)
+        return client.batch.list_jobs(states="queued,processing,done", since=since)
+
+    answer = policy.run(call, "batch.list_jobs", DatasetQuery("batch jobs"))
+    if not isinstance(answer, list):
+        raise EngineError(f"Databento's batch.list_jobs answered {str(answer)[:200]!r}", _UNREADABLE)
+    return [_checked_job(job, "batch.list_jobs", "batch jobs") for job in answer]
+
+
+def list_files(client: databento.Historical, job_id: str, policy: RetryPolicy) -> list[BatchFile]:
+    """`batch.list_files` of a done job: each file's name, size and sha256 (the manifest the downloads are
+    checked against)."""
+
+    def call() -> list:
+        _prepare(client, client.batch, policy)
+        return client.batch.list_files(job_id=job_id)
+
+    answer = policy.run(call, "batch.list_files", JobQuery(job_id))
+    files = []
+    try:
+        for entry in answer:
+            algorithm, _, digest = str(entry["hash"]).partition(":")
+            if algorithm != "sha256" or len(digest) != 64:
+                raise ValueError(f"hash {entry['hash']!r} is not sha256:<hex>")
+            files.append(BatchFile(str(entry["filename"]), int(entry["size"]), digest.lower()))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngineError(f"Databento's batch.list_files answered an unreadable manifest for batch job {job_id}: "
+                          f"{exc!r}", _UNREADABLE) from None
+    if not files:
+        raise EngineError(f"Databento's batch.list_files lists no files for batch job {job_id}", _UNREADABLE)
+    return files
+
+
+def download_job_file(client: databento.Historical, job_id: str, filename: str, output_dir: Path,
+                      policy: RetryPolicy) -> Path:
+    """Download one file of a done job to `output_dir/<job_id>/<filename>` with the client's own downloader,
+    which resumes a partial file with an HTTP Range request (also one left by a killed run). The client only
+    warns when the sha256 differs; the caller checks it (databento_batch)."""
+
+    def call() -> Path:
+        _prepare(client, client.batch, policy)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BentoWarning)
+            [path] = client.batch.download(job_id=job_id, output_dir=output_dir, filename_to_download=filename)
+        return Path(path)
+
+    return policy.run(call, "batch.download", JobQuery(f"{job_id} file {filename}"))
+
+
+def _checked_job(job: Any, what: str, about: str) -> dict:
+    if not isinstance(job, dict) or not isinstance(job.get("id"), str) or job.get("state") not in JOB_STATES:
+        raise EngineError(f"Databento's {what} answered {str(job)[:200]!r} for {about}", _UNREADABLE)
+    return job

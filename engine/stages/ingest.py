@@ -233,7 +233,8 @@ def run(ctx: StageContext) -> IngestResult:
             with ctx.db.begin() as conn:
                 record_rolls(conn, symbol.internal_symbol, ctx.window.start, ctx.window.end, rolls, ingest_id)
             tally.rolls = rolls
-        coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, accepted, landing.paths)
+        coverage.record(ctx.db, ingest_id, symbol.internal_symbol, symbol.root, accepted, landing.paths,
+                        getattr(landing, "day_conditions", None))
         known = accepted.timestamps() if alone and not _overlapped(ctx, ingest_id, started_later=True) else None
         quality = record_session_quality(ctx.db, symbol.internal_symbol, ctx.window.start, ctx.window.end, ingest_id,
                                          window_ts=known)
