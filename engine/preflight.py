@@ -76,6 +76,8 @@ def _ranges(cfg: EngineConfig, source) -> None:
                            ("timeseries_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
                            ("symbology_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
                            ("metadata_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
+                           ("batch_requests_per_second", 0, "Databento's rate limit (0: not throttled)"),
+                           ("batch_submissions_per_minute", 0, "Databento's rate limit (0: not throttled)"),
                            ("rate_limit_burst", 1, "requests at once on top of the rate")):
         if hasattr(source, key):
             _at_least(f"source.{key}", getattr(source, key), low, what)

@@ -26,7 +26,8 @@ CHILD = textwrap.dedent("""
     from engine.sources.databento_api import RawRequest, estimate_cost
     directory, rate, calls, gateway = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     source = types.SimpleNamespace(timeseries_requests_per_second=0, symbology_requests_per_second=0,
-                                   metadata_requests_per_second=rate, rate_limit_burst=1, rate_limit_dir=directory)
+                                   metadata_requests_per_second=rate, batch_requests_per_second=0,
+                                   batch_submissions_per_minute=0, rate_limit_burst=1, rate_limit_dir=directory)
     budget = databento_ratelimit.install(source, directory)
     req = RawRequest("GLBX.MDP3", "NQ.v.0", "ohlcv-1m", "continuous", dt.datetime(2025, 12, 9, tzinfo=dt.UTC),
                      dt.datetime(2025, 12, 10, tzinfo=dt.UTC))
@@ -85,20 +86,25 @@ def test_a_stale_bucket_from_before_a_reboot_is_reset(tmp_path):
     assert budget.wait("timeseries") == 0.0, "each endpoint class has its own bucket"
 
 
-def test_an_endpoint_class_without_a_bucket_is_not_throttled(tmp_path):
+def test_batch_submissions_have_their_own_per_minute_bucket(tmp_path):
+    """Databento limits batch.submit_job per minute and the other batch calls per second: two buckets; a call of
+    no class (None) is not throttled."""
     from engine.sources import databento_ratelimit
 
     source = __import__("types").SimpleNamespace(timeseries_requests_per_second=1, symbology_requests_per_second=1,
-                                                 metadata_requests_per_second=1, rate_limit_burst=1,
+                                                 metadata_requests_per_second=1, batch_requests_per_second=0,
+                                                 batch_submissions_per_minute=60, rate_limit_burst=1,
                                                  rate_limit_dir=str(tmp_path))
     with databento_ratelimit.installed(source, tmp_path) as budget:
         started = time.monotonic()
         for _ in range(3):
-            databento_ratelimit.throttle(None)  # e.g. client.batch: its own limits, no bucket here
+            databento_ratelimit.throttle(None)
+            databento_ratelimit.throttle("batch")  # 0: not throttled
         assert time.monotonic() - started < 0.5
-        databento_ratelimit.throttle("metadata")
-        databento_ratelimit.throttle("metadata")
-        assert time.monotonic() - started >= 0.9, "the second metadata call waits for its slot at 1/s"
+        databento_ratelimit.throttle(databento_ratelimit.BATCH_SUBMIT)
+        databento_ratelimit.throttle(databento_ratelimit.BATCH_SUBMIT)
+        assert time.monotonic() - started >= 0.9, "the second submission waits for its slot at 60 a minute"
+        assert (tmp_path / __import__("socket").gethostname() / "batch_submit.bucket").is_file()
         assert databento_ratelimit.current() is budget
     assert databento_ratelimit.current() is None, "installed only for the block"
 

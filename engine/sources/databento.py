@@ -32,6 +32,8 @@ class DatabentoSource(SourceParams):
     timeseries_requests_per_second: float = 100.0
     symbology_requests_per_second: float = 100.0
     metadata_requests_per_second: float = 20.0
+    batch_requests_per_second: float = 20.0  # batch.list_jobs, job details, file lists and downloads
+    batch_submissions_per_minute: float = 20.0  # batch.submit_job
     rate_limit_burst: int = 1
     rate_limit_dir: str | None = None  # null: <data_dir>/ratelimit
     # Continuous downloads only, each landed once beside the bars and priced by the same cost guard:

@@ -121,8 +121,14 @@ def fetch_raw(
     least one retry carries the number of retries made as its `retries` attribute.
     """
     policy = RetryPolicy(max_retries, backoff_seconds, max_backoff_seconds, sleep, timeouts, clock, on_status)
+    return _counting_retries(policy, lambda: _fetch(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes,
+                                                    quote))
+
+
+def _counting_retries(policy: RetryPolicy, call: Callable[[], Any]) -> Any:
+    """`call()`; an exception raised after at least one retry carries the number made as its `retries`."""
     try:
-        return _fetch(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes, quote)
+        return call()
     except BaseException as exc:
         if policy.retries:
             with contextlib.suppress(AttributeError):
@@ -252,14 +258,8 @@ def fetch_days(
     applies to the sum of the missing runs. Otherwise as `fetch_raw`.
     """
     policy = RetryPolicy(max_retries, backoff_seconds, max_backoff_seconds, sleep, timeouts, clock, on_status)
-    try:
-        return _fetch_days(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes,
-                           {} if quotes is None else quotes)
-    except BaseException as exc:
-        if policy.retries:
-            with contextlib.suppress(AttributeError):
-                exc.retries = policy.retries  # type: ignore[attr-defined]
-        raise
+    return _counting_retries(policy, lambda: _fetch_days(req, Path(data_dir), max_cost_usd, policy, gateway, on_bytes,
+                                                         {} if quotes is None else quotes))
 
 
 def _fetch_days(req: RawRequest, data_dir: Path, max_cost_usd: float, policy: RetryPolicy, gateway: str | None,

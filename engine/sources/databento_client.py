@@ -285,6 +285,7 @@ def submit_job(client: databento.Historical, req: RawRequest, policy: RetryPolic
     once and never retried (a retry after a lost answer could buy the job twice); see databento_batch."""
 
     def call() -> dict:
+        ratelimit.throttle(ratelimit.BATCH_SUBMIT)
         _prepare(client, client.batch, policy)
         return client.batch.submit_job(**req.client_params(), encoding="dbn", compression="zstd",
                                        split_duration="day", delivery="download", stype_out="instrument_id")

@@ -28,8 +28,11 @@ from pathlib import Path
 
 from engine.errors import EngineError
 
-#: The endpoint classes Databento limits separately, as named by the client's API objects.
-CLASSES = ("timeseries", "symbology", "metadata")
+#: The endpoint classes Databento limits separately, as named by the client's API objects (`batch`: list jobs,
+#: job details, file lists and downloads).
+CLASSES = ("timeseries", "symbology", "metadata", "batch")
+#: batch.submit_job, limited per minute apart from the other batch calls (throttled by databento_client.submit_job).
+BATCH_SUBMIT = "batch_submit"
 _STATE = struct.Struct("<d")
 #: A bucket reserved further ahead than this was written before the host rebooted and is reset.
 _STALE_SECONDS = 3600.0
@@ -42,6 +45,8 @@ class Limits:
     timeseries: float
     symbology: float
     metadata: float
+    batch: float = 20.0
+    batch_submit: float = 20.0 / 60.0
     burst: int = 1
 
     def of(self, endpoint_class: str) -> float:
@@ -105,7 +110,8 @@ def install(source, data_dir: Path) -> HostBudget:
     Databento call this process makes from now on; its 429 count starts at 0."""
     global _current
     limits = Limits(source.timeseries_requests_per_second, source.symbology_requests_per_second,
-                    source.metadata_requests_per_second, source.rate_limit_burst)
+                    source.metadata_requests_per_second, source.batch_requests_per_second,
+                    source.batch_submissions_per_minute / 60.0, source.rate_limit_burst)
     base = Path(source.rate_limit_dir) if source.rate_limit_dir else Path(data_dir) / "ratelimit"
     directory = base / socket.gethostname()
     try:
