@@ -51,17 +51,21 @@ def test_a_symbol_mapped_from_mid_window_is_refused_with_the_first_mapped_day(en
     assert [s.params["schema"] for s in fake.seen(GET_RANGE)] == ["ohlcv-1m", "definition"]
 
 
-def test_the_checked_mappings_are_stored_with_the_landing(engine_cli, db_url, fake_databento, tmp_path):
+def test_each_day_landing_keeps_its_mappings_and_a_landed_window_is_not_resolved_again(engine_cli, db_url, fake_databento, tmp_path):
     fake = fake_databento(KEY, subprocess=True, records=50, stride=29, rolls=(dt.date(2025, 12, 11),))
     run = engine_cli(*source(fake, db_url), *WINDOW, "source.definitions=false", "source.roll_outrights=false")
     assert run.returncode == 0, run.output
     [bars] = [f for f in run.result["stages"]["ingest"]["raw_files"] if "kind" not in f]
-    sidecar = json.loads((tmp_path / bars["path"]).with_name(bars["path"].rsplit("/", 1)[-1] + ".json").read_text())
-    mapped = sidecar["symbology"]
-    assert (mapped["status"], mapped["not_found"], mapped["partial"]) == (0, [], [])
-    assert (mapped["start_date"], mapped["end_date"]) == ("2025-12-09", "2025-12-12")
-    assert [(m["d0"], m["d1"]) for m in mapped["result"]["NQ.v.0"]] == [("2025-12-09", "2025-12-11"),
-                                                                        ("2025-12-11", "2025-12-12")]
+    # Each UTC day is a landing whose sidecar keeps that day's mappings (the roll on 2025-12-11 included).
+    days = {path.name[:8]: json.loads(path.read_text())["symbology"]["NQ.v.0"]
+            for path in sorted((tmp_path / bars["path"]).glob("2025*.dbn.zst.json"))}
+    assert sorted(days) == ["20251209", "20251210", "20251211"]
+    for day, mappings in days.items():
+        assert [(m["start_date"], m["end_date"]) for m in mappings] == [
+            (f"{day[:4]}-{day[4:6]}-{day[6:]}", (dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+                                                 + dt.timedelta(days=1)).isoformat())]
+    instrument = {day: mappings[0]["symbol"] for day, mappings in days.items()}
+    assert instrument["20251209"] == instrument["20251210"] != instrument["20251211"], instrument
     assert run.result["stages"]["ingest"]["rate_limited"] == 0
 
     again = engine_cli(*source(fake, db_url), *WINDOW, "source.definitions=false", "source.roll_outrights=false")
