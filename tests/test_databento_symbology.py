@@ -51,7 +51,7 @@ def test_a_symbol_mapped_from_mid_window_is_refused_with_the_first_mapped_day(en
     assert [s.params["schema"] for s in fake.seen(GET_RANGE)] == ["ohlcv-1m", "definition"]
 
 
-def test_each_day_landing_keeps_its_mappings_and_a_landed_window_is_not_resolved_again(engine_cli, db_url, fake_databento, tmp_path):
+def test_each_day_landing_keeps_its_mappings(engine_cli, db_url, fake_databento, tmp_path):
     fake = fake_databento(KEY, subprocess=True, records=50, stride=29, rolls=(dt.date(2025, 12, 11),))
     run = engine_cli(*source(fake, db_url), *WINDOW, "source.definitions=false", "source.roll_outrights=false")
     assert run.returncode == 0, run.output

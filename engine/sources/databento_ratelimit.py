@@ -73,7 +73,7 @@ class HostBudget:
         interval = 1.0 / rate
         tolerance = interval * (max(1, self.limits.burst) - 1)
         path = self.directory / f"{endpoint_class}.bucket"
-        with self._lock, _locked(path) as fd:
+        with self._lock, _locked(_made(path)) as fd:
             now = self.clock()
             stored = os.pread(fd, _STATE.size, 0)
             arrival = max(now, _STATE.unpack(stored)[0] if len(stored) == _STATE.size else now)
@@ -113,14 +113,19 @@ def install(source, data_dir: Path) -> HostBudget:
                     source.metadata_requests_per_second, source.batch_requests_per_second,
                     source.batch_submissions_per_minute / 60.0, source.rate_limit_burst)
     base = Path(source.rate_limit_dir) if source.rate_limit_dir else Path(data_dir) / "ratelimit"
-    directory = base / socket.gethostname()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EngineError(f"cannot create the rate-limit directory {directory}: {exc.strerror}",
-                          "set source.rate_limit_dir to a writable local folder (or fix data_dir)") from None
-    _current = HostBudget(directory, limits)
+    _current = HostBudget(base / socket.gethostname(), limits)
     return _current
+
+
+def _made(bucket: Path) -> Path:
+    """`bucket`, its folder made on the first call that needs it (a run that calls nothing, e.g. an offline dry
+    run, writes nothing)."""
+    try:
+        bucket.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineError(f"cannot create the rate-limit directory {bucket.parent}: {exc.strerror}",
+                          "set source.rate_limit_dir to a writable local folder (or fix data_dir)") from None
+    return bucket
 
 
 @contextlib.contextmanager
