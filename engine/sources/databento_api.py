@@ -68,7 +68,8 @@ from engine.sources.databento_days import (
     verify_landed_piece,
 )
 from engine.sources.databento_request import RawRequest
-from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts
+from engine.sources.databento_retry import API_KEY_ENV, BadBody, RetryPolicy, Timeouts, timeouts
+from engine.sources.databento_retry import policy_of as _policy
 from engine.sources.databento_symbology import check_symbology, store_symbology
 from engine.sources.dbn import _read_info, count_records
 from engine.sources.landing import (
@@ -552,11 +553,6 @@ def _day_before(source, symbol, window, data_dir: Path, online: bool, resolved=N
     return intervals
 
 
-def _policy(source, on_status: Callable[[str], None] | None = None) -> RetryPolicy:
-    return RetryPolicy(source.max_retries, source.backoff_seconds, 60.0, time.sleep, timeouts(source),
-                       on_status=on_status)
-
-
 def _quote_all(planned: list[Planned], data_dir: Path, source, quotes: dict[RawRequest, float]) -> None:
     """Price every request not landed yet (into `quotes`, free) and refuse, before anything is bought, when
     all of them together cost more than source.max_cost_usd; stops asking once the limit is passed."""
@@ -782,11 +778,6 @@ def _land(item: Planned, ctx, progress, quotes: dict[RawRequest, float], landing
 
 def _has_key() -> bool:
     return bool(os.environ.get(API_KEY_ENV, "").strip())
-
-
-def timeouts(source: DatabentoSource) -> Timeouts:
-    """The Timeouts of a databento source."""
-    return Timeouts(source.connect_timeout_seconds, source.read_timeout_seconds, source.retry_budget_seconds)
 
 
 def available_end(source: DatabentoSource, dataset: str, schema: str) -> datetime:

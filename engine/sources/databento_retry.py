@@ -274,3 +274,14 @@ def _retry_after(headers: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def timeouts(source) -> Timeouts:
+    """The Timeouts of a databento source."""
+    return Timeouts(source.connect_timeout_seconds, source.read_timeout_seconds, source.retry_budget_seconds)
+
+
+def policy_of(source, on_status: Callable[[str], None] | None = None) -> RetryPolicy:
+    """The RetryPolicy of a databento source's calls (sleeps for real)."""
+    return RetryPolicy(source.max_retries, source.backoff_seconds, 60.0, time.sleep, timeouts(source),
+                       on_status=on_status)

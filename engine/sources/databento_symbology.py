@@ -13,7 +13,6 @@ The answer is kept (`Resolved`) and stored with the bars' landing (its sidecar, 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from engine.errors import EngineError
 from engine.sources.databento_client import historical, intervals_of, resolve
 from engine.sources.databento_days import plan_days
 from engine.sources.databento_request import RawRequest
-from engine.sources.databento_retry import RetryPolicy, Timeouts
+from engine.sources.databento_retry import policy_of
 from engine.sources.landing import read_sidecar, sidecar_path, write_json_atomic
 
 _EPOCH = dt.date(1970, 1, 1)
@@ -59,10 +58,7 @@ def check_symbology(source, symbol, window, data_dir: Path, *, online: bool) -> 
     if not online or req.stype_in == "instrument_id" or req.landing_path(Path(data_dir)).is_file() \
             or not plan_days(Path(data_dir), req).missing:
         return None
-    policy = RetryPolicy(source.max_retries, source.backoff_seconds, 60.0, time.sleep,
-                         Timeouts(source.connect_timeout_seconds, source.read_timeout_seconds,
-                                  source.retry_budget_seconds))
-    answer = resolve(historical(source.gateway), req, policy)
+    answer = resolve(historical(source.gateway), req, policy_of(source))
     intervals = intervals_of(answer, req)
     _refuse_unmapped(req, answer, intervals)
     return Resolved(req, answer, intervals)
