@@ -210,7 +210,7 @@ def _execute(job: PreparedJob, run: OpenRun) -> dict[str, dict]:
     ctx = StageContext(cfg=job.cfg, window=job.window, db=run.db,
                        run=RunRecord(run.live.id, job.run_dir, job.code), log=log, plugins=job.plugins)
     run_stages(ctx)
-    interrupts.check()  # a signal that arrived during the last statement ends the run as interrupted
+    interrupts.finish()  # a signal received at any point (deferred or swallowed) ends the run as interrupted
     return {name: stage_result.as_json() for name, stage_result in ctx.run.results.items()}
 
 

@@ -7,6 +7,12 @@ database connection is in use. Otherwise it cancels the running statement (psyco
 error counts as the interruption (`is_interruption`); if no statement was running, the next safe point
 (`check`, called by the connection layer at the start of every transaction) raises `Interrupted`.
 
+An exception raised where Python cannot propagate it (a weakref callback or `__del__` run by the garbage collector)
+is only printed as "Exception ignored", and the run would go on to record `success`. The `sys.unraisablehook`
+installed with the handlers turns that case back into a deferred signal (raised at the next transaction, as
+above), and `finish` (the run's last safe point) ends the run as interrupted whenever a signal was received,
+whatever swallowed it.
+
 The connection layer (engine/db/connect.py) reports connections checked out by the main thread with
 `connection_in_use` / `connection_released`; signal handlers are only installed from the main thread.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
+import sys
 import threading
 from types import FrameType
 
@@ -39,6 +46,7 @@ class _State:
     pending = False  # received but not yet delivered as an exception
     closing = False  # the run is recording its end: never raise, only cancel
     previous: dict[int, object] = {}
+    previous_unraisablehook = None
 
 
 _state = _State()
@@ -51,6 +59,8 @@ def install() -> None:
     _state.signal, _state.pending, _state.closing = None, False, False
     if threading.current_thread() is threading.main_thread():
         _state.previous = {sig: signal.signal(sig, _on_signal) for sig in SIGNALS}
+        if sys.unraisablehook is not _on_unraisable:
+            _state.previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _on_unraisable
 
 
 def closing() -> None:
@@ -63,6 +73,8 @@ def uninstall() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig, handler in _state.previous.items():
             signal.signal(sig, handler)
+        if _state.previous_unraisablehook is not None:
+            sys.unraisablehook, _state.previous_unraisablehook = _state.previous_unraisablehook, None
     _state.previous = {}
     _state.closing = _state.pending = False
 
@@ -75,6 +87,14 @@ def requested() -> str | None:
 def check() -> None:
     """A safe point: raise `Interrupted` if a signal arrived and has not been delivered yet."""
     if _state.pending and not _state.closing:
+        _state.pending = False
+        raise Interrupted(_state.signal)
+
+
+def finish() -> None:
+    """The run's last safe point before it records success: raise `Interrupted` if any signal was received, also
+    one whose exception was swallowed on the way (a library catching BaseException, a garbage-collector callback)."""
+    if _state.signal is not None and not _state.closing:
         _state.pending = False
         raise Interrupted(_state.signal)
 
@@ -128,6 +148,16 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         return
     _state.pending = False
     raise Interrupted(name)
+
+
+def _on_unraisable(unraisable) -> None:
+    """`sys.unraisablehook`: an `Interrupted` raised inside a garbage-collector callback was swallowed; keep it
+    pending, so the next safe point raises it. (Raising it again from here would only be swallowed again.)"""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, Interrupted):
+        log.debug("the interruption landed in %r, where it cannot propagate: deferred", unraisable.object)
+        _state.pending = True
+        return
+    (_state.previous_unraisablehook or sys.__unraisablehook__)(unraisable)
 
 
 def _in_db_library(frame: FrameType | None) -> bool:

@@ -247,3 +247,60 @@ def test_a_server_stopped_mid_run_ends_with_one_line_and_result_json(pg_cluster,
                                  {"id": ingest["id"]}).scalar()
     engine.dispose()
     assert dead.status == "abandoned" and dead.error.startswith("abandoned:") and dead_ingest == "abandoned"
+
+
+_SWALLOWED = {
+    # The garbage collector runs a weakref callback / __del__ while the signal arrives: Python prints "Exception
+    # ignored" for the handler's exception and goes on (seen in CI: a SIGTERMed ingest that ended `success`).
+    "weakref callback": """
+import weakref
+class Payload: pass
+payload = Payload()
+keep = weakref.ref(payload, lambda _ref: wait_for_signal())
+del payload
+""",
+    "__del__": """
+class Payload:
+    def __del__(self): wait_for_signal()
+payload = Payload()
+del payload
+""",
+    # A library that catches BaseException and carries on: only the run's last safe point can notice.
+    "caught by a library": """
+try:
+    wait_for_signal()
+except BaseException:
+    pass
+""",
+}
+
+_DRIVER = """
+import os, signal, sys, time
+from engine import interrupts
+
+def wait_for_signal():
+    os.kill(os.getpid(), signal.SIGTERM)  # a real signal, delivered while this frame runs
+    time.sleep(1)
+
+interrupts.install()
+point = "check"
+try:
+{body}
+    interrupts.check()  # the next transaction's safe point
+    point = "finish"
+    interrupts.finish()
+    print("success")
+except interrupts.Interrupted as exc:
+    print("interrupted", exc, "at", point)
+"""
+
+
+@pytest.mark.parametrize("where", list(_SWALLOWED))
+def test_a_signal_whose_exception_is_swallowed_still_interrupts_the_run(where):
+    body = "\n".join("    " + line for line in _SWALLOWED[where].strip().splitlines())
+    proc = subprocess.run([sys.executable, "-c", _DRIVER.format(body=body)], capture_output=True, text=True,
+                          timeout=60, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    point = "finish" if where == "caught by a library" else "check"
+    assert proc.stdout.strip() == f"interrupted SIGTERM at {point}", proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
