@@ -182,8 +182,9 @@ def test_a_run_killed_while_its_job_is_pending_resumes_the_same_job(engine_cli, 
     assert ingested(db_url) == RECORDS
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_run_killed_mid_download_resumes_the_file_with_a_range_request(engine_cli, db_url, fake_databento,
-                                                                        tmp_path):
+                                                                        tmp_path, signum):
     fake = fake_databento(KEY, records=RECORDS, subprocess=True)
     fake.batch.queued_polls = fake.batch.processing_polls = 0
     second = f"glbx-mdp3-{DAYS[1]}.ohlcv-1m.dbn.zst"
@@ -197,11 +198,18 @@ def test_a_run_killed_mid_download_resumes_the_file_with_a_range_request(engine_
     try:
         wait_until(proc, lambda: (tmp_path / "data" / "batch").is_dir() and partial())
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=60)
     [part] = [p for p in (tmp_path / "data" / "batch").rglob(second)]
     kept = part.stat().st_size
     assert 0 < kept < 40_000 and ingested(db_url) == 0
+    if signum == signal.SIGTERM:  # the stalled download is interrupted at once, and the run says so
+        assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
+        [run] = query(db_url, "SELECT status, run_dir FROM engine_runs")
+        result = json.loads((Path(run["run_dir"]) / "result.json").read_text())
+        assert run["status"] == result["status"] == "interrupted" and result["error"] == "interrupted (SIGTERM)"
+        [row] = batch_rows(db_url)
+        assert row["state"] == "done", "the job stays the run's to resume"
 
     again = engine_cli(*args)
     assert again.returncode == 0, again.output
@@ -212,6 +220,26 @@ def test_a_run_killed_mid_download_resumes_the_file_with_a_range_request(engine_
     assert row["state"] == "landed"
     assert_landed_by_days(tmp_path, row["job_id"])
     assert ingested(db_url) == RECORDS
+
+
+def test_a_stalled_download_is_ended_and_resumed_within_the_run(engine_cli, db_url, fake_databento, tmp_path):
+    """The client's downloader has no read timeout; the run's watch ends the stalled download after
+    source.read_timeout_seconds and the retry resumes the kept part with a Range request."""
+    fake = fake_databento(KEY, records=RECORDS, subprocess=True)
+    fake.batch.queued_polls = fake.batch.processing_polls = 0
+    second = f"glbx-mdp3-{DAYS[1]}.ohlcv-1m.dbn.zst"
+    fake.batch.stall_after = {second: (20_000, 120.0)}  # once: 20 kB, then the connection hangs for 2 minutes
+    started = time.monotonic()
+    done = engine_cli(*job_args(db_url, fake, "source.mode=batch", "source.read_timeout_seconds=2"))
+    assert done.returncode == 0, done.output
+    assert time.monotonic() - started < 60, "the stall was waited out, not ended"
+    ranges = [s.headers.get("range") for s in fake.seen(BATCH_DOWNLOAD) if s.path.endswith(second)]
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith("bytes="), ranges
+    assert 0 < int(ranges[1].removeprefix("bytes=").split("-")[0]) <= 20_000, "the kept part is resumed"
+    [run] = query(db_url, "SELECT run_dir FROM engine_runs")
+    assert json.loads((Path(run["run_dir"]) / "result.json").read_text())["stages"]["ingest"]["retries"] >= 1
+    assert fake.batch.submitted() == 1 and ingested(db_url) == RECORDS
+    assert_landed_by_days(tmp_path, next(iter(fake.batch.jobs)))
 
 
 def _rows(url: str) -> list[dict]:

@@ -37,9 +37,9 @@ from sqlalchemy import Engine
 
 from engine.db import batch_jobs
 from engine.errors import EngineError
+from engine.sources.databento_batch_download import download_files
 from engine.sources.databento_client import (
     BatchFile,
-    download_job_file,
     get_billable_size,
     historical,
     job_details,
@@ -86,12 +86,8 @@ def fetch_batch(req: RawRequest, data_dir: Path, db: Engine, run_id: int | None,
     details = job_details(client, job_id, policy)
     manifest = [f for f in list_files(client, job_id, policy) if f.filename.endswith(".dbn.zst")]
     folder = Path(data_dir) / "batch"
-    downloads = []
-    for number, item in enumerate(manifest, 1):
-        if on_status:
-            on_status(f"batch job {job_id}: downloading file {number}/{len(manifest)}")
-        downloads.append((item, _download_checked(client, job_id, item, folder, policy)))
-    counted = [(item, path, _check_file(path, job_req, job_id)) for item, path in downloads]
+    paths = _downloads_checked(source.gateway, job_id, manifest, folder, policy, on_status)
+    counted = [(item, paths[item.filename], _check_file(paths[item.filename], job_req, job_id)) for item in manifest]
     total = sum(records for _, _, records in counted)
     if isinstance(details.get("record_count"), int) and total != details["record_count"]:
         raise EngineError(
@@ -179,21 +175,33 @@ def _wait_done(client, db: Engine, row: int, job_id: str, poll_seconds: float, p
         sleep(poll_seconds)
 
 
-def _download_checked(client, job_id: str, item: BatchFile, folder: Path, policy: RetryPolicy) -> Path:
-    """The downloaded file of `item`, its size and sha256 the manifest's; downloaded afresh once if not."""
-    problem = ""
-    for attempt in (1, 2):
-        path = download_job_file(client, job_id, item.filename, folder, policy)
-        sha256, size = file_digest(path)
-        if (sha256, size) == (item.sha256, item.size):
-            return path
-        problem = (f"{item.filename} of Databento batch job {job_id} has {size:,} bytes with sha256 "
-                   f"{sha256[:12]}…, the manifest says {item.size:,} bytes with sha256 {item.sha256[:12]}…")
-        log.warning("%s (download %d of 2)", problem, attempt)
-        path.unlink(missing_ok=True)
-    raise EngineError(f"{problem}, twice; nothing was landed",
-                      f"run again to download it once more (free for 30 days); if it persists contact "
-                      f"support@databento.com about job {job_id}")
+def _downloads_checked(gateway: str | None, job_id: str, manifest: list[BatchFile], folder: Path,
+                       policy: RetryPolicy, on_status: Callable[[str], None] | None) -> dict[str, Path]:
+    """The downloaded files of `manifest` by name, each of the manifest's size and sha256; a file that is not is
+    downloaded afresh once."""
+    paths = download_files(gateway, job_id, [item.filename for item in manifest], folder, policy, on_status)
+    bad = [item for item in manifest if file_digest(paths[item.filename]) != (item.sha256, item.size)]
+    for item in bad:
+        log.warning("%s (download 1 of 2)", _mismatch(paths[item.filename], item, job_id))
+        paths[item.filename].unlink(missing_ok=True)
+    if bad:
+        paths.update(download_files(gateway, job_id, [item.filename for item in bad], folder, policy, on_status))
+    for item in bad:
+        path = paths[item.filename]
+        if file_digest(path) != (item.sha256, item.size):
+            problem = _mismatch(path, item, job_id)
+            log.warning("%s (download 2 of 2)", problem)
+            path.unlink(missing_ok=True)
+            raise EngineError(f"{problem}, twice; nothing was landed",
+                              f"run again to download it once more (free for 30 days); if it persists contact "
+                              f"support@databento.com about job {job_id}")
+    return paths
+
+
+def _mismatch(path: Path, item: BatchFile, job_id: str) -> str:
+    sha256, size = file_digest(path)
+    return (f"{item.filename} of Databento batch job {job_id} has {size:,} bytes with sha256 {sha256[:12]}…, "
+            f"the manifest says {item.size:,} bytes with sha256 {item.sha256[:12]}…")
 
 
 def _check_file(path: Path, req: RawRequest, job_id: str) -> int:

@@ -10,7 +10,6 @@ import datetime as dt
 import math
 import os
 import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 import databento
 import databento_dbn
 import requests
-from databento.common.error import BentoError, BentoHttpError, BentoWarning
+from databento.common.error import BentoError, BentoHttpError
 
 from engine.errors import EngineError
 from engine.sources import databento_ratelimit as ratelimit
@@ -341,22 +340,6 @@ def list_files(client: databento.Historical, job_id: str, policy: RetryPolicy) -
     if not files:
         raise EngineError(f"Databento's batch.list_files lists no files for batch job {job_id}", _UNREADABLE)
     return files
-
-
-def download_job_file(client: databento.Historical, job_id: str, filename: str, output_dir: Path,
-                      policy: RetryPolicy) -> Path:
-    """Download one file of a done job to `output_dir/<job_id>/<filename>` with the client's own downloader,
-    which resumes a partial file with an HTTP Range request (also one left by a killed run). The client only
-    warns when the sha256 differs; the caller checks it (databento_batch)."""
-
-    def call() -> Path:
-        _prepare(client, client.batch, policy)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BentoWarning)
-            [path] = client.batch.download(job_id=job_id, output_dir=output_dir, filename_to_download=filename)
-        return Path(path)
-
-    return policy.run(call, "batch.download", JobQuery(f"{job_id} file {filename}"))
 
 
 def _checked_job(job: Any, what: str, about: str) -> dict:

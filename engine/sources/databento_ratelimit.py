@@ -117,6 +117,12 @@ def install(source, data_dir: Path) -> HostBudget:
     return _current
 
 
+def use(directory: Path, limits: Limits) -> None:
+    """Draw on the buckets under `directory` from now on (a child process continuing its run's budget)."""
+    global _current
+    _current = HostBudget(directory, limits)
+
+
 def _made(bucket: Path) -> Path:
     """`bucket`, its folder made on the first call that needs it (a run that calls nothing, e.g. an offline dry
     run, writes nothing)."""
