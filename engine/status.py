@@ -77,6 +77,7 @@ class SymbolStatus:
     events: list[q.EventGroup]
     abandoned: list[q.RunRow]
     days: DayCells = field(repr=False)
+    flagged: list[q.FlaggedDay] = field(default_factory=list)  # Databento's data-quality flags still standing
 
 
 def ranges_and_gaps(intervals: list[Interval]) -> tuple[list[Interval], list[Gap]]:
@@ -115,7 +116,7 @@ def symbol_status(conn: Connection, symbol: str) -> SymbolStatus:
     last_detect = Run(detects[0], q.run_counts(conn, [detects[0].id])[detects[0].id]) if detects else None
     return SymbolStatus(symbol, q.bar_summary(conn, symbol), covered_ranges, gaps, sessions, missing,
                         q.last_ingest(conn, symbol), last_detect, q.event_groups(conn, symbol),
-                        q.runs(conn, symbols=[symbol], statuses=["abandoned"]), days)
+                        q.runs(conn, symbols=[symbol], statuses=["abandoned"]), days, q.flagged_days(conn, symbol))
 
 
 def recent_runs(conn: Connection, *, symbols: list[str] | None, statuses: list[str] | None, last: int) -> list[Run]:
@@ -183,6 +184,9 @@ def symbol_json(s: SymbolStatus) -> dict:
         "last_detect": None if s.last_detect is None else run_json(s.last_detect),
         "events": [{**asdict(g), "first_event": iso(g.first_event), "last_event": iso(g.last_event)}
                    for g in s.events],
+        "flagged_days": [{"day": iso(d.day), "condition": d.condition, "provisional": d.provisional,
+                          "bought": d.bought, "last_modified_date": iso(d.last_modified_date),
+                          "ingest_id": d.ingest_id} for d in s.flagged],
         "abandoned_runs": [{"id": r.id, "started_at": iso(r.started_at), "finished_at": iso(r.finished_at),
                             "window_start": iso(r.window_start), "window_end": iso(r.window_end),
                             "run_dir": r.run_dir, "error": r.error} for r in s.abandoned],

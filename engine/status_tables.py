@@ -43,6 +43,7 @@ def symbol_table(s: SymbolStatus) -> Table:
         gaps = gaps[:_LISTED_GAPS] + [f"… and {len(gaps) - _LISTED_GAPS} more (--json lists all)"]
     table.add_row("gaps", "[red]" + "\n".join(gaps) + "[/]" if gaps else "none")
     table.add_row("sessions", _sessions_text(s))
+    table.add_row("Databento flags", _flags_text(s))
     ingest = s.last_ingest
     table.add_row("last ingest", "none" if ingest is None else (
         f"ingest {ingest.id} (run {ingest.engine_run_id}) {status_word(ingest.status)} at {minute(ingest.run_at)}, "
@@ -74,6 +75,24 @@ def _sessions_text(s: SymbolStatus) -> str:
         text += f"\n[yellow]{n.without_quality:,} covered sessions without a quality row[/] (ingested before " \
                 "session quality: ingest them again to compute it)"
     return text
+
+
+def _flags_text(s: SymbolStatus) -> str:
+    """The days Databento flags, worst first: not bought (no data yet), degraded, provisional."""
+    if not s.flagged:
+        return "none"
+    groups = (("[red]not bought[/]", [d for d in s.flagged if not d.bought]),
+              ("[yellow]degraded[/]", [d for d in s.flagged if d.bought and d.condition == "degraded"]),
+              ("[yellow]provisional[/]", [d for d in s.flagged if d.bought and d.condition != "degraded"
+                                          and d.provisional]))
+    lines = []
+    for label, days in groups:
+        if days:
+            listed = ", ".join(f"{d.day} ({d.condition})" if not d.bought else str(d.day)
+                               for d in days[:_LISTED_GAPS])
+            more = f", … and {len(days) - _LISTED_GAPS} more (--json lists all)" if len(days) > _LISTED_GAPS else ""
+            lines.append(f"{label} {len(days):,} day{'s' * (len(days) != 1)}: {listed}{more}")
+    return "\n".join(lines) + "\n(an ingest of these days buys them once Databento has them, or has them anew)"
 
 
 def runs_table(runs: list[Run], title: str) -> Table:

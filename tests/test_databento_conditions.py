@@ -36,6 +36,14 @@ def landing(tmp_path: Path, name: str) -> dict:
     return json.loads(path.with_name(path.name + ".json").read_text())
 
 
+def flagged(engine_cli, db_url: str) -> list[tuple[str, str, bool]]:
+    """The Databento flags `engine status --json` shows for NQ."""
+    shown = engine_cli("status", f"db.url={db_url}", "--json", "--no-png")
+    assert shown.returncode == 0, shown.output
+    [nq] = json.loads(shown.stdout)["symbols"]
+    return [(d["day"], d["condition"], d["bought"]) for d in nq["flagged_days"]]
+
+
 def test_decide_buys_available_and_degraded_flags_degraded_and_recent_days():
     req = RawRequest("GLBX.MDP3", "NQ.v.0", "ohlcv-1m", "continuous", dt.datetime(2025, 12, 9, tzinfo=UTC),
                      dt.datetime(2025, 12, 13, tzinfo=UTC))
@@ -76,6 +84,9 @@ def test_days_without_data_are_not_bought_and_degraded_days_are_flagged_then_reb
     assert str(flags[1]["last_modified_date"]) == "2025-12-20"
     sidecar = landing(tmp_path, "20251211.dbn.zst")
     assert (sidecar["condition"], sidecar["last_modified_date"]) == ("degraded", "2025-12-20")
+    assert flagged(engine_cli, db_url) == [("2025-12-10", absent, False), ("2025-12-11", "degraded", True)]
+    shown = " ".join(engine_cli("status", f"db.url={db_url}", "--no-png").stdout.replace("│", " ").split())
+    assert f"Databento flags not bought 1 day: 2025-12-10 ({absent}) degraded 1 day: 2025-12-11" in shown, shown
     assert landing(tmp_path, "20251209.dbn.zst")["condition"] == "available"
 
     same = engine_cli(*job_args(db_url, fake, "source.mode=stream"))
@@ -86,6 +97,7 @@ def test_days_without_data_are_not_bought_and_degraded_days_are_flagged_then_reb
     moved = engine_cli(*job_args(db_url, fake, "source.mode=stream"))
     assert moved.returncode == 0, moved.output
     assert bought(fake)[2:] == [("2025-12-11", "2025-12-12")], "bought again once"
+    assert flagged(engine_cli, db_url) == [("2025-12-10", absent, False)], "the regenerated day is cleared"
     again = engine_cli(*job_args(db_url, fake, "source.mode=stream"))
     assert again.returncode == 0, again.output
     assert len(bought(fake)) == 3, "bought again once only"
@@ -121,6 +133,7 @@ def test_the_last_24_hours_are_bought_flagged_provisional_and_rebought_when_fina
     assert len(bought(fake)) == 1
     name = f"{start:%Y%m%dT%H%M%SZ}_{end:%Y%m%dT%H%M%SZ}.dbn.zst"  # a part of the day
     assert landing(tmp_path, name)["provisional"] is True
+    assert flagged(engine_cli, db_url) == [(start.date().isoformat(), "available", True)], "shown as provisional"
     fake.batch.conditions = {start.date(): ("available", (now.date() + dt.timedelta(days=1)).isoformat())}
     again = engine_cli(*args)
     assert again.returncode == 0, again.output

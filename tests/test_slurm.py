@@ -49,13 +49,24 @@ def sweep_dir_of(cwd: Path) -> Path:
     return sweep_dir
 
 
-def slurm_states(sweep_dir: Path) -> dict[str, str]:
-    """Array task id (`<job>_<task>`) -> its state in Slurm's accounting (sacct), for the sweep's jobs."""
+def slurm_states(sweep_dir: Path, tasks: int, timeout: float = 60) -> dict[str, str]:
+    """Array task id (`<job>_<task>`) -> its state in Slurm's accounting (sacct), for the sweep's `tasks` jobs.
+
+    slurmctld hands its records to slurmdbd asynchronously: right after the sweep, sacct may still show the array
+    as one pending record (`14`) or miss a task, so this asks until every task has a final state."""
     array_ids = {p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if p.name[0].isdigit()}
     assert len(array_ids) == 1, f"one job array, got {array_ids}"
-    listing = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", array_ids.pop(),
-                              "--format=JobID,State"], capture_output=True, text=True, check=True).stdout
-    return dict(line.split("|") for line in listing.splitlines())
+    array_id = array_ids.pop()
+    expected = {f"{array_id}_{task}" for task in range(tasks)}
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", array_id,
+                                  "--format=JobID,State"], capture_output=True, text=True, check=True).stdout
+        states = dict(line.split("|") for line in listing.splitlines())
+        settled = set(states) == expected and not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values())
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def test_every_job_runs_as_an_array_task(slurm_cluster, engine_cli, db_url):
@@ -65,8 +76,8 @@ def test_every_job_runs_as_an_array_task(slurm_cluster, engine_cli, db_url):
     jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())
     assert [(j["symbol"], j["status"]) for j in jobs] == [("ES", "success"), ("NQ", "success")]
     assert all(j["stages"]["ingest"]["bars_inserted"] > 1000 for j in jobs)
-    states = slurm_states(sweep_dir)
-    assert sorted(s.split("_")[1] for s in states) == ["0", "1"] and set(states.values()) == {"COMPLETED"}, states
+    states = slurm_states(sweep_dir, tasks=2)
+    assert sorted(s.split("_")[-1] for s in states) == ["0", "1"] and set(states.values()) == {"COMPLETED"}, states
     rows = query(db_url, "SELECT symbol, status FROM engine_runs ORDER BY symbol")
     assert [(r["symbol"], r["status"]) for r in rows] == [("ES", "success"), ("NQ", "success")]
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Connection, case, func, select
 
 from engine.db.schema import (
     clean_bars,
     clean_coverage,
+    clean_coverage_conditions,
     clean_ingest_runs,
     engine_runs,
     session_quality,
@@ -70,6 +71,18 @@ class EventGroup:
     events: int
     first_event: datetime
     last_event: datetime
+
+
+@dataclass(frozen=True)
+class FlaggedDay:
+    """A UTC day Databento flags, as the latest successful ingest covering it left it (clean_coverage_conditions)."""
+
+    day: date
+    condition: str  # degraded, pending, missing (or available, when only provisional)
+    last_modified_date: date | None
+    provisional: bool  # within the last 24 hours when bought: not final yet
+    bought: bool
+    ingest_id: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,32 @@ def covered(conn: Connection, symbol: str) -> list[tuple[datetime, datetime]]:
     query = (select(cc.start_ts, cc.end_ts).join(clean_ingest_runs, runs.id == cc.ingest_run_id)
              .where(cc.symbol == symbol, runs.status == "success").order_by(cc.start_ts, cc.end_ts))
     return [(a, b) for a, b in conn.execute(query)]
+
+
+def flagged_days(conn: Connection, symbol: str) -> list[FlaggedDay]:
+    """The symbol's days whose latest successful ingest flagged them, by day. A flag is cleared by a later successful
+    ingest that covered the day without flagging it (it was bought again once final, or regenerated)."""
+    f, runs, cc = clean_coverage_conditions.c, clean_ingest_runs.c, clean_coverage.c
+    flags = conn.execute(
+        select(f.day, f.condition, f.last_modified_date, f.provisional, f.bought, f.ingest_run_id)
+        .join(clean_ingest_runs, runs.id == f.ingest_run_id)
+        .where(f.symbol == symbol, runs.status == "success").order_by(f.ingest_run_id)).all()
+    latest = {_as_date(r.day): FlaggedDay(_as_date(r.day), r.condition, _as_date(r.last_modified_date),
+                                          bool(r.provisional), bool(r.bought), r.ingest_run_id) for r in flags}
+    if not latest:
+        return []
+    later = conn.execute(
+        select(cc.ingest_run_id, cc.start_ts, cc.end_ts).join(clean_ingest_runs, runs.id == cc.ingest_run_id)
+        .where(cc.symbol == symbol, runs.status == "success",
+               cc.ingest_run_id > min(d.ingest_id for d in latest.values()))).all()
+
+    def cleared(flag: FlaggedDay) -> bool:
+        start = datetime(flag.day.year, flag.day.month, flag.day.day, tzinfo=UTC)
+        end = start + timedelta(days=1)
+        return any(r.ingest_run_id > flag.ingest_id and _aware(r.start_ts)[0] < end and _aware(r.end_ts)[0] > start
+                   for r in later)
+
+    return [flag for _day, flag in sorted(latest.items()) if not cleared(flag)]
 
 
 def quality_days(conn: Connection, symbol: str) -> list[QualityDay]:
@@ -218,5 +257,5 @@ def _aware(*values):
     return tuple(kind.process_result_value(v, None) for v in values)
 
 
-def _as_date(value) -> date:
+def _as_date(value) -> date | None:
     return date.fromisoformat(value) if isinstance(value, str) else value
