@@ -180,28 +180,27 @@ def _downloads_checked(gateway: str | None, job_id: str, manifest: list[BatchFil
     """The downloaded files of `manifest` by name, each of the manifest's size and sha256; a file that is not is
     downloaded afresh once."""
     paths = download_files(gateway, job_id, [item.filename for item in manifest], folder, policy, on_status)
-    bad = [item for item in manifest if file_digest(paths[item.filename]) != (item.sha256, item.size)]
-    for item in bad:
-        log.warning("%s (download 1 of 2)", _mismatch(paths[item.filename], item, job_id))
-        paths[item.filename].unlink(missing_ok=True)
+    bad = [item for item in manifest if _mismatch(paths[item.filename], item, job_id, attempt=1)]
     if bad:
         paths.update(download_files(gateway, job_id, [item.filename for item in bad], folder, policy, on_status))
     for item in bad:
-        path = paths[item.filename]
-        if file_digest(path) != (item.sha256, item.size):
-            problem = _mismatch(path, item, job_id)
-            log.warning("%s (download 2 of 2)", problem)
-            path.unlink(missing_ok=True)
+        if problem := _mismatch(paths[item.filename], item, job_id, attempt=2):
             raise EngineError(f"{problem}, twice; nothing was landed",
                               f"run again to download it once more (free for 30 days); if it persists contact "
                               f"support@databento.com about job {job_id}")
     return paths
 
 
-def _mismatch(path: Path, item: BatchFile, job_id: str) -> str:
+def _mismatch(path: Path, item: BatchFile, job_id: str, attempt: int) -> str:
+    """Empty if the file at `path` has the manifest's size and sha256; else why not (warned, the file removed)."""
     sha256, size = file_digest(path)
-    return (f"{item.filename} of Databento batch job {job_id} has {size:,} bytes with sha256 {sha256[:12]}…, "
-            f"the manifest says {item.size:,} bytes with sha256 {item.sha256[:12]}…")
+    if (sha256, size) == (item.sha256, item.size):
+        return ""
+    problem = (f"{item.filename} of Databento batch job {job_id} has {size:,} bytes with sha256 {sha256[:12]}…, "
+               f"the manifest says {item.size:,} bytes with sha256 {item.sha256[:12]}…")
+    log.warning("%s (download %d of 2)", problem, attempt)
+    path.unlink(missing_ok=True)
+    return problem
 
 
 def _check_file(path: Path, req: RawRequest, job_id: str) -> int:

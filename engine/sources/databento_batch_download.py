@@ -29,7 +29,8 @@ from engine.sources import databento_ratelimit as ratelimit
 from engine.sources.databento_client import JobQuery, historical, probe_connect
 from engine.sources.databento_retry import RetryPolicy
 
-_POLL_SECONDS = 0.1
+_POLL_SECONDS = 0.1  # how soon a child notices that its run is gone
+_WATCH_SECONDS = 1.0  # how often the run measures the download's progress
 _REPORT = ".download-report.jsonl"
 
 
@@ -73,8 +74,13 @@ def _watch(child: subprocess.Popen, folder: Path, files: list[str], read_seconds
            on_status: Callable[[str], None] | None) -> None:
     """Until the child ends: a progress line, and ReadTimeout once no byte arrived for `read_seconds`."""
     seen, changed = -1, time.monotonic()
-    while child.poll() is None:
-        size = sum(_size(folder / name) for name in files)
+    while True:
+        try:
+            child.wait(_WATCH_SECONDS)  # returns as soon as the child ends; a signal interrupts it at once
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        size = sum(_size(folder / name) for name in files)  # one stat per file a second (jobs of thousands)
         now = time.monotonic()
         if size != seen:
             seen, changed = size, now
@@ -82,7 +88,6 @@ def _watch(child: subprocess.Popen, folder: Path, files: list[str], read_seconds
                 on_status(f"batch job {folder.name}: downloading {len(files)} files, {size / 1e6:,.1f} MB")
         elif now - changed > read_seconds:
             raise requests.exceptions.ReadTimeout(f"no byte of {folder.name}'s files for {read_seconds:g} s")
-        time.sleep(_POLL_SECONDS)
 
 
 def _end(child: subprocess.Popen) -> None:

@@ -113,14 +113,14 @@ def install(source, data_dir: Path) -> HostBudget:
                     source.metadata_requests_per_second, source.batch_requests_per_second,
                     source.batch_submissions_per_minute / 60.0, source.rate_limit_burst)
     base = Path(source.rate_limit_dir) if source.rate_limit_dir else Path(data_dir) / "ratelimit"
-    _current = HostBudget(base / socket.gethostname(), limits)
-    return _current
+    return use(base / socket.gethostname(), limits)
 
 
-def use(directory: Path, limits: Limits) -> None:
-    """Draw on the buckets under `directory` from now on (a child process continuing its run's budget)."""
+def use(directory: Path, limits: Limits) -> HostBudget:
+    """Draw on the buckets under `directory` from now on (also a child process continuing its run's budget)."""
     global _current
     _current = HostBudget(directory, limits)
+    return _current
 
 
 def _made(bucket: Path) -> Path:
